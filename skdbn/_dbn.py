@@ -1,0 +1,782 @@
+"""``DistributedDBN``: a deep belief network as a scikit-learn classifier and transformer."""
+
+import contextlib
+import os
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._engines import make_engine
+from ._flat import FlatParams
+from ._network import forward, network_from_layers, network_layout
+from ._progress import TrainingProgress, fingerprint, load_checkpoint, save_checkpoint
+from ._rbm import BERNOULLI, GAUSSIAN, init_rbm, mean_hidden, rbm_layout
+from ._worker import FinetunePhase, PhaseState, PretrainPhase, Shard, layer_input, standardize
+
+_SEED_BOUND = np.iinfo(np.int32).max
+
+
+class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, TransformerMixin,
+                     BaseEstimator):
+    """Deep belief network: greedy RBM pretraining, then backprop fine-tuning.
+
+    A stack of restricted Boltzmann machines is pretrained greedily, layer by layer, with
+    contrastive divergence; each layer learns from the mean hidden activations of the layer
+    below. With labels, the stack is then unrolled into a sigmoid network with a softmax head
+    and fine-tuned with minibatch SGD and momentum on the cross-entropy.
+
+    Without labels, ``fit(X)`` only pretrains: :meth:`transform` then gives the top layer's
+    features (for example in front of another classifier), and :meth:`predict` raises.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(256, 256)
+        Number of hidden units of each RBM layer, bottom to top.
+    visible_units : {"auto", "bernoulli", "gaussian"}, default="auto"
+        Kind of the first layer's visible units. ``"bernoulli"`` needs data in [0, 1];
+        ``"gaussian"`` standardizes each feature with the mean and standard deviation learned
+        in ``fit`` and trains with a ten times smaller pretraining learning rate, as Hinton's
+        practical guide (2010) advises. ``"auto"`` picks Bernoulli when all training values lie
+        in [0, 1] and Gaussian otherwise.
+    pretrain_epochs : int, default=10
+        Epochs of contrastive divergence for each layer. 0 skips pretraining (the network then
+        starts from small random weights).
+    pretrain_learning_rate : float, default=0.05
+        Learning rate of contrastive divergence (on the minibatch-mean gradient).
+    cd_steps : int, default=1
+        Gibbs steps per contrastive divergence update (the ``k`` of CD-k).
+    persistent : bool, default=False
+        Use persistent contrastive divergence: the negative chain carries over between
+        minibatches instead of restarting at the data.
+    max_iter : int, default=100
+        Maximum number of fine-tuning epochs.
+    learning_rate : float, default=0.1
+        Learning rate of fine-tuning SGD.
+    momentum : float, default=0.9
+        Momentum of both pretraining and fine-tuning; pretraining uses 0.5 for its first
+        epochs (up to five, and at most half of them) while the RBM statistics settle.
+    alpha : float, default=1e-4
+        L2 penalty: the fine-tuning loss is the mean cross-entropy plus
+        ``0.5 * alpha * ||W||^2``; pretraining decays its weights by the same coefficient.
+    batch_size : int, default=32
+        Minibatch size of both phases (capped at the number of samples).
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the labelled data (stratified) and stop
+        fine-tuning when the validation accuracy has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs; the best network seen is kept.
+    validation_fraction : float, default=0.1
+        Share of the training data held out when ``early_stopping`` is on.
+    n_iter_no_change : int, default=10
+        Epochs without improvement tolerated before fine-tuning stops.
+    tol : float, default=1e-4
+        Smallest improvement of the training loss (or, with early stopping, of the validation
+        accuracy) that counts as progress.
+    backend : {"local", "spark"}, default="local"
+        Where training runs. ``"local"`` trains in this process. ``"spark"`` is reserved for
+        training across a SparkSession and is not available in this version.
+    n_workers : int or None, default=None
+        Number of workers, each holding a full copy of the network and training on its own
+        shard of the data. ``None`` lets the backend choose; the local backend uses one.
+    sync : {"gossip", "average", "none"}, default="gossip"
+        How workers keep their copies together within a phase (asynchronous gossip, periodic
+        exact averaging, or only at the end of the phase). Without effect on one worker.
+    sync_every : int, default=10
+        Minibatches between two synchronisations of a worker. Without effect on one worker.
+    checkpoint_dir : str or path-like or None, default=None
+        Directory where the training progress is saved after every phase. A fit with the same
+        parameters and data resumes from the last saved phase and gives the same model as an
+        uninterrupted fit; a checkpoint of another run is ignored and replaced.
+    warm_start : bool, default=False
+        Start from the weights of the previous fit. With labels, pretraining is skipped and
+        fine-tuning continues from the current network (a softmax head is added if the model
+        has none, so ``fit(X_unlabelled)`` followed by a warm ``fit(X, y)`` fine-tunes the
+        pretrained stack). Without labels, pretraining continues from the current layers.
+    verbose : int, default=0
+        Print progress: one line per phase at 1, one per fine-tuning epoch at 2.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weight initialisation, the shuffling, the Gibbs sampling and the validation
+        split. With a fixed seed and one worker (or ``sync="average"``) training is
+        deterministic.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels; absent when the model was fitted without labels.
+    coefs_ : list of ndarray
+        Weight matrices, ``coefs_[i]`` of shape (n_units_in, n_units_out): the hidden layers,
+        then the softmax head once the model has been fine-tuned.
+    intercepts_ : list of ndarray
+        Bias vectors matching ``coefs_``.
+    visible_intercepts_ : list of ndarray
+        Visible biases of each pretrained RBM layer (used for reconstruction only).
+    visible_units_ : {"bernoulli", "gaussian"}
+        Kind of visible units used.
+    mean_, scale_ : ndarray of shape (n_features_in_,) or None
+        Standardization of Gaussian visible units; None for Bernoulli units.
+    pretraining_history_ : list of dict
+        One dict per layer with per-epoch ``"reconstruction_error"`` (mean squared error of a
+        one-step mean-field reconstruction on up to 512 training rows) and, for Bernoulli
+        visible units, ``"pseudo_likelihood"`` (mean pseudo-log-likelihood per visible unit).
+    loss_curve_ : list of float
+        Fine-tuning loss (cross-entropy plus L2 term) after each epoch.
+    validation_scores_ : list of float or None
+        Validation accuracy after each epoch when ``early_stopping`` is on, else None.
+    best_validation_score_ : float or None
+        Best validation accuracy when ``early_stopping`` is on, else None.
+    best_loss_ : float or None
+        Lowest training loss when ``early_stopping`` is off, else None.
+    n_iter_ : int
+        Fine-tuning epochs run (0 after pretraining only).
+    n_workers_ : int
+        Number of workers the last fit used.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    See Also
+    --------
+    sklearn.neural_network.BernoulliRBM : A single RBM layer, trained with persistent CD.
+    sklearn.neural_network.MLPClassifier : A feed-forward network trained from random weights.
+
+    Notes
+    -----
+    Every fit is deterministic for a fixed ``random_state`` on the local backend. Input of
+    dtype float32 is trained and transformed in float32 (about twice as fast as float64).
+    The fitted model holds numpy arrays only: it pickles, and predicts without Spark.
+
+    References
+    ----------
+    Hinton, G. E., Osindero, S. and Teh, Y. (2006). A fast learning algorithm for deep belief
+    nets. Neural Computation 18, 1527-1554.
+
+    Hinton, G. E. (2010). A practical guide to training restricted Boltzmann machines.
+    UTML TR 2010-003, University of Toronto.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skdbn import DistributedDBN
+    >>> X, y = load_digits(return_X_y=True)
+    >>> dbn = DistributedDBN(hidden_layer_sizes=(64,), max_iter=20, random_state=0)
+    >>> dbn.fit(X / 16, y).score(X / 16, y) > 0.9
+    True
+    """
+
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "visible_units": [StrOptions({"auto", BERNOULLI, GAUSSIAN})],
+        "pretrain_epochs": [Interval(Integral, 0, None, closed="left")],
+        "pretrain_learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "cd_steps": [Interval(Integral, 1, None, closed="left")],
+        "persistent": ["boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "backend": [StrOptions({"local", "spark"})],
+        "n_workers": [Interval(Integral, 1, None, closed="left"), None],
+        "sync": [StrOptions({"gossip", "average", "none"})],
+        "sync_every": [Interval(Integral, 1, None, closed="left")],
+        "checkpoint_dir": [str, os.PathLike, None],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(256, 256),
+        visible_units="auto",
+        pretrain_epochs=10,
+        pretrain_learning_rate=0.05,
+        cd_steps=1,
+        persistent=False,
+        max_iter=100,
+        learning_rate=0.1,
+        momentum=0.9,
+        alpha=1e-4,
+        batch_size=32,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        backend="local",
+        n_workers=None,
+        sync="gossip",
+        sync_every=10,
+        checkpoint_dir=None,
+        warm_start=False,
+        verbose=0,
+        random_state=None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.visible_units = visible_units
+        self.pretrain_epochs = pretrain_epochs
+        self.pretrain_learning_rate = pretrain_learning_rate
+        self.cd_steps = cd_steps
+        self.persistent = persistent
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.backend = backend
+        self.n_workers = n_workers
+        self.sync = sync
+        self.sync_every = sync_every
+        self.checkpoint_dir = checkpoint_dir
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Pretrain the RBM stack on ``X`` and, when ``y`` is given, fine-tune it.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data. Sparse input must be CSR (other formats are converted).
+        y : array-like of shape (n_samples,), default=None
+            Class labels. Without them only pretraining runs.
+
+        Returns
+        -------
+        self : DistributedDBN
+            The fitted estimator.
+        """
+        with self._unchanged_on_error():
+            continuing = self.warm_start and hasattr(self, "coefs_")
+            X, y = self._validate_training_data(X, y, reset=not continuing)
+            self._check_warm_start_compatible(continuing)
+            classes = self._classes_for_fit(y, continuing)
+            if not continuing:
+                self._learn_visible_units(X)
+            seed = check_random_state(self.random_state).randint(_SEED_BOUND)
+            X_train, y_train, validation = self._split_validation(X, y, classes, seed)
+            key = fingerprint(self.get_params(), X, y, classes)
+            progress = self._starting_progress(seed, key, continuing, y is not None)
+            if continuing:
+                pretrain = "none" if y is not None else "all"
+            else:
+                pretrain = "missing"
+            self._train(progress, X_train, y_train, classes, validation, key,
+                        pretrain=pretrain, max_epochs=progress.n_iter + self.max_iter)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None, classes=None):
+        """Train for one epoch on ``X``.
+
+        Without labels this is one epoch of contrastive divergence for every layer, bottom to
+        top (any softmax head is dropped, since the layers under it change). With labels it is one epoch of fine-tuning; on the first labelled call the layers
+        that do not exist yet are pretrained on ``X`` for ``pretrain_epochs`` epochs first.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,), default=None
+            Class labels.
+        classes : array-like of shape (n_classes,), default=None
+            All classes that can appear; required on the first call with labels.
+
+        Returns
+        -------
+        self : DistributedDBN
+            The updated estimator.
+        """
+        with self._unchanged_on_error():
+            first_call = not hasattr(self, "coefs_")
+            X, y = self._validate_training_data(X, y, reset=first_call)
+            if first_call:
+                self._learn_visible_units(X)
+            self._check_warm_start_compatible(not first_call)
+            classes = self._partial_fit_classes(y, classes)
+            seed = check_random_state(self.random_state).randint(_SEED_BOUND)
+            progress = self._starting_progress(seed, None, not first_call, y is not None)
+            seed_offset = len(getattr(self, "loss_curve_", [])) + sum(
+                len(h["reconstruction_error"]) for h in getattr(self, "pretraining_history_", [])
+            )
+            progress.seed = (seed + seed_offset) % _SEED_BOUND
+            if y is None:
+                self._train(progress, X, None, None, None, None, pretrain="all",
+                            max_epochs=0, pretrain_epochs=1)
+            else:
+                self._train(progress, X, y, classes, None, None, pretrain="missing",
+                            max_epochs=progress.n_iter + 1, apply_stopping_rule=False)
+        return self
+
+    def _validate_training_data(self, X, y, reset):
+        if y is None:
+            X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
+                              reset=reset)
+        else:
+            X, y = validate_data(self, X, y, accept_sparse="csr",
+                                 dtype=[np.float64, np.float32], reset=reset)
+            check_classification_targets(y)
+        if X.shape[0] < 1:
+            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
+        if sp.issparse(X):
+            X.sort_indices()
+        visible = getattr(self, "visible_units_", None) if not reset else None
+        if (visible or self.visible_units) == BERNOULLI and not _within_unit_interval(X):
+            raise ValueError(
+                "visible_units='bernoulli' needs every value of X in [0, 1]; scale the data "
+                "(e.g. MinMaxScaler) or use visible_units='gaussian' or 'auto'"
+            )
+        return X, y
+
+    def _check_warm_start_compatible(self, continuing):
+        if continuing and tuple(self._hidden_sizes()) != tuple(
+            c.shape[1] for c in self.coefs_[: len(self.visible_intercepts_)]
+        ):
+            raise ValueError(
+                "hidden_layer_sizes differs from the fitted model's layers "
+                f"{[c.shape[1] for c in self.coefs_[: len(self.visible_intercepts_)]]}; "
+                "set warm_start=False to train a new model"
+            )
+
+    def _classes_for_fit(self, y, continuing):
+        if y is None:
+            return None
+        classes = unique_labels(y)
+        if len(classes) < 2:
+            raise ValueError(
+                "The number of classes has to be greater than one; got 1 class. A classifier "
+                "needs samples of at least 2 classes (call fit(X) without y to only pretrain)."
+            )
+        previous = getattr(self, "classes_", None)
+        if continuing and previous is not None and not np.array_equal(previous, classes):
+            raise ValueError(
+                f"warm_start fit got classes {classes}, but the model was trained on "
+                f"{previous}; set warm_start=False to train a new model"
+            )
+        return classes
+
+    def _partial_fit_classes(self, y, classes):
+        if y is None:
+            return None
+        previous = getattr(self, "classes_", None)
+        if classes is not None:
+            classes = unique_labels(classes)
+            if previous is not None and not np.array_equal(previous, classes):
+                raise ValueError(
+                    f"classes={classes} is not the same as on an earlier call to partial_fit "
+                    f"or fit ({previous})"
+                )
+        elif previous is None:
+            raise ValueError("classes must be passed on the first call to partial_fit "
+                             "with labels.")
+        classes = previous if classes is None else classes
+        if len(classes) < 2:
+            raise ValueError("The number of classes has to be greater than one; got 1 class.")
+        unseen = np.setdiff1d(unique_labels(y), classes)
+        if unseen.size:
+            raise ValueError(f"y contains labels {unseen} that are not in classes {classes}")
+        return classes
+
+    def _learn_visible_units(self, X):
+        kind = self.visible_units
+        if kind == "auto":
+            kind = BERNOULLI if _within_unit_interval(X) else GAUSSIAN
+        self.visible_units_ = kind
+        if kind == BERNOULLI:
+            self.mean_, self.scale_ = None, None
+            return
+        if sp.issparse(X):
+            mean = np.asarray(X.mean(axis=0)).ravel()
+            variance = np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean**2
+        else:
+            mean, variance = X.mean(axis=0), X.var(axis=0)
+        scale = np.sqrt(np.maximum(variance, 0))
+        scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
+        self.mean_, self.scale_ = mean.astype(X.dtype), scale.astype(X.dtype)
+
+    def _split_validation(self, X, y, classes, seed):
+        if y is None or not self.early_stopping:
+            return X, y, None
+        X_train, X_val, y_train, y_val = train_test_split(
+            X, y, test_size=self.validation_fraction, stratify=y, random_state=seed
+        )
+        if X_val.shape[0] < 2:
+            raise ValueError(
+                f"early_stopping needs at least 2 validation samples; validation_fraction="
+                f"{self.validation_fraction} of {X.shape[0]} samples gives {X_val.shape[0]}"
+            )
+        return X_train, y_train, (X_val, y_val)
+
+    def _starting_progress(self, seed, key, continuing, labelled):
+        if self.checkpoint_dir is not None and key is not None:
+            saved = load_checkpoint(self.checkpoint_dir, key)
+            if saved is not None:
+                return saved
+        progress = TrainingProgress(seed=int(seed))
+        if not continuing:
+            return progress
+        dtype = self.coefs_[0].dtype
+        n_layers = len(self.visible_intercepts_)
+        sizes = [self.n_features_in_, *self._hidden_sizes()]
+        for i in range(n_layers):
+            layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype)
+            layer["weights"][...] = self.coefs_[i]
+            layer["hidden_bias"][...] = self.intercepts_[i]
+            layer["visible_bias"][...] = self.visible_intercepts_[i]
+            progress.layers.append(layer.flat)
+        progress.pretraining_history = [dict(h) for h in self.pretraining_history_]
+        if labelled and hasattr(self, "classes_"):
+            head = network_from_layers(self.coefs_, self.intercepts_, dtype)
+            progress.network = head.flat
+            progress.velocity = np.zeros_like(head.flat)
+            progress.loss_curve = list(self.loss_curve_)
+            progress.best_loss = min(self.loss_curve_, default=np.inf)
+        return progress
+
+    # ------------------------------------------------------------------ phases
+
+    def _train(self, progress, X, y, classes, validation, key, *, pretrain, max_epochs,
+               pretrain_epochs=None, apply_stopping_rule=True):
+        """Run the phases: ``pretrain`` is "missing" (layers not trained yet), "all" (continue
+        every layer) or "none"; fine-tuning follows when ``y`` is given."""
+        engine = make_engine(self.backend, self.n_workers)
+        try:
+            engine.start([self._shard(X, y, classes)])
+            if pretrain != "none":
+                first = 0 if pretrain == "all" else len(progress.layers)
+                epochs = self.pretrain_epochs if pretrain_epochs is None else pretrain_epochs
+                self._pretrain(engine, progress, X, key, first, epochs)
+            if y is not None:
+                self._finetune(engine, progress, len(classes), validation, key, max_epochs,
+                               apply_stopping_rule)
+        finally:
+            engine.close()
+        self._store_fitted(progress, classes if y is not None else None, engine.n_workers)
+
+    def _shard(self, X, y, classes):
+        codes = None if y is None else np.searchsorted(classes, y)
+        return Shard(X, codes, self.mean_, self.scale_)
+
+    def _pretrain(self, engine, progress, X, key, first, epochs):
+        sizes = [X.shape[1], *self._hidden_sizes()]
+        dtype = X.dtype
+        rng = np.random.default_rng([progress.seed, 0])
+        for index in range(first, len(sizes) - 1):
+            below = [FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, progress.layers[i])
+                     for i in range(index)]
+            phase = self._pretrain_phase(index, sizes, epochs, progress.seed)
+            if index < len(progress.layers):
+                initial = progress.layers[index]
+            else:
+                visible_mean = _column_mean(layer_input(self._shard(X, None, None), below))
+                initial = init_rbm(sizes[index], sizes[index + 1], visible_mean,
+                                   phase.visible_units, dtype, rng).flat
+            if epochs == 0:
+                result_state = PhaseState(initial, np.zeros_like(initial))
+                history = {"reconstruction_error": []}
+            else:
+                result_state, results = engine.run_phase(
+                    phase, PhaseState(initial, np.zeros_like(initial)), below)
+                history = results[0].history
+            self._record_layer(progress, index, result_state.params, history)
+            self._report(f"pretrained layer {index}: {_last_figures(history)}")
+            if self.checkpoint_dir is not None and key is not None:
+                save_checkpoint(self.checkpoint_dir, key, progress)
+
+    def _pretrain_phase(self, index, sizes, epochs, seed):
+        return PretrainPhase(
+            layer=index, n_visible=sizes[index], n_hidden=sizes[index + 1],
+            visible_units=self.visible_units_ if index == 0 else BERNOULLI,
+            epochs=epochs, batch_size=self.batch_size,
+            learning_rate=self.pretrain_learning_rate, momentum=self.momentum,
+            weight_decay=self.alpha, cd_steps=self.cd_steps, persistent=self.persistent,
+            seed=(seed, 1, index),
+        )
+
+    @staticmethod
+    def _record_layer(progress, index, params, history):
+        if index < len(progress.layers):
+            progress.layers[index] = params
+            merged = {k: list(progress.pretraining_history[index].get(k, [])) + list(v)
+                      for k, v in history.items()}
+            progress.pretraining_history[index] = merged
+        else:
+            progress.layers.append(params)
+            progress.pretraining_history.append({k: list(v) for k, v in history.items()})
+
+    def _finetune(self, engine, progress, n_classes, validation, key, max_epochs,
+                  apply_stopping_rule):
+        sizes = (self.n_features_in_, *self._hidden_sizes(), n_classes)
+        if progress.network is None:
+            progress.network = self._initial_network(progress, sizes).flat
+            progress.velocity = np.zeros_like(progress.network)
+        while not progress.finetune_done and progress.n_iter < max_epochs:
+            phase = FinetunePhase(
+                layer_sizes=sizes, epochs=1, batch_size=self.batch_size,
+                learning_rate=self.learning_rate, momentum=self.momentum, alpha=self.alpha,
+                seed=(progress.seed, 2, progress.n_iter),
+            )
+            state, results = engine.run_phase(
+                phase, PhaseState(progress.network, progress.velocity), [])
+            progress.network, progress.velocity = state.params, state.velocity
+            progress.loss_curve.append(float(np.mean([r.history["loss"][-1] for r in results])))
+            if apply_stopping_rule:
+                progress.finetune_done = self._update_stopping(progress, validation, sizes)
+            self._report(f"fine-tuning epoch {progress.n_iter}: loss {progress.loss_curve[-1]:.5f}",
+                         level=2)
+            if self.checkpoint_dir is not None and key is not None:
+                save_checkpoint(self.checkpoint_dir, key, progress)
+        if apply_stopping_rule and not progress.finetune_done and progress.n_iter >= max_epochs:
+            warnings.warn(
+                f"Fine-tuning stopped at max_iter={self.max_iter} epochs before the "
+                f"{'validation score' if validation else 'training loss'} stopped improving; "
+                "consider raising max_iter.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        if validation is not None and progress.best_network is not None:
+            progress.network = progress.best_network
+
+    def _initial_network(self, progress, sizes):
+        dtype = progress.layers[0].dtype if progress.layers else np.float64
+        params = FlatParams(network_layout(list(sizes)), dtype)
+        rng = np.random.default_rng([progress.seed, 3])
+        n_hidden = len(sizes) - 2
+        for i in range(n_hidden):
+            layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, progress.layers[i])
+            params[f"weights_{i}"][...] = layer["weights"]
+            params[f"bias_{i}"][...] = layer["hidden_bias"]
+        params[f"weights_{n_hidden}"][...] = rng.normal(0, 0.01, size=sizes[-2:])
+        return params
+
+    def _update_stopping(self, progress, validation, sizes):
+        """Record this epoch's figure and say whether fine-tuning should stop."""
+        if validation is not None:
+            X_val, y_val = validation
+            params = FlatParams(network_layout(list(sizes)), progress.network.dtype,
+                                progress.network)
+            probabilities = forward(self._standardized(X_val, params.flat.dtype), params,
+                                    len(sizes) - 2)[-1]
+            score = float(np.mean(self.classes_[probabilities.argmax(axis=1)] == y_val))
+            progress.validation_scores.append(score)
+            improved = score > progress.best_validation_score + self.tol
+            if score > progress.best_validation_score:
+                progress.best_validation_score = score
+                progress.best_network = progress.network.copy()
+        else:
+            loss = progress.loss_curve[-1]
+            improved = loss < progress.best_loss - self.tol
+            progress.best_loss = min(progress.best_loss, loss)
+        progress.no_improvement_count = 0 if improved else progress.no_improvement_count + 1
+        return progress.no_improvement_count >= self.n_iter_no_change
+
+    def _store_fitted(self, progress, classes, n_workers):
+        sizes = [self.n_features_in_, *self._hidden_sizes()]
+        dtype = progress.layers[0].dtype
+        layers = [FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, flat)
+                  for i, flat in enumerate(progress.layers)]
+        self.visible_intercepts_ = [layer["visible_bias"].copy() for layer in layers]
+        self.pretraining_history_ = [
+            {k: list(v) for k, v in h.items()} for h in progress.pretraining_history
+        ]
+        if progress.network is not None:
+            params = FlatParams(network_layout([*sizes, len(self.classes_ if classes is None
+                                                             else classes)]),
+                                dtype, progress.network)
+            n = len(sizes)
+            self.coefs_ = [params[f"weights_{i}"].copy() for i in range(n)]
+            self.intercepts_ = [params[f"bias_{i}"].copy() for i in range(n)]
+            if classes is not None:
+                self.classes_ = classes
+        else:
+            self.coefs_ = [layer["weights"].copy() for layer in layers]
+            self.intercepts_ = [layer["hidden_bias"].copy() for layer in layers]
+            if hasattr(self, "classes_"):
+                del self.classes_
+        self.loss_curve_ = list(progress.loss_curve)
+        self.n_iter_ = progress.n_iter
+        self.validation_scores_ = (list(progress.validation_scores) if self.early_stopping
+                                   else None)
+        self.best_validation_score_ = (progress.best_validation_score if self.early_stopping
+                                       and progress.validation_scores else None)
+        self.best_loss_ = (progress.best_loss if not self.early_stopping
+                           and np.isfinite(progress.best_loss) else None)
+        self.n_workers_ = n_workers
+
+    # ------------------------------------------------------------------ inference
+
+    def transform(self, X):
+        """Activations of the top hidden layer.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, hidden_layer_sizes[-1])
+            Mean activations of the top hidden layer, in the dtype of ``X`` (float32 stays
+            float32).
+        """
+        X = self._validate_inference_data(X)
+        x = self._standardized(X, X.dtype)
+        for weights, bias in zip(self._hidden_coefs(), self.intercepts_, strict=False):
+            x = mean_hidden(x, _rbm_view(weights, bias, X.dtype))
+        return x
+
+    def predict_proba(self, X):
+        """Class probabilities from the softmax head.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Probability of each class in ``classes_`` order.
+        """
+        X = self._validate_inference_data(X)
+        self._check_has_head()
+        params = network_from_layers(self.coefs_, self.intercepts_, X.dtype)
+        return forward(self._standardized(X, X.dtype), params, len(self.coefs_) - 1)[-1]
+
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Log-probability of each class in ``classes_`` order.
+        """
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """Most probable class of each sample.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+            Predicted labels, from ``classes_``.
+        """
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def _validate_inference_data(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
+                             reset=False)
+
+    def _check_has_head(self):
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(
+                "This DistributedDBN was fitted without labels (pretraining only), so it "
+                "cannot predict. Call fit(X, y) with labels, or use transform(X) for features."
+            )
+
+    def _standardized(self, X, dtype):
+        if self.mean_ is None:
+            return X
+        return standardize(X, self.mean_.astype(dtype), self.scale_.astype(dtype))
+
+    def _hidden_coefs(self):
+        return self.coefs_[: len(self.visible_intercepts_)]
+
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
+        if not sizes or not all(isinstance(s, Integral) and s >= 1 for s in sizes):
+            raise ValueError(
+                "hidden_layer_sizes must be a positive integer or a non-empty sequence of "
+                f"positive integers, got {self.hidden_layer_sizes!r}"
+            )
+        return [int(s) for s in sizes]
+
+    @property
+    def _n_features_out(self):
+        return self._hidden_coefs()[-1].shape[1]
+
+    # ------------------------------------------------------------------ helpers
+
+    @contextlib.contextmanager
+    def _unchanged_on_error(self):
+        """Restore the estimator's attributes if the block raises, so bad input never
+        leaves a fitted model half-updated (fitted arrays are replaced, never mutated)."""
+        saved = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _report(self, message, level=1):
+        if self.verbose >= level:
+            print(f"[DistributedDBN] {message}", flush=True)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.target_tags.required = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _within_unit_interval(X):
+    values = X.data if sp.issparse(X) else X
+    return values.size == 0 or (values.min() >= 0 and values.max() <= 1)
+
+
+def _column_mean(x):
+    return np.asarray(x.mean(axis=0)).ravel()
+
+
+def _rbm_view(weights, bias, dtype):
+    n_visible, n_hidden = weights.shape
+    params = FlatParams(rbm_layout(n_visible, n_hidden), dtype)
+    params["weights"][...] = weights
+    params["hidden_bias"][...] = bias
+    return params
+
+
+def _last_figures(history):
+    return ", ".join(f"{name} {values[-1]:.4f}" for name, values in history.items() if values)

@@ -1,0 +1,232 @@
+"""One worker's training loop for one phase of DBN training (no Spark here).
+
+A *phase* is either the pretraining of one RBM layer or a round of fine-tuning epochs. A worker
+receives the phase description, its shard of the data, the starting state (identical on every
+worker) and the finished layers below, trains, and returns its state and history. Engines decide
+where workers run; the estimator decides which phases run and combines their results.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._flat import FlatParams
+from ._network import Backprop, layer_sizes_of, network_layout, penalty
+from ._rbm import (
+    BERNOULLI,
+    GAUSSIAN_LEARNING_RATE_FACTOR,
+    ContrastiveDivergence,
+    mean_hidden,
+    pseudo_likelihood,
+    rbm_layout,
+    reconstruction_error,
+)
+
+# Rows of the shard used for the per-epoch monitoring figures; enough for a stable estimate at
+# a few percent of the cost of an epoch.
+MONITOR_ROWS = 512
+
+
+@dataclass(frozen=True)
+class PretrainPhase:
+    """Pretraining of RBM layer ``layer`` with contrastive divergence."""
+
+    layer: int
+    n_visible: int
+    n_hidden: int
+    visible_units: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    cd_steps: int
+    persistent: bool
+    seed: tuple
+
+    def layout(self):
+        """Shapes of the parameters this phase trains."""
+        return rbm_layout(self.n_visible, self.n_hidden)
+
+
+@dataclass(frozen=True)
+class FinetunePhase:
+    """Backprop epochs over the whole network with a softmax head."""
+
+    layer_sizes: tuple
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    alpha: float
+    seed: tuple
+
+    def layout(self):
+        """Shapes of the parameters this phase trains."""
+        return network_layout(list(self.layer_sizes))
+
+
+@dataclass
+class Shard:
+    """A worker's part of the training data.
+
+    ``X`` is the validated input, ``y`` class codes in ``range(n_classes)`` or None, and
+    ``mean``/``scale`` the standardization of Gaussian visible units (None for Bernoulli).
+    """
+
+    X: object
+    y: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    @property
+    def n_samples(self):
+        """Number of rows in the shard."""
+        return self.X.shape[0]
+
+
+@dataclass
+class PhaseState:
+    """Parameters and optimizer velocity of a phase, each one flat vector."""
+
+    params: np.ndarray
+    velocity: np.ndarray
+
+
+@dataclass
+class PhaseResult:
+    """What a worker returns at the end of a phase."""
+
+    state: PhaseState
+    weight: float
+    n_samples: int
+    history: dict = field(default_factory=dict)
+
+
+def standardize(X, mean, scale):
+    """Dense ``(X - mean) / scale`` in the dtype of ``X``; sparse input is densified."""
+    X = X.toarray() if sp.issparse(X) else np.array(X, copy=True)
+    X -= mean
+    X /= scale
+    return X
+
+
+def layer_input(shard, below):
+    """The shard pushed through the finished layers ``below`` (list of RBM ``FlatParams``)."""
+    x = shard.X if shard.mean is None else standardize(shard.X, shard.mean, shard.scale)
+    for params in below:
+        x = mean_hidden(x, params)
+    return x
+
+
+def run_phase(phase, shard, state, below):
+    """Train ``phase`` on ``shard`` from ``state``; dispatches on the phase type.
+
+    Parameters
+    ----------
+    phase : PretrainPhase or FinetunePhase
+    shard : Shard
+    state : PhaseState
+        Starting parameters and velocity; not modified.
+    below : list of FlatParams
+        Finished RBM layers under the one being pretrained (empty for fine-tuning).
+
+    Returns
+    -------
+    result : PhaseResult
+    """
+    rng = np.random.default_rng(list(phase.seed))
+    params = FlatParams(phase.layout(), state.params.dtype, state.params.copy())
+    if isinstance(phase, PretrainPhase):
+        trainer, history = _pretrain(phase, layer_input(shard, below), params, rng)
+    else:
+        x = layer_input(shard, [])
+        trainer, history = _finetune(phase, x, shard.y, params, state.velocity, rng)
+    if not np.all(np.isfinite(params.flat)):
+        raise FloatingPointError(
+            f"training diverged in {type(phase).__name__} (parameters are no longer finite); "
+            "lower the learning rate"
+        )
+    final = PhaseState(params.flat, trainer.velocity.flat)
+    return PhaseResult(final, weight=float(shard.n_samples), n_samples=shard.n_samples, history=history)
+
+
+def _minibatches(n_samples, batch_size, rng):
+    order = rng.permutation(n_samples)
+    for start in range(0, n_samples, batch_size):
+        yield order[start:start + batch_size]
+
+
+def _gather_rows(x, rows, out):
+    if sp.issparse(x):
+        out[...] = x[rows].toarray()
+    else:
+        np.take(x, rows, axis=0, out=out)
+
+
+def _pretrain(phase, x, params, rng):
+    learning_rate = phase.learning_rate
+    if phase.visible_units != BERNOULLI:
+        learning_rate *= GAUSSIAN_LEARNING_RATE_FACTOR
+    batch_size = min(phase.batch_size, x.shape[0])
+    trainer = ContrastiveDivergence(
+        params, phase.visible_units, batch_size, phase.cd_steps, phase.persistent,
+        learning_rate, phase.momentum, phase.weight_decay, rng,
+    )
+    monitor = x[:MONITOR_ROWS]
+    history = {"reconstruction_error": [], "pseudo_likelihood": []}
+    warmup_epochs = min(5, phase.epochs // 2)
+    for epoch in range(phase.epochs):
+        trainer.momentum = (min(0.5, phase.momentum) if epoch < warmup_epochs
+                            else phase.momentum)
+        for rows in _minibatches(x.shape[0], batch_size, rng):
+            _gather_rows(x, rows, trainer.load_batch(len(rows)))
+            trainer.step(len(rows))
+        history["reconstruction_error"].append(
+            reconstruction_error(monitor, params, phase.visible_units)
+        )
+        if phase.visible_units == BERNOULLI:
+            history["pseudo_likelihood"].append(pseudo_likelihood(monitor, params, rng))
+    if phase.visible_units != BERNOULLI:
+        del history["pseudo_likelihood"]
+    return trainer, history
+
+
+def _finetune(phase, x, y, params, velocity, rng):
+    n_classes = layer_sizes_of(params)[-1]
+    trainer = Backprop(params, phase.learning_rate, phase.momentum, phase.alpha)
+    trainer.velocity.flat[...] = velocity
+    batch_size = min(phase.batch_size, x.shape[0])
+    onehot = np.zeros((batch_size, n_classes), dtype=params.flat.dtype)
+    history = {"loss": []}
+    for _ in range(phase.epochs):
+        total = 0.0
+        for rows in _minibatches(x.shape[0], batch_size, rng):
+            batch_onehot = onehot[: len(rows)]
+            batch_onehot[...] = 0
+            batch_onehot[np.arange(len(rows)), y[rows]] = 1
+            total += trainer.step(x[rows], batch_onehot)
+        history["loss"].append(total / x.shape[0] + penalty(params, phase.alpha))
+    return trainer, history
+
+
+def consensus(results):
+    """Weighted average of the workers' states (weights as carried by push-sum).
+
+    Parameters
+    ----------
+    results : list of PhaseResult
+
+    Returns
+    -------
+    state : PhaseState
+    """
+    weights = np.array([r.weight for r in results], dtype=np.float64)
+    weights /= weights.sum()
+    dtype = results[0].state.params.dtype
+    params = sum(w * r.state.params.astype(np.float64) for w, r in zip(weights, results, strict=True))
+    velocity = sum(
+        w * r.state.velocity.astype(np.float64) for w, r in zip(weights, results, strict=True)
+    )
+    return PhaseState(params.astype(dtype), velocity.astype(dtype))
