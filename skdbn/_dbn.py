@@ -53,10 +53,11 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         in ``fit`` and trains with a ten times smaller pretraining learning rate, as Hinton's
         practical guide (2010) advises. ``"auto"`` picks Bernoulli when all training values lie
         in [0, 1] and Gaussian otherwise.
-    pretrain_epochs : int, default=10
-        Epochs of contrastive divergence for each layer. 0 skips pretraining (the network then
-        starts from small random weights).
-    pretrain_learning_rate : float, default=0.05
+    pretrain_epochs : int, default=20
+        Epochs of contrastive divergence for each layer. 0 skips pretraining: the network then
+        starts from Glorot-uniform weights, as :class:`~sklearn.neural_network.MLPClassifier`
+        does.
+    pretrain_learning_rate : float, default=0.1
         Learning rate of contrastive divergence (on the minibatch-mean gradient).
     cd_steps : int, default=1
         Gibbs steps per contrastive divergence update (the ``k`` of CD-k).
@@ -100,7 +101,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     checkpoint_dir : str or path-like or None, default=None
         Directory where the training progress is saved after every phase. A fit with the same
         parameters and data resumes from the last saved phase and gives the same model as an
-        uninterrupted fit; a checkpoint of another run is ignored and replaced.
+        uninterrupted fit; a checkpoint of another run is ignored and replaced. Warm-start
+        fits and :meth:`partial_fit` do not checkpoint.
     warm_start : bool, default=False
         Start from the weights of the previous fit. With labels, pretraining is skipped and
         fine-tuning continues from the current network (a softmax head is added if the model
@@ -208,8 +210,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self,
         hidden_layer_sizes=(256, 256),
         visible_units="auto",
-        pretrain_epochs=10,
-        pretrain_learning_rate=0.05,
+        pretrain_epochs=20,
+        pretrain_learning_rate=0.1,
         cd_steps=1,
         persistent=False,
         max_iter=100,
@@ -281,14 +283,15 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 self._learn_visible_units(X)
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
             X_train, y_train, validation = self._split_validation(X, y, classes, seed)
-            key = fingerprint(self.get_params(), X, y, classes)
+            key = None if continuing else fingerprint(self.get_params(), X, y, classes)
             progress = self._starting_progress(seed, key, continuing, y is not None)
             if continuing:
                 pretrain = "none" if y is not None else "all"
+                max_epochs = progress.n_iter + self.max_iter
             else:
-                pretrain = "missing"
+                pretrain, max_epochs = "missing", self.max_iter
             self._train(progress, X_train, y_train, classes, validation, key,
-                        pretrain=pretrain, max_epochs=progress.n_iter + self.max_iter)
+                        pretrain=pretrain, max_epochs=max_epochs)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -426,6 +429,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         X_train, X_val, y_train, y_val = train_test_split(
             X, y, test_size=self.validation_fraction, stratify=y, random_state=seed
         )
+        y_val = np.searchsorted(classes, y_val)
         if X_val.shape[0] < 2:
             raise ValueError(
                 f"early_stopping needs at least 2 validation samples; validation_fraction="
@@ -495,8 +499,11 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 initial = progress.layers[index]
             else:
                 visible_mean = _column_mean(layer_input(self._shard(X, None, None), below))
-                initial = init_rbm(sizes[index], sizes[index + 1], visible_mean,
-                                   phase.visible_units, dtype, rng).flat
+                layer = init_rbm(sizes[index], sizes[index + 1], visible_mean,
+                                 phase.visible_units, dtype, rng)
+                if epochs == 0:
+                    layer["weights"][...] = _glorot_uniform(sizes[index], sizes[index + 1], rng)
+                initial = layer.flat
             if epochs == 0:
                 result_state = PhaseState(initial, np.zeros_like(initial))
                 history = {"reconstruction_error": []}
@@ -572,7 +579,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, progress.layers[i])
             params[f"weights_{i}"][...] = layer["weights"]
             params[f"bias_{i}"][...] = layer["hidden_bias"]
-        params[f"weights_{n_hidden}"][...] = rng.normal(0, 0.01, size=sizes[-2:])
+        params[f"weights_{n_hidden}"][...] = _glorot_uniform(*sizes[-2:], rng)
         return params
 
     def _update_stopping(self, progress, validation, sizes):
@@ -583,7 +590,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                                 progress.network)
             probabilities = forward(self._standardized(X_val, params.flat.dtype), params,
                                     len(sizes) - 2)[-1]
-            score = float(np.mean(self.classes_[probabilities.argmax(axis=1)] == y_val))
+            score = float(np.mean(probabilities.argmax(axis=1) == y_val))
             progress.validation_scores.append(score)
             improved = score > progress.best_validation_score + self.tol
             if score > progress.best_validation_score:
@@ -764,6 +771,12 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 def _within_unit_interval(X):
     values = X.data if sp.issparse(X) else X
     return values.size == 0 or (values.min() >= 0 and values.max() <= 1)
+
+
+def _glorot_uniform(n_in, n_out, rng):
+    # The bound MLPClassifier uses for logistic units (Glorot & Bengio 2010).
+    bound = np.sqrt(2.0 / (n_in + n_out))
+    return rng.uniform(-bound, bound, size=(n_in, n_out))
 
 
 def _column_mean(x):

@@ -138,11 +138,13 @@ def run_phase(phase, shard, state, below):
     """
     rng = np.random.default_rng(list(phase.seed))
     params = FlatParams(phase.layout(), state.params.dtype, state.params.copy())
-    if isinstance(phase, PretrainPhase):
-        trainer, history = _pretrain(phase, layer_input(shard, below), params, rng)
-    else:
-        x = layer_input(shard, [])
-        trainer, history = _finetune(phase, x, shard.y, params, state.velocity, rng)
+    # A diverging run overflows; it is reported once, below, by the finiteness check.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if isinstance(phase, PretrainPhase):
+            trainer, history = _pretrain(phase, layer_input(shard, below), params, rng)
+        else:
+            x = layer_input(shard, [])
+            trainer, history = _finetune(phase, x, shard.y, params, state.velocity, rng)
     if not np.all(np.isfinite(params.flat)):
         raise FloatingPointError(
             f"training diverged in {type(phase).__name__} (parameters are no longer finite); "
