@@ -2,7 +2,6 @@
 
 import contextlib
 import os
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -14,7 +13,7 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -65,7 +64,10 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Use persistent contrastive divergence: the negative chain carries over between
         minibatches instead of restarting at the data.
     max_iter : int, default=100
-        Maximum number of fine-tuning epochs.
+        Number of fine-tuning epochs. As in the DBN literature, fine-tuning is planned as a
+        fixed number of epochs, so reaching ``max_iter`` is the normal end (no
+        ``ConvergenceWarning``); it ends sooner when the loss (or, with early stopping, the
+        validation accuracy) stops improving by ``tol`` for ``n_iter_no_change`` epochs.
     learning_rate : float, default=0.1
         Learning rate of fine-tuning SGD.
     momentum : float, default=0.9
@@ -559,14 +561,6 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                          level=2)
             if self.checkpoint_dir is not None and key is not None:
                 save_checkpoint(self.checkpoint_dir, key, progress)
-        if apply_stopping_rule and not progress.finetune_done and progress.n_iter >= max_epochs:
-            warnings.warn(
-                f"Fine-tuning stopped at max_iter={self.max_iter} epochs before the "
-                f"{'validation score' if validation else 'training loss'} stopped improving; "
-                "consider raising max_iter.",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
         if validation is not None and progress.best_network is not None:
             progress.network = progress.best_network
 
