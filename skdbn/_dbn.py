@@ -301,8 +301,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         """Train for one epoch on ``X``.
 
         Without labels this is one epoch of contrastive divergence for every layer, bottom to
-        top (any softmax head is dropped, since the layers under it change). With labels it is one epoch of fine-tuning; on the first labelled call the layers
-        that do not exist yet are pretrained on ``X`` for ``pretrain_epochs`` epochs first.
+        top (any softmax head is dropped, since the layers under it change). With labels it is
+        one epoch of fine-tuning; on the first labelled call the layers that do not exist yet
+        are pretrained on ``X`` for ``pretrain_epochs`` epochs first.
 
         Parameters
         ----------

@@ -5,6 +5,8 @@ weight matrices first and all biases after them, so the L2 penalty applies to on
 slice.
 """
 
+from itertools import pairwise
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -14,7 +16,7 @@ from ._rbm import sigmoid_
 
 def network_layout(layer_sizes):
     """Shapes of the network parameters for ``layer_sizes = [n_in, h_1, ..., n_out]``."""
-    pairs = list(zip(layer_sizes[:-1], layer_sizes[1:], strict=True))
+    pairs = list(pairwise(layer_sizes))
     shapes = {f"weights_{i}": (n_in, n_out) for i, (n_in, n_out) in enumerate(pairs)}
     shapes.update({f"bias_{i}": (n_out,) for i, (_, n_out) in enumerate(pairs)})
     return shapes
@@ -22,7 +24,7 @@ def network_layout(layer_sizes):
 
 def n_weight_values(layer_sizes):
     """Number of values in the weight matrices, i.e. the length of the penalised prefix."""
-    return sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:], strict=True))
+    return sum(a * b for a, b in pairwise(layer_sizes))
 
 
 def network_from_layers(weights, biases, dtype):

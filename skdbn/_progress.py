@@ -93,8 +93,7 @@ def load_checkpoint(directory, key):
         if meta.get("version") != _FORMAT_VERSION or meta.get("key") != key:
             return None
         layers = [data[f"layer_{i}"] for i in range(meta.pop("n_layers"))]
-        arrays = {name: data[name] if name in data else None
-                  for name in ("network", "velocity", "best_network")}
+        arrays = {name: data.get(name) for name in ("network", "velocity", "best_network")}
     meta.pop("version")
     meta.pop("key")
     return TrainingProgress(layers=layers, **arrays, **meta)

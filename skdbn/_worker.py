@@ -151,7 +151,8 @@ def run_phase(phase, shard, state, below):
             "lower the learning rate"
         )
     final = PhaseState(params.flat, trainer.velocity.flat)
-    return PhaseResult(final, weight=float(shard.n_samples), n_samples=shard.n_samples, history=history)
+    return PhaseResult(final, weight=float(shard.n_samples), n_samples=shard.n_samples,
+                       history=history)
 
 
 def _minibatches(n_samples, batch_size, rng):
@@ -227,8 +228,10 @@ def consensus(results):
     weights = np.array([r.weight for r in results], dtype=np.float64)
     weights /= weights.sum()
     dtype = results[0].state.params.dtype
-    params = sum(w * r.state.params.astype(np.float64) for w, r in zip(weights, results, strict=True))
-    velocity = sum(
-        w * r.state.velocity.astype(np.float64) for w, r in zip(weights, results, strict=True)
-    )
+
+    def average(vectors):
+        return sum(w * v.astype(np.float64) for w, v in zip(weights, vectors, strict=True))
+
+    params = average([r.state.params for r in results])
+    velocity = average([r.state.velocity for r in results])
     return PhaseState(params.astype(dtype), velocity.astype(dtype))

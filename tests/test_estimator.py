@@ -185,7 +185,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(digits, tmp_path, monke
     assert resumed.loss_curve_ == reference.loss_curve_
 
     # A checkpoint of other data is not resumed.
-    other = small(**params).fit(X[::-1], y[::-1])
+    small(**params).fit(X[::-1], y[::-1])
     assert resumed_calls["n"] == 3 + 2 + 6
 
 
