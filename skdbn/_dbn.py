@@ -285,7 +285,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 self._learn_visible_units(X)
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
             X_train, y_train, validation = self._split_validation(X, y, classes, seed)
-            key = None if continuing else fingerprint(self.get_params(), X, y, classes)
+            key = None
+            if self.checkpoint_dir is not None and not continuing:
+                key = fingerprint(self.get_params(), X, y, classes)
             progress = self._starting_progress(seed, key, continuing, y is not None)
             if continuing:
                 pretrain = "none" if y is not None else "all"
@@ -472,9 +474,10 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                pretrain_epochs=None, apply_stopping_rule=True):
         """Run the phases: ``pretrain`` is "missing" (layers not trained yet), "all" (continue
         every layer) or "none"; fine-tuning follows when ``y`` is given."""
-        engine = make_engine(self.backend, self.n_workers)
+        n_workers = self._resolve_n_workers(X.shape[0])
+        engine = make_engine(self.backend, n_workers, self.sync, self.sync_every)
         try:
-            engine.start([self._shard(X, y, classes)])
+            engine.start(self._shards(X, y, classes, n_workers, progress.seed))
             if pretrain != "none":
                 first = 0 if pretrain == "all" else len(progress.layers)
                 epochs = self.pretrain_epochs if pretrain_epochs is None else pretrain_epochs
@@ -486,9 +489,27 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             engine.close()
         self._store_fitted(progress, classes if y is not None else None, engine.n_workers)
 
+    def _resolve_n_workers(self, n_samples):
+        if self.n_workers is None:
+            return 1
+        if self.n_workers > n_samples:
+            raise ValueError(
+                f"n_workers={self.n_workers} is more than the {n_samples} training samples; "
+                "every worker needs a shard"
+            )
+        return self.n_workers
+
     def _shard(self, X, y, classes):
         codes = None if y is None else np.searchsorted(classes, y)
         return Shard(X, codes, self.mean_, self.scale_)
+
+    def _shards(self, X, y, classes, n_workers, seed):
+        """The data split into ``n_workers`` shards of a seeded random permutation."""
+        if n_workers == 1:
+            return [self._shard(X, y, classes)]
+        order = np.random.default_rng([seed, 4]).permutation(X.shape[0])
+        return [self._shard(X[rows], None if y is None else y[rows], classes)
+                for rows in np.array_split(order, n_workers)]
 
     def _pretrain(self, engine, progress, X, key, first, epochs):
         sizes = [X.shape[1], *self._hidden_sizes()]
@@ -513,7 +534,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             else:
                 result_state, results = engine.run_phase(
                     phase, PhaseState(initial, np.zeros_like(initial)), below)
-                history = results[0].history
+                history = _mean_history(results)
             self._record_layer(progress, index, result_state.params, history)
             self._report(f"pretrained layer {index}: {_last_figures(history)}")
             if self.checkpoint_dir is not None and key is not None:
@@ -555,7 +576,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             state, results = engine.run_phase(
                 phase, PhaseState(progress.network, progress.velocity), [])
             progress.network, progress.velocity = state.params, state.velocity
-            progress.loss_curve.append(float(np.mean([r.history["loss"][-1] for r in results])))
+            progress.loss_curve.append(_mean_history(results)["loss"][-1])
             if apply_stopping_rule:
                 progress.finetune_done = self._update_stopping(progress, validation, sizes)
             self._report(f"fine-tuning epoch {progress.n_iter}: loss {progress.loss_curve[-1]:.5f}",
@@ -766,6 +787,18 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 def _within_unit_interval(X):
     values = X.data if sp.issparse(X) else X
     return values.size == 0 or (values.min() >= 0 and values.max() <= 1)
+
+
+def _mean_history(results):
+    """Per-pass figures averaged over the workers (over the passes all of them finished)."""
+    merged = {}
+    for name in results[0].history:
+        series = [r.history[name] for r in results if r.history.get(name)]
+        length = min((len(v) for v in series), default=0)
+        merged[name] = [float(np.mean([v[i] for v in series])) for i in range(length)]
+        if not merged[name] and series:
+            merged[name] = [float(np.mean([v[-1] for v in series]))]
+    return merged
 
 
 def _glorot_uniform(n_in, n_out, rng):

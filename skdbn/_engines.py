@@ -1,17 +1,32 @@
 """Engines start workers and collect their results; they hold no training math.
 
-``LocalEngine`` runs the single worker in this process. The Spark engine and multi-process
-local workers (gossip) plug into the same two calls: ``start(shards)`` and
-``run_phase(phase, state, below)``.
+Every engine offers ``start(shards)``, ``run_phase(phase, state, below)`` returning the
+consensus state and the workers' results, and ``close()``.
+
+- ``LocalEngine``: one worker in the calling process.
+- ``ProcessEngine``: ``n_workers`` local processes (joblib) that gossip over loopback with the
+  very same transport and protocol as Spark tasks, so the gossip layer runs without a JVM.
+- ``SparkEngine`` (in ``_spark``): one barrier task per worker.
 """
 
+import os
+import secrets
+
+from joblib import Parallel, delayed
+
+from ._gossip import AllGatherClient, AllGatherServer
+from ._task import SyncPlan, run_worker
 from ._worker import consensus, run_phase
+
+# Seconds any single network wait of a phase may take before a peer is given up.
+NETWORK_TIMEOUT = 30.0
 
 
 class LocalEngine:
     """Runs every phase in the calling process, on one worker holding all of the data."""
 
     n_workers = 1
+    epochs_per_phase = 1
 
     def __init__(self):
         self._shards = None
@@ -32,16 +47,79 @@ class LocalEngine:
         self._shards = None
 
 
-def make_engine(backend, n_workers):
-    """The engine for ``backend`` and ``n_workers``, with a clear error for what is not there."""
+class ProcessEngine:
+    """Runs each phase on ``n_workers`` local processes that synchronise by ``sync``.
+
+    Parameters
+    ----------
+    n_workers : int
+        Number of worker processes (one shard each).
+    sync : {"gossip", "average", "none"}
+        Synchronisation within a phase.
+    sync_every : int
+        Minibatches between two synchronisations of a worker.
+    """
+
+    epochs_per_phase = 1
+
+    def __init__(self, n_workers, sync, sync_every, timeout=NETWORK_TIMEOUT):
+        self.n_workers = n_workers
+        self.sync = sync
+        self.sync_every = sync_every
+        self.timeout = timeout
+        self._secret = secrets.token_bytes(32)
+        self._shards = None
+        self._parallel = None
+
+    def __repr__(self):  # never print the secret
+        return f"ProcessEngine(n_workers={self.n_workers}, sync={self.sync!r})"
+
+    def start(self, shards):
+        """Keep the workers' shards and open the worker pool for the phases to come."""
+        if len(shards) != self.n_workers:
+            raise ValueError(f"expected {self.n_workers} shards, got {len(shards)}")
+        self._shards = shards
+        # One pool for the whole fit: processes and memory-mapped shards are reused by every
+        # phase and cleaned up in close().
+        self._parallel = Parallel(n_jobs=self.n_workers, backend="loky").__enter__()
+
+    def run_phase(self, phase, state, below):
+        """Run ``phase`` on every worker process and return ``(consensus_state, results)``."""
+        plan = SyncPlan(
+            mode=self.sync, n_workers=self.n_workers, sync_every=self.sync_every,
+            secret=self._secret, phase_key=secrets.randbits(63),
+            total_samples=sum(s.n_samples for s in self._shards), timeout=self.timeout,
+            blas_threads=max(1, (os.cpu_count() or 1) // self.n_workers),
+        )
+        server = None
+        if self.sync != "none":  # independent workers need no rendezvous
+            server = AllGatherServer(self._secret, self.n_workers, self.timeout).start()
+        try:
+            rendezvous = server and AllGatherClient(server.address, self._secret, self.timeout)
+            results = self._parallel(
+                delayed(run_worker)(rank, phase, shard, state, below, plan, rendezvous)
+                for rank, shard in enumerate(self._shards)
+            )
+        finally:
+            if server is not None:
+                server.close()
+        return consensus(results), results
+
+    def close(self):
+        """Close the worker pool and release the shards."""
+        if self._parallel is not None:
+            self._parallel.__exit__(None, None, None)
+            self._parallel = None
+        self._shards = None
+
+
+def make_engine(backend, n_workers, sync, sync_every):
+    """The engine for ``backend`` and a resolved number of workers."""
     if backend == "spark":
         raise NotImplementedError(
             "backend='spark' is not available in this version of skdbn; "
             "use backend='local' to train in this process"
         )
-    if n_workers not in (None, 1):
-        raise NotImplementedError(
-            f"backend='local' trains on one worker in this version of skdbn; got "
-            f"n_workers={n_workers}. Leave n_workers=None (or 1)"
-        )
-    return LocalEngine()
+    if n_workers == 1:
+        return LocalEngine()
+    return ProcessEngine(n_workers, sync, sync_every)

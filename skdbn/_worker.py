@@ -6,6 +6,7 @@ worker) and the finished layers below, trains, and returns its state and history
 where workers run; the estimator decides which phases run and combines their results.
 """
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from ._rbm import (
     rbm_layout,
     reconstruction_error,
 )
+from ._sync import LocalBudget
 
 # Rows of the shard used for the per-epoch monitoring figures; enough for a stable estimate at
 # a few percent of the cost of an epoch.
@@ -44,6 +46,7 @@ class PretrainPhase:
     cd_steps: int
     persistent: bool
     seed: tuple
+    slow_worker: tuple | None = None
 
     def layout(self):
         """Shapes of the parameters this phase trains."""
@@ -61,6 +64,7 @@ class FinetunePhase:
     momentum: float
     alpha: float
     seed: tuple
+    slow_worker: tuple | None = None
 
     def layout(self):
         """Shapes of the parameters this phase trains."""
@@ -120,7 +124,7 @@ def layer_input(shard, below):
     return x
 
 
-def run_phase(phase, shard, state, below):
+def run_phase(phase, shard, state, below, sync=None, rank=0):
     """Train ``phase`` on ``shard`` from ``state``; dispatches on the phase type.
 
     Parameters
@@ -131,34 +135,61 @@ def run_phase(phase, shard, state, below):
         Starting parameters and velocity; not modified.
     below : list of FlatParams
         Finished RBM layers under the one being pretrained (empty for fine-tuning).
+    sync : synchronizer, default=None
+        Exchange policy and work budget (see ``_sync``); None trains ``phase.epochs`` passes
+        over the shard alone.
+    rank : int, default=0
+        This worker's index (selects its random stream).
 
     Returns
     -------
     result : PhaseResult
     """
-    rng = np.random.default_rng(list(phase.seed))
+    rng = np.random.default_rng([*phase.seed, rank])
     params = FlatParams(phase.layout(), state.params.dtype, state.params.copy())
+    if sync is None:
+        sync = LocalBudget(phase.epochs * shard.n_samples)
+    sync.begin(params.flat, float(shard.n_samples))
+    delay = phase.slow_worker[1] if phase.slow_worker and phase.slow_worker[0] == rank else 0
     # A diverging run overflows; it is reported once, below, by the finiteness check.
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(phase, PretrainPhase):
-            trainer, history = _pretrain(phase, layer_input(shard, below), params, rng)
+            trainer, history = _pretrain(phase, layer_input(shard, below), params, rng, sync,
+                                         delay)
         else:
             x = layer_input(shard, [])
-            trainer, history = _finetune(phase, x, shard.y, params, state.velocity, rng)
+            trainer, history = _finetune(phase, x, shard.y, params, state.velocity, rng, sync,
+                                         delay)
+    weight = sync.finish()
     if not np.all(np.isfinite(params.flat)):
         raise FloatingPointError(
             f"training diverged in {type(phase).__name__} (parameters are no longer finite); "
             "lower the learning rate"
         )
     final = PhaseState(params.flat, trainer.velocity.flat)
-    return PhaseResult(final, weight=float(shard.n_samples), n_samples=shard.n_samples,
-                       history=history)
+    return PhaseResult(final, weight=weight, n_samples=shard.n_samples, history=history)
 
 
-def _minibatches(n_samples, batch_size, rng):
+def _passes(n_samples, batch_size, rng, sync, delay):
+    """Passes over the shard, each a generator of minibatch rows, until the budget is used.
+
+    The synchronizer is told about every minibatch after the caller has trained on it.
+    ``delay`` (seconds per minibatch) slows this worker down for straggler experiments.
+    """
+    while sync.keep_going():
+        yield _one_pass(n_samples, batch_size, rng, sync, delay)
+
+
+def _one_pass(n_samples, batch_size, rng, sync, delay):
     order = rng.permutation(n_samples)
     for start in range(0, n_samples, batch_size):
-        yield order[start:start + batch_size]
+        if not sync.keep_going():
+            return
+        rows = order[start:start + batch_size]
+        yield rows
+        if delay:
+            time.sleep(delay)
+        sync.after_minibatch(len(rows))
 
 
 def _gather_rows(x, rows, out):
@@ -168,7 +199,7 @@ def _gather_rows(x, rows, out):
         np.take(x, rows, axis=0, out=out)
 
 
-def _pretrain(phase, x, params, rng):
+def _pretrain(phase, x, params, rng, sync, delay):
     learning_rate = phase.learning_rate
     if phase.visible_units != BERNOULLI:
         learning_rate *= GAUSSIAN_LEARNING_RATE_FACTOR
@@ -180,10 +211,10 @@ def _pretrain(phase, x, params, rng):
     monitor = x[:MONITOR_ROWS]
     history = {"reconstruction_error": [], "pseudo_likelihood": []}
     warmup_epochs = min(5, phase.epochs // 2)
-    for epoch in range(phase.epochs):
+    for epoch, minibatches in enumerate(_passes(x.shape[0], batch_size, rng, sync, delay)):
         trainer.momentum = (min(0.5, phase.momentum) if epoch < warmup_epochs
                             else phase.momentum)
-        for rows in _minibatches(x.shape[0], batch_size, rng):
+        for rows in minibatches:
             _gather_rows(x, rows, trainer.load_batch(len(rows)))
             trainer.step(len(rows))
         history["reconstruction_error"].append(
@@ -196,21 +227,23 @@ def _pretrain(phase, x, params, rng):
     return trainer, history
 
 
-def _finetune(phase, x, y, params, velocity, rng):
+def _finetune(phase, x, y, params, velocity, rng, sync, delay):
     n_classes = layer_sizes_of(params)[-1]
     trainer = Backprop(params, phase.learning_rate, phase.momentum, phase.alpha)
     trainer.velocity.flat[...] = velocity
     batch_size = min(phase.batch_size, x.shape[0])
     onehot = np.zeros((batch_size, n_classes), dtype=params.flat.dtype)
     history = {"loss": []}
-    for _ in range(phase.epochs):
-        total = 0.0
-        for rows in _minibatches(x.shape[0], batch_size, rng):
+    for minibatches in _passes(x.shape[0], batch_size, rng, sync, delay):
+        total, seen = 0.0, 0
+        for rows in minibatches:
             batch_onehot = onehot[: len(rows)]
             batch_onehot[...] = 0
             batch_onehot[np.arange(len(rows)), y[rows]] = 1
             total += trainer.step(x[rows], batch_onehot)
-        history["loss"].append(total / x.shape[0] + penalty(params, phase.alpha))
+            seen += len(rows)
+        if seen:
+            history["loss"].append(total / seen + penalty(params, phase.alpha))
     return trainer, history
 
 

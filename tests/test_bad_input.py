@@ -125,12 +125,10 @@ def test_bernoulli_units_need_values_in_unit_interval(data):
         DistributedDBN(visible_units="bernoulli").fit(X * 16, y)
 
 
-def test_later_features_need_the_engine_that_is_not_there_yet(data):
+def test_more_workers_than_samples(data):
     X, y = data
-    with pytest.raises(NotImplementedError, match="backend='spark'"):
-        DistributedDBN(backend="spark").fit(X, y)
-    with pytest.raises(NotImplementedError, match="n_workers"):
-        DistributedDBN(n_workers=2).fit(X, y)
+    with pytest.raises(ValueError, match="n_workers=300 is more than the 200"):
+        DistributedDBN(n_workers=300).fit(X, y)
 
 
 def test_unfitted_model_says_so(data):

@@ -55,9 +55,10 @@ class _RecordingGenerator:
         return out
 
 
+@pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("visible_units", [BERNOULLI, GAUSSIAN])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_cd_step_matches_plain_reference(visible_units, dtype):
+def test_cd_step_matches_plain_reference(visible_units, dtype, threaded):
     X = _binary_data(40, 12, dtype=dtype)
     rng = np.random.default_rng(1)
     params = init_rbm(12, 7, X.mean(0), visible_units, dtype, rng)
@@ -65,13 +66,17 @@ def test_cd_step_matches_plain_reference(visible_units, dtype):
     W, b, c = (params[n].astype(np.float64) for n in ("weights", "visible_bias", "hidden_bias"))
     vel = [np.zeros_like(W), np.zeros_like(c), np.zeros_like(b)]
     recorder = _RecordingGenerator(5)
-    trainer = ContrastiveDivergence(params, visible_units, 16, 1, False, 0.1, 0.5, 0.01, recorder)
+    trainer = ContrastiveDivergence(params, visible_units, 16, 1, False, 0.1, 0.5, 0.01, recorder,
+                                    threaded=threaded)
+    assert (trainer._worker is not None) == threaded
     for start in (0, 16, 32):  # the last batch is a partial one
         batch = X[start:start + 16]
         trainer.load_batch(len(batch))[...] = batch
+        recorder.draws.clear()
         trainer.step(len(batch))
-        W, c, b, vel = _reference_cd_step(batch.astype(np.float64), W, b, c, vel,
-                                          recorder.draws[-1].astype(np.float64),
+        # A two-thread step draws the uniforms of its row halves separately, in row order.
+        uniform = np.concatenate(recorder.draws).astype(np.float64)
+        W, c, b, vel = _reference_cd_step(batch.astype(np.float64), W, b, c, vel, uniform,
                                           0.1, 0.5, 0.01, visible_units)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(params["weights"], W, atol=tol)

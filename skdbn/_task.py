@@ -1,0 +1,73 @@
+"""What one worker task does for a phase, wherever it runs (local process or Spark task).
+
+Limit BLAS threads to the task's cores, open the gossip listener, learn the peers' addresses,
+train the phase with the chosen synchronizer, and close everything, with every wait bounded.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from ._gossip import GossipNode, WireSpec
+from ._sync import AverageSync, GossipSync, LocalBudget
+from ._worker import run_phase
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """How the workers of one phase synchronise (the same for every worker)."""
+
+    mode: str
+    n_workers: int
+    sync_every: int
+    secret: bytes
+    phase_key: int
+    total_samples: int
+    timeout: float
+    blas_threads: int
+
+    def __repr__(self):  # never print the secret
+        return (f"SyncPlan(mode={self.mode!r}, n_workers={self.n_workers}, "
+                f"sync_every={self.sync_every}, phase_key={self.phase_key})")
+
+
+def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0.1"):
+    """Train ``phase`` on this worker's ``shard`` and return its ``PhaseResult``.
+
+    Parameters
+    ----------
+    rank : int
+        This worker's index in ``range(plan.n_workers)``.
+    phase, shard, state, below
+        As for ``run_phase``.
+    plan : SyncPlan
+        The phase's synchronisation settings and secret.
+    all_gather : callable
+        ``all_gather(rank, address) -> list of addresses by rank``: the rendezvous.
+    host : str, default="127.0.0.1"
+        Address this worker listens on (its own host).
+    """
+    with threadpool_limits(plan.blas_threads):
+        if plan.n_workers == 1 or plan.mode == "none":
+            budget = LocalBudget(phase.epochs * shard.n_samples)
+            return run_phase(phase, shard, state, below, budget, rank)
+        spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
+                        state.params.dtype.name)
+        node = GossipNode(spec, rank, host, plan.timeout)
+        try:
+            node.start(all_gather(rank, node.address))
+            return run_phase(phase, shard, state, below, _synchronizer(plan, phase, node), rank)
+        finally:
+            node.close()
+
+
+def _synchronizer(plan, phase, node):
+    if plan.mode == "gossip":
+        rng = np.random.default_rng([*phase.seed, node.rank, 1])
+        return GossipSync(node, phase.epochs * plan.total_samples, plan.sync_every, rng,
+                          plan.timeout)
+    per_worker = phase.epochs * plan.total_samples / plan.n_workers
+    return AverageSync(node, math.ceil(per_worker / phase.batch_size), plan.sync_every,
+                       plan.timeout)

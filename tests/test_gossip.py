@@ -1,0 +1,205 @@
+"""The gossip layer without a JVM: wire format, push-sum, transport, and local worker processes."""
+
+import secrets
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from skdbn import DistributedDBN
+from skdbn._gossip import (
+    KIND_DONE,
+    KIND_STATE,
+    AllGatherClient,
+    AllGatherServer,
+    GossipNode,
+    PushSum,
+    WireError,
+    WireSpec,
+    decode,
+    encode,
+)
+
+
+def _spec(**changes):
+    values = dict(secret=b"k" * 32, phase=7, n_workers=3, n_values=5, dtype="float32")
+    return WireSpec(**{**values, **changes})
+
+
+def _frame_body(frame):
+    return b"".join(bytes(part) for part in frame[1:])  # without the length prefix
+
+
+def test_message_round_trip():
+    spec = _spec()
+    values = np.arange(5, dtype=np.float32)
+    message = decode(spec, _frame_body(encode(spec, KIND_STATE, 2, 11, 0.25, [1, 2, 3], values)))
+    assert (message.kind, message.sender, message.step, message.weight) == (KIND_STATE, 2, 11, 0.25)
+    np.testing.assert_array_equal(message.progress, [1, 2, 3])
+    np.testing.assert_array_equal(message.values, values)
+    done = decode(spec, _frame_body(encode(spec, KIND_DONE, 0, 3, 1.0, [4, 5, 6])))
+    assert done.kind == KIND_DONE and done.values is None
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda body: body[:-1] + bytes([body[-1] ^ 1]), "tag does not verify"),
+    (lambda body: body[:40] + bytes([body[40] ^ 1]) + body[41:], "tag does not verify"),
+    (lambda body: body[:-3], "not a message of this phase"),
+])
+def test_tampered_frames_are_rejected_before_parsing(tamper, message):
+    spec = _spec()
+    body = _frame_body(encode(spec, KIND_STATE, 1, 1, 0.5, [0, 0, 0], np.ones(5, np.float32)))
+    with pytest.raises(WireError, match=message):
+        decode(spec, tamper(body))
+
+
+def test_messages_of_another_fit_or_phase_are_rejected():
+    spec = _spec()
+    values = np.ones(5, np.float32)
+    other_secret = _frame_body(encode(_spec(secret=b"x" * 32), KIND_STATE, 1, 1, 0.5,
+                                      [0, 0, 0], values))
+    with pytest.raises(WireError, match="tag"):
+        decode(spec, other_secret)
+    other_phase = _frame_body(encode(_spec(phase=8), KIND_STATE, 1, 1, 0.5, [0, 0, 0], values))
+    with pytest.raises(WireError, match="phase 8"):
+        decode(spec, other_phase)
+
+
+def test_authenticated_but_invalid_content_is_rejected():
+    spec = _spec()
+    nan_values = np.array([0, np.nan, 0, 0, 0], np.float32)
+    with pytest.raises(WireError, match="not finite"):
+        decode(spec, _frame_body(encode(spec, KIND_STATE, 1, 1, 0.5, [0, 0, 0], nan_values)))
+    with pytest.raises(WireError, match="weight"):
+        decode(spec, _frame_body(encode(spec, KIND_STATE, 1, 1, -1.0, [0, 0, 0],
+                                        np.ones(5, np.float32))))
+    with pytest.raises(WireError, match="sender 5"):
+        decode(spec, _frame_body(encode(spec, KIND_STATE, 5, 1, 0.5, [0, 0, 0],
+                                        np.ones(5, np.float32))))
+
+
+def test_secret_is_never_in_reprs():
+    spec = _spec(secret=b"SECRET-SECRET-SECRET-SECRET-1234")
+    assert "SECRET" not in repr(spec)
+    assert "SECRET" not in repr(AllGatherClient("127.0.0.1:1", spec.secret, 1.0))
+
+
+def test_push_sum_conserves_weight_and_the_weighted_average():
+    rng = np.random.default_rng(0)
+    states = [PushSum(rng.normal(size=4), weight) for weight in (1.0, 2.0, 3.0)]
+    average = sum(s.weight * s.params for s in states) / 6.0
+    for _ in range(200):
+        sender, receiver = rng.choice(3, size=2, replace=False)
+        values, weight = states[sender].split()
+        states[receiver].merge([(values, weight)])
+    assert np.isclose(sum(s.weight for s in states), 6.0)
+    np.testing.assert_allclose(sum(s.weight * s.params for s in states) / 6.0, average)
+    for state in states:  # mixing alone drives every worker to the average
+        np.testing.assert_allclose(state.params, average, atol=1e-6)
+
+
+def _nodes(n_workers, timeout=5.0):
+    spec = _spec(n_workers=n_workers, secret=secrets.token_bytes(32))
+    nodes = [GossipNode(spec, rank, "127.0.0.1", timeout) for rank in range(n_workers)]
+    for node in nodes:
+        node.start([n.address for n in nodes])
+    return spec, nodes
+
+
+def test_nodes_deliver_and_acknowledge_over_loopback():
+    spec, nodes = _nodes(2)
+    try:
+        failures = []
+        values = np.arange(5, dtype=np.float32)
+        nodes[0].send(1, encode(spec, KIND_STATE, 0, 1, 0.5, [3, 0], values),
+                      on_failure=lambda: failures.append(1))
+        assert nodes[0].flush(5.0) and not failures
+        assert nodes[1].wait_for(bool, 5.0)
+        (message,) = nodes[1].drain()
+        np.testing.assert_array_equal(message.values, values)
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def test_garbage_from_a_stranger_is_dropped_and_counted():
+    _, nodes = _nodes(1)
+    try:
+        with socket.create_connection(("127.0.0.1", int(nodes[0].address.split(":")[1])),
+                                      timeout=5) as conn:
+            conn.sendall((2**40).to_bytes(8, "little") + b"x" * 100)
+        deadline = time.monotonic() + 5
+        while nodes[0].rejected == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert nodes[0].rejected == 1 and nodes[0].drain() == []
+    finally:
+        nodes[0].close()
+
+
+def test_a_silent_peer_is_skipped_after_the_timeout():
+    # A listener that accepts connections but never reads or answers.
+    silent = socket.create_server(("127.0.0.1", 0))
+    spec = _spec(n_workers=2)
+    node = GossipNode(spec, 0, "127.0.0.1", timeout=0.5)
+    node.start([node.address, f"127.0.0.1:{silent.getsockname()[1]}"])
+    try:
+        failed = threading.Event()
+        start = time.monotonic()
+        node.send(1, encode(spec, KIND_STATE, 0, 1, 0.5, [0, 0], np.ones(5, np.float32)),
+                  on_failure=failed.set)
+        assert failed.wait(5.0)
+        assert time.monotonic() - start < 3.0
+        assert node.failed_sends == 1
+    finally:
+        node.close()
+        silent.close()
+
+
+def test_rendezvous_gathers_addresses_and_times_out():
+    secret = secrets.token_bytes(32)
+    server = AllGatherServer(secret, 2, timeout=5.0).start()
+    client = AllGatherClient(server.address, secret, 5.0)
+    results = {}
+    threads = [threading.Thread(target=lambda r=r: results.update({r: client(r, f"h:{r}")}))
+               for r in (1, 0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    server.close()
+    assert results == {0: ["h:0", "h:1"], 1: ["h:0", "h:1"]}
+
+    lonely = AllGatherServer(secret, 2, timeout=0.5).start()
+    with pytest.raises(OSError):
+        AllGatherClient(lonely.address, secret, 2.0)(0, "h:0")
+    lonely.close()
+    assert isinstance(lonely.error, TimeoutError)
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
+
+
+@pytest.mark.parametrize("sync", ["gossip", "average", "none"])
+def test_two_local_worker_processes_learn(digits_split, sync):
+    X_train, X_test, y_train, y_test = digits_split
+    params = dict(hidden_layer_sizes=(64,), pretrain_epochs=5, max_iter=10, random_state=0)
+    model = DistributedDBN(n_workers=2, sync=sync, **params).fit(X_train, y_train)
+    assert model.n_workers_ == 2
+    assert model.score(X_test, y_test) > 0.9
+
+
+def test_average_mode_is_deterministic(digits_split):
+    X_train, _, y_train, _ = digits_split
+    params = dict(hidden_layer_sizes=(32,), pretrain_epochs=2, max_iter=2, n_workers=2,
+                  sync="average", random_state=3)
+    first = DistributedDBN(**params).fit(X_train, y_train)
+    second = DistributedDBN(**params).fit(X_train, y_train)
+    for a, b in zip(first.coefs_, second.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
