@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+from dataclasses import dataclass
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -25,9 +27,21 @@ from ._flat import FlatParams
 from ._network import forward, network_from_layers, network_layout
 from ._progress import TrainingProgress, fingerprint, load_checkpoint, save_checkpoint
 from ._rbm import BERNOULLI, GAUSSIAN, init_rbm, mean_hidden, rbm_layout
-from ._worker import FinetunePhase, PhaseState, PretrainPhase, Shard, layer_input, standardize
+from ._spark import (
+    accuracy_of,
+    check_dataframe_features,
+    dataframe_statistics,
+    is_spark_dataframe,
+    map_dataframe,
+    rows_to_shard,
+)
+from ._worker import FinetunePhase, PhaseState, PretrainPhase, Shard, standardize
 
 _SEED_BOUND = np.iinfo(np.int32).max
+_BERNOULLI_RANGE_MESSAGE = (
+    "visible_units='bernoulli' needs every value of X in [0, 1]; scale the data "
+    "(e.g. MinMaxScaler) or use visible_units='gaussian' or 'auto'"
+)
 
 
 class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, TransformerMixin,
@@ -89,15 +103,24 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     tol : float, default=1e-4
         Smallest improvement of the training loss (or, with early stopping, of the validation
         accuracy) that counts as progress.
-    backend : {"local", "spark"}, default="local"
-        Where training runs. ``"local"`` trains in this process. ``"spark"`` is reserved for
-        training across a SparkSession and is not available in this version.
+    backend : {"spark", "local"}, default="spark"
+        Where the workers run. ``"spark"``: one task per worker in a barrier stage of the
+        SparkSession (the input DataFrame's, else the active one, else an embedded
+        ``local[*]`` session created once per process); with ``n_workers=None`` and fewer than
+        10,000 samples in arrays, the single worker trains in this process without Spark.
+        ``"local"``: one worker in this process, or ``n_workers`` local processes that gossip
+        over loopback with the same protocol.
     n_workers : int or None, default=None
         Number of workers, each holding a full copy of the network and training on its own
-        shard of the data. ``None`` lets the backend choose; the local backend uses one.
+        shard of the data. ``None``: one worker per 5,000 samples, at most the session's free
+        task slots (one worker for the local backend).
     sync : {"gossip", "average", "none"}, default="gossip"
-        How workers keep their copies together within a phase (asynchronous gossip, periodic
-        exact averaging, or only at the end of the phase). Without effect on one worker.
+        How workers keep their copies together within a phase. ``"gossip"``: asynchronous
+        push-sum; a phase's work is a global budget, so a slow worker does less and nobody
+        waits. ``"average"``: every ``sync_every`` minibatches all workers take the exact
+        average (synchronous, deterministic). ``"none"``: workers train independently and are
+        averaged once per phase (for comparison). Every phase ends with the exact weighted
+        consensus. Without effect on one worker.
     sync_every : int, default=10
         Minibatches between two synchronisations of a worker. Without effect on one worker.
     checkpoint_dir : str or path-like or None, default=None
@@ -114,8 +137,15 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Print progress: one line per phase at 1, one per fine-tuning epoch at 2.
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation, the shuffling, the Gibbs sampling and the validation
-        split. With a fixed seed and one worker (or ``sync="average"``) training is
-        deterministic.
+        split. With a fixed seed, training is deterministic on one worker and with
+        ``sync="average"`` for a given number of workers; gossip depends on message timing.
+    features_col, label_col : str, default="features", "label"
+        Columns of a Spark DataFrame passed to ``fit``: features as a pyspark.ml vector or an
+        array of numbers, labels in a column of their own (absent: pretraining only).
+    prediction_col, probability_col, transform_col : str, default="prediction", \
+"probability", "dbn_features"
+        Columns added by :meth:`predict`, :meth:`predict_proba` and :meth:`transform` when they
+        are given a Spark DataFrame.
 
     Attributes
     ----------
@@ -206,7 +236,15 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
+        "features_col": [str],
+        "label_col": [str],
+        "prediction_col": [str],
+        "probability_col": [str],
+        "transform_col": [str],
     }
+
+    # Test and benchmark hook, not a parameter: (worker rank, seconds to sleep per minibatch).
+    _slow_worker = None
 
     def __init__(
         self,
@@ -225,7 +263,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         validation_fraction=0.1,
         n_iter_no_change=10,
         tol=1e-4,
-        backend="local",
+        backend="spark",
         n_workers=None,
         sync="gossip",
         sync_every=10,
@@ -233,6 +271,11 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         warm_start=False,
         verbose=0,
         random_state=None,
+        features_col="features",
+        label_col="label",
+        prediction_col="prediction",
+        probability_col="probability",
+        transform_col="dbn_features",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.visible_units = visible_units
@@ -257,6 +300,11 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self.warm_start = warm_start
         self.verbose = verbose
         self.random_state = random_state
+        self.features_col = features_col
+        self.label_col = label_col
+        self.prediction_col = prediction_col
+        self.probability_col = probability_col
+        self.transform_col = transform_col
 
     # ------------------------------------------------------------------ fitting
 
@@ -278,25 +326,68 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         """
         with self._unchanged_on_error():
             continuing = self.warm_start and hasattr(self, "coefs_")
-            X, y = self._validate_training_data(X, y, reset=not continuing)
-            self._check_warm_start_compatible(continuing)
-            classes = self._classes_for_fit(y, continuing)
-            if not continuing:
-                self._learn_visible_units(X)
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
-            X_train, y_train, validation = self._split_validation(X, y, classes, seed)
-            key = None
-            if self.checkpoint_dir is not None and not continuing:
-                key = fingerprint(self.get_params(), X, y, classes)
-            progress = self._starting_progress(seed, key, continuing, y is not None)
+            if is_spark_dataframe(X):
+                data, classes, validation, key = self._prepare_dataframe(X, y, continuing)
+            else:
+                data, classes, validation, key = self._prepare_arrays(X, y, continuing, seed)
+            labelled = classes is not None
+            progress = self._starting_progress(seed, key, continuing, labelled)
             if continuing:
-                pretrain = "none" if y is not None else "all"
+                pretrain = "none" if labelled else "all"
                 max_epochs = progress.n_iter + self.max_iter
             else:
                 pretrain, max_epochs = "missing", self.max_iter
-            self._train(progress, X_train, y_train, classes, validation, key,
+            self._train(progress, data, classes, validation, key,
                         pretrain=pretrain, max_epochs=max_epochs)
         return self
+
+    def _prepare_arrays(self, X, y, continuing, seed):
+        X, y = self._validate_training_data(X, y, reset=not continuing)
+        self._check_warm_start_compatible(continuing)
+        classes = self._classes_for_fit(y, continuing)
+        if not continuing:
+            self._learn_visible_units(X)
+        X_train, y_train, validation = self._split_validation(X, y, classes, seed)
+        key = None
+        if self.checkpoint_dir is not None and not continuing:
+            key = fingerprint(self.get_params(), X, y, classes)
+        return _TrainingData.of_arrays(X_train, y_train, self), classes, validation, key
+
+    def _prepare_dataframe(self, df, y, continuing):
+        if y is not None:
+            raise ValueError(
+                "with a Spark DataFrame the labels are a column of it (label_col="
+                f"{self.label_col!r}); do not pass y"
+            )
+        if self.early_stopping:
+            raise NotImplementedError(
+                "early_stopping is not available for Spark DataFrames yet; fit on numpy "
+                "arrays or set early_stopping=False"
+            )
+        label_col = self.label_col if self.label_col in df.columns else None
+        stats = dataframe_statistics(df, self.features_col, label_col)
+        if not stats["finite"]:
+            raise ValueError("Input X contains NaN or infinity.")
+        if continuing and stats["n_features"] != self.n_features_in_:
+            raise ValueError(
+                f"X has {stats['n_features']} features, but DistributedDBN is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        self._check_warm_start_compatible(continuing)
+        classes = None
+        if label_col is not None:
+            check_classification_targets(stats["labels"])
+            classes = self._classes_for_fit(stats["labels"], continuing)
+        if not continuing:
+            self.n_features_in_ = stats["n_features"]
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            self._learn_visible_units_from_statistics(stats)
+        if (self.visible_units_ == BERNOULLI
+                and (stats["min"].min() < 0 or stats["max"].max() > 1)):
+            raise ValueError(_BERNOULLI_RANGE_MESSAGE)
+        return _TrainingData.of_dataframe(df, label_col, stats, self), classes, None, None
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None, classes=None):
@@ -334,11 +425,12 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 len(h["reconstruction_error"]) for h in getattr(self, "pretraining_history_", [])
             )
             progress.seed = (seed + seed_offset) % _SEED_BOUND
+            data = _TrainingData.of_arrays(X, y, self)
             if y is None:
-                self._train(progress, X, None, None, None, None, pretrain="all",
+                self._train(progress, data, None, None, None, pretrain="all",
                             max_epochs=0, pretrain_epochs=1)
             else:
-                self._train(progress, X, y, classes, None, None, pretrain="missing",
+                self._train(progress, data, classes, None, None, pretrain="missing",
                             max_epochs=progress.n_iter + 1, apply_stopping_rule=False)
         return self
 
@@ -356,10 +448,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             X.sort_indices()
         visible = getattr(self, "visible_units_", None) if not reset else None
         if (visible or self.visible_units) == BERNOULLI and not _within_unit_interval(X):
-            raise ValueError(
-                "visible_units='bernoulli' needs every value of X in [0, 1]; scale the data "
-                "(e.g. MinMaxScaler) or use visible_units='gaussian' or 'auto'"
-            )
+            raise ValueError(_BERNOULLI_RANGE_MESSAGE)
         return X, y
 
     def _check_warm_start_compatible(self, continuing):
@@ -428,6 +517,21 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
         self.mean_, self.scale_ = mean.astype(X.dtype), scale.astype(X.dtype)
 
+    def _learn_visible_units_from_statistics(self, stats):
+        kind = self.visible_units
+        if kind == "auto":
+            inside = stats["min"].min() >= 0 and stats["max"].max() <= 1
+            kind = BERNOULLI if inside else GAUSSIAN
+        self.visible_units_ = kind
+        if kind == BERNOULLI:
+            self.mean_, self.scale_ = None, None
+            return
+        n = stats["n_samples"]
+        mean = stats["sum"] / n
+        scale = np.sqrt(np.maximum(stats["sum_squares"] / n - mean**2, 0))
+        scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
+        self.mean_, self.scale_ = mean, scale
+
     def _split_validation(self, X, y, classes, seed):
         if y is None or not self.early_stopping:
             return X, y, None
@@ -470,34 +574,42 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     # ------------------------------------------------------------------ phases
 
-    def _train(self, progress, X, y, classes, validation, key, *, pretrain, max_epochs,
+    def _train(self, progress, data, classes, validation, key, *, pretrain, max_epochs,
                pretrain_epochs=None, apply_stopping_rule=True):
         """Run the phases: ``pretrain`` is "missing" (layers not trained yet), "all" (continue
-        every layer) or "none"; fine-tuning follows when ``y`` is given."""
-        n_workers = self._resolve_n_workers(X.shape[0])
-        engine = make_engine(self.backend, n_workers, self.sync, self.sync_every)
+        every layer) or "none"; fine-tuning follows when ``classes`` is given."""
+        self._check_n_workers(data.n_samples)
+        engine = make_engine(self.backend, self.n_workers, self.sync, self.sync_every,
+                             data.n_samples, data.dataframe)
         try:
-            engine.start(self._shards(X, y, classes, n_workers, progress.seed))
+            self._start_engine(engine, data, classes, progress.seed)
             if pretrain != "none":
                 first = 0 if pretrain == "all" else len(progress.layers)
                 epochs = self.pretrain_epochs if pretrain_epochs is None else pretrain_epochs
-                self._pretrain(engine, progress, X, key, first, epochs)
-            if y is not None:
+                self._pretrain(engine, progress, data, key, first, epochs)
+            if classes is not None:
                 self._finetune(engine, progress, len(classes), validation, key, max_epochs,
                                apply_stopping_rule)
         finally:
             engine.close()
-        self._store_fitted(progress, classes if y is not None else None, engine.n_workers)
+        self._store_fitted(progress, classes, engine.n_workers)
 
-    def _resolve_n_workers(self, n_samples):
-        if self.n_workers is None:
-            return 1
-        if self.n_workers > n_samples:
+    def _start_engine(self, engine, data, classes, seed):
+        if data.dataframe is None:
+            engine.start(self._shards(data.X, data.y, classes, engine.n_workers, seed))
+            return
+        to_shard = partial(rows_to_shard, features_col=self.features_col,
+                           label_col=data.label_col, classes=classes, mean=self.mean_,
+                           scale=self.scale_, dtype=data.dtype)
+        engine.start_from_dataframe(data.dataframe, self.features_col, data.label_col,
+                                    to_shard, data.n_samples)
+
+    def _check_n_workers(self, n_samples):
+        if self.n_workers is not None and self.n_workers > n_samples:
             raise ValueError(
                 f"n_workers={self.n_workers} is more than the {n_samples} training samples; "
                 "every worker needs a shard"
             )
-        return self.n_workers
 
     def _shard(self, X, y, classes):
         codes = None if y is None else np.searchsorted(classes, y)
@@ -511,9 +623,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         return [self._shard(X[rows], None if y is None else y[rows], classes)
                 for rows in np.array_split(order, n_workers)]
 
-    def _pretrain(self, engine, progress, X, key, first, epochs):
-        sizes = [X.shape[1], *self._hidden_sizes()]
-        dtype = X.dtype
+    def _pretrain(self, engine, progress, data, key, first, epochs):
+        sizes = [data.n_features, *self._hidden_sizes()]
+        dtype = data.dtype
         rng = np.random.default_rng([progress.seed, 0])
         for index in range(first, len(sizes) - 1):
             below = [FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, progress.layers[i])
@@ -522,7 +634,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             if index < len(progress.layers):
                 initial = progress.layers[index]
             else:
-                visible_mean = _column_mean(layer_input(self._shard(X, None, None), below))
+                visible_mean = data.input_mean if index == 0 else progress.layer_means[index - 1]
                 layer = init_rbm(sizes[index], sizes[index + 1], visible_mean,
                                  phase.visible_units, dtype, rng)
                 if epochs == 0:
@@ -531,11 +643,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             if epochs == 0:
                 result_state = PhaseState(initial, np.zeros_like(initial))
                 history = {"reconstruction_error": []}
+                output_mean = np.full(sizes[index + 1], 0.5)  # untrained: no better guess
             else:
                 result_state, results = engine.run_phase(
                     phase, PhaseState(initial, np.zeros_like(initial)), below)
                 history = _mean_history(results)
-            self._record_layer(progress, index, result_state.params, history)
+                output_mean = np.average([r.hidden_mean for r in results], axis=0,
+                                         weights=[r.n_samples for r in results])
+            self._record_layer(progress, index, result_state.params, history, output_mean)
             self._report(f"pretrained layer {index}: {_last_figures(history)}")
             if self.checkpoint_dir is not None and key is not None:
                 save_checkpoint(self.checkpoint_dir, key, progress)
@@ -547,11 +662,15 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             epochs=epochs, batch_size=self.batch_size,
             learning_rate=self.pretrain_learning_rate, momentum=self.momentum,
             weight_decay=self.alpha, cd_steps=self.cd_steps, persistent=self.persistent,
-            seed=(seed, 1, index),
+            seed=(seed, 1, index), slow_worker=self._slow_worker,
         )
 
     @staticmethod
-    def _record_layer(progress, index, params, history):
+    def _record_layer(progress, index, params, history, output_mean):
+        if index < len(progress.layer_means):
+            progress.layer_means[index] = output_mean
+        else:
+            progress.layer_means.append(output_mean)
         if index < len(progress.layers):
             progress.layers[index] = params
             merged = {k: list(progress.pretraining_history[index].get(k, [])) + list(v)
@@ -569,16 +688,20 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             progress.velocity = np.zeros_like(progress.network)
         while not progress.finetune_done and progress.n_iter < max_epochs:
             phase = FinetunePhase(
-                layer_sizes=sizes, epochs=1, batch_size=self.batch_size,
-                learning_rate=self.learning_rate, momentum=self.momentum, alpha=self.alpha,
-                seed=(progress.seed, 2, progress.n_iter),
+                layer_sizes=sizes,
+                epochs=min(1 if validation else engine.epochs_per_phase,
+                           max_epochs - progress.n_iter),
+                batch_size=self.batch_size, learning_rate=self.learning_rate,
+                momentum=self.momentum, alpha=self.alpha,
+                seed=(progress.seed, 2, progress.n_iter), slow_worker=self._slow_worker,
             )
             state, results = engine.run_phase(
                 phase, PhaseState(progress.network, progress.velocity), [])
             progress.network, progress.velocity = state.params, state.velocity
-            progress.loss_curve.append(_mean_history(results)["loss"][-1])
-            if apply_stopping_rule:
-                progress.finetune_done = self._update_stopping(progress, validation, sizes)
+            for loss in _mean_history(results)["loss"][-phase.epochs:]:
+                progress.loss_curve.append(loss)
+                if apply_stopping_rule and not progress.finetune_done:
+                    progress.finetune_done = self._update_stopping(progress, validation, sizes)
             self._report(f"fine-tuning epoch {progress.n_iter}: loss {progress.loss_curve[-1]:.5f}",
                          level=2)
             if self.checkpoint_dir is not None and key is not None:
@@ -668,7 +791,11 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             Mean activations of the top hidden layer, in the dtype of ``X`` (float32 stays
             float32).
         """
-        X = self._validate_inference_data(X)
+        if is_spark_dataframe(X):
+            return self._map_dataframe(X, self._features, self.transform_col, "array")
+        return self._features(self._validate_inference_data(X))
+
+    def _features(self, X):
         x = self._standardized(X, X.dtype)
         for weights, bias in zip(self._hidden_coefs(), self.intercepts_, strict=False):
             x = mean_hidden(x, _rbm_view(weights, bias, X.dtype))
@@ -687,8 +814,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         proba : ndarray of shape (n_samples, n_classes)
             Probability of each class in ``classes_`` order.
         """
+        if is_spark_dataframe(X):
+            self._check_has_head()
+            return self._map_dataframe(X, self._probabilities, self.probability_col, "array")
         X = self._validate_inference_data(X)
         self._check_has_head()
+        return self._probabilities(X)
+
+    def _probabilities(self, X):
         params = network_from_layers(self.coefs_, self.intercepts_, X.dtype)
         return forward(self._standardized(X, X.dtype), params, len(self.coefs_) - 1)[-1]
 
@@ -721,8 +854,46 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         y : ndarray of shape (n_samples,)
             Predicted labels, from ``classes_``.
         """
+        if is_spark_dataframe(X):
+            self._check_has_head()
+            kind = {"i": "long", "u": "long", "f": "double"}.get(self.classes_.dtype.kind,
+                                                                   "string")
+            return self._map_dataframe(X, self._labels, self.prediction_col, kind)
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def _labels(self, X):
+        labels = self.classes_[np.argmax(self._probabilities(X), axis=1)]
+        return labels.astype(str) if self.classes_.dtype.kind not in "iuf" else labels
+
+    def score(self, X, y=None, sample_weight=None):
+        """Accuracy of :meth:`predict` on ``X`` against ``y``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features) or Spark DataFrame
+            Input data; a DataFrame carries its labels in ``label_col``.
+        y : array-like of shape (n_samples,), default=None
+            True labels (arrays only).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples (arrays only).
+
+        Returns
+        -------
+        score : float
+            Mean accuracy.
+        """
+        if is_spark_dataframe(X):
+            if y is not None or sample_weight is not None:
+                raise ValueError("with a Spark DataFrame the labels are its label_col column; "
+                                 "do not pass y or sample_weight")
+            return accuracy_of(self.predict(X), self.prediction_col, self.label_col)
+        return super().score(X, y, sample_weight=sample_weight)
+
+    def _map_dataframe(self, df, compute, name, kind):
+        check_is_fitted(self)
+        check_dataframe_features(df, self.features_col, self.n_features_in_)
+        return map_dataframe(df, self.features_col, compute, name, kind)
 
     def _validate_inference_data(self, X):
         check_is_fitted(self)
@@ -809,6 +980,36 @@ def _glorot_uniform(n_in, n_out, rng):
 
 def _column_mean(x):
     return np.asarray(x.mean(axis=0)).ravel()
+
+
+@dataclass
+class _TrainingData:
+    """What ``_train`` needs to know of the training data, wherever it lives."""
+
+    n_samples: int
+    n_features: int
+    dtype: np.dtype
+    input_mean: np.ndarray  # mean of the first layer's (standardized) input
+    X: object = None
+    y: np.ndarray | None = None
+    dataframe: object = None
+    label_col: str | None = None
+
+    @classmethod
+    def of_arrays(cls, X, y, estimator):
+        """Validated arrays held by the driver."""
+        if estimator.mean_ is None:
+            input_mean = _column_mean(X)
+        else:
+            input_mean = np.zeros(X.shape[1], dtype=X.dtype)  # standardized
+        return cls(X.shape[0], X.shape[1], X.dtype, input_mean, X=X, y=y)
+
+    @classmethod
+    def of_dataframe(cls, df, label_col, stats, estimator):
+        """A Spark DataFrame read on the executors (float64, as Spark stores doubles)."""
+        n, d = stats["n_samples"], stats["n_features"]
+        input_mean = stats["sum"] / n if estimator.mean_ is None else np.zeros(d)
+        return cls(n, d, np.dtype(np.float64), input_mean, dataframe=df, label_col=label_col)
 
 
 def _rbm_view(weights, bias, dtype):

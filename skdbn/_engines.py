@@ -113,13 +113,26 @@ class ProcessEngine:
         self._shards = None
 
 
-def make_engine(backend, n_workers, sync, sync_every):
-    """The engine for ``backend`` and a resolved number of workers."""
-    if backend == "spark":
-        raise NotImplementedError(
-            "backend='spark' is not available in this version of skdbn; "
-            "use backend='local' to train in this process"
-        )
-    if n_workers == 1:
-        return LocalEngine()
-    return ProcessEngine(n_workers, sync, sync_every)
+# With n_workers=None a worker is added per this many samples: below it, the time to start a
+# barrier stage and to exchange parameters outweighs the parallel work.
+SAMPLES_PER_WORKER = 5000
+
+
+def make_engine(backend, n_workers, sync, sync_every, n_samples, dataframe=None):
+    """The engine for ``backend``, choosing the number of workers when it is None.
+
+    Array data that one worker should train (``n_workers=None`` and fewer than
+    ``2 * SAMPLES_PER_WORKER`` samples) trains in this process without starting Spark, which
+    keeps small fits (and scikit-learn's checks) fast and deterministic. A DataFrame is always
+    read on the executors.
+    """
+    wanted = n_workers or max(1, n_samples // SAMPLES_PER_WORKER)
+    if backend == "local" or (dataframe is None and n_workers is None and wanted == 1):
+        workers = n_workers or 1
+        return LocalEngine() if workers == 1 else ProcessEngine(workers, sync, sync_every)
+    from ._spark import SparkEngine, free_task_slots, get_session
+
+    spark = get_session(dataframe)
+    if n_workers is None:
+        wanted = min(wanted, free_task_slots(spark))
+    return SparkEngine(spark, wanted, sync, sync_every)

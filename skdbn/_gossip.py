@@ -28,6 +28,7 @@ MAGIC = b"SKDB"
 WIRE_VERSION = 1
 KIND_STATE = 1
 KIND_DONE = 2
+KIND_READY = 3
 _LENGTH = struct.Struct("<Q")
 _HEADER = struct.Struct("<4sBBQHHQdQ")  # magic, version, kind, phase, sender, n_workers,
 #                                         step, weight, n_values
@@ -59,7 +60,8 @@ class WireSpec:
         return np.dtype(self.dtype).itemsize
 
     def frame_size(self, kind):
-        """Length of a frame of ``kind``: header, progress vector, payload and tag."""
+        """Length of a frame of ``kind``: header, progress vector, payload and tag (only
+        state messages carry a payload)."""
         payload = self.n_values * self.itemsize if kind == KIND_STATE else 0
         return _HEADER.size + 8 * self.n_workers + payload + _TAG_SIZE
 
@@ -112,6 +114,8 @@ def decode(spec, frame):
         _HEADER.unpack_from(body)
     if magic != MAGIC or version != WIRE_VERSION:
         raise WireError("not an skdbn message of this wire version")
+    if kind not in (KIND_STATE, KIND_DONE, KIND_READY):
+        raise WireError(f"unknown message kind {kind}")
     if phase != spec.phase:
         raise WireError(f"message of phase {phase}, expected {spec.phase}")
     if n_workers != spec.n_workers or not 0 <= sender < n_workers:
@@ -207,16 +211,36 @@ class GossipNode:
         self._arrived = threading.Condition(self._lock)
         self._outbox = queue.Queue()
         self._stopping = threading.Event()
+        self.peer_finished = threading.Event()
+        self._ready = set()
         self.rejected = 0
         self.failed_sends = 0
         self._threads = [threading.Thread(target=self._receive_loop, daemon=True),
                          threading.Thread(target=self._send_loop, daemon=True)]
 
     def start(self, peer_addresses):
-        """Begin exchanging with the workers at ``peer_addresses`` (indexed by rank)."""
+        """Begin exchanging with the workers at ``peer_addresses`` (indexed by rank), once
+        every peer is listening too (bounded wait).
+
+        Rendezvous services release their tasks up to a second apart (Spark's barrier polls);
+        without this handshake an early worker would spend a small phase's budget alone.
+        """
         self.peers = list(peer_addresses)
         for thread in self._threads:
             thread.start()
+        ready = encode(self.spec, KIND_READY, self.rank, 0, 1.0,
+                       np.zeros(self.spec.n_workers, dtype=np.uint64))
+        for peer in range(len(self.peers)):
+            if peer != self.rank:
+                self.send(peer, ready)
+        others = set(range(len(self.peers))) - {self.rank}
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if others <= self._ready:
+                    break
+            time.sleep(0.001)
+
 
     # -- receiving --------------------------------------------------------------------
 
@@ -243,8 +267,13 @@ class GossipNode:
                 self.rejected += 1
             return
         with self._arrived:
-            self._mailbox.append(message)
+            if message.kind == KIND_READY:
+                self._ready.add(message.sender)
+            else:
+                self._mailbox.append(message)
             self._arrived.notify_all()
+        if message.kind == KIND_DONE:
+            self.peer_finished.set()
         # If the acknowledgement is lost the sender takes its weight back although the
         # message was merged here: a rare double count, never a loss of the model.
         with contextlib.suppress(OSError):

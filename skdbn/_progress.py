@@ -25,6 +25,7 @@ class TrainingProgress:
 
     seed: int
     layers: list = field(default_factory=list)
+    layer_means: list = field(default_factory=list)
     pretraining_history: list = field(default_factory=list)
     network: np.ndarray | None = None
     velocity: np.ndarray | None = None
@@ -65,12 +66,14 @@ def save_checkpoint(directory, key, progress):
     """Write ``progress`` under ``directory``, replacing any earlier checkpoint atomically."""
     os.makedirs(directory, exist_ok=True)
     arrays = {f"layer_{i}": layer for i, layer in enumerate(progress.layers)}
+    arrays.update({f"layer_mean_{i}": m for i, m in enumerate(progress.layer_means)})
     for name in ("network", "velocity", "best_network"):
         if getattr(progress, name) is not None:
             arrays[name] = getattr(progress, name)
     meta = {k: v for k, v in asdict(progress).items()
-            if k not in {"layers", "network", "velocity", "best_network"}}
-    meta.update(version=_FORMAT_VERSION, key=key, n_layers=len(progress.layers))
+            if k not in {"layers", "layer_means", "network", "velocity", "best_network"}}
+    meta.update(version=_FORMAT_VERSION, key=key, n_layers=len(progress.layers),
+                n_layer_means=len(progress.layer_means))
     arrays["meta"] = np.array(json.dumps(meta, default=float))
     handle, tmp_path = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
     try:
@@ -93,7 +96,8 @@ def load_checkpoint(directory, key):
         if meta.get("version") != _FORMAT_VERSION or meta.get("key") != key:
             return None
         layers = [data[f"layer_{i}"] for i in range(meta.pop("n_layers"))]
+        layer_means = [data[f"layer_mean_{i}"] for i in range(meta.pop("n_layer_means"))]
         arrays = {name: data.get(name) for name in ("network", "velocity", "best_network")}
     meta.pop("version")
     meta.pop("key")
-    return TrainingProgress(layers=layers, **arrays, **meta)
+    return TrainingProgress(layers=layers, layer_means=layer_means, **arrays, **meta)

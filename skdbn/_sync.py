@@ -72,6 +72,10 @@ class GossipSync:
         self.rng = rng
         self.timeout = timeout
         self.progress = np.zeros(self.n_workers, dtype=np.uint64)
+        # For each peer: (its progress, ours) when its figure last grew, and its speed relative
+        # to ours (assumed equal until two reports have arrived).
+        self._heard = [(0, 0)] * self.n_workers
+        self._relative_speed = np.ones(self.n_workers)
         self.minibatches = 0
         self.finished_peers = set()
         self._returned = []
@@ -83,8 +87,21 @@ class GossipSync:
         self.state = PushSum(params, weight)
 
     def keep_going(self):
-        """Whether the known global progress is still below the budget."""
-        return int(self.progress.sum()) < self.target and not self.finished_peers
+        """Whether the estimated global progress is still below the budget."""
+        if self.node.peer_finished.is_set():
+            return False
+        return self.estimated_total() < self.target
+
+    def estimated_total(self):
+        """Samples trained by all workers so far: ours exactly, each peer's last report
+        extrapolated at its observed speed relative to ours."""
+        own = int(self.progress[self.rank])
+        total = own
+        for peer in range(self.n_workers):
+            if peer != self.rank:
+                theirs, ours_then = self._heard[peer]
+                total += theirs + self._relative_speed[peer] * (own - ours_then)
+        return total
 
     def after_minibatch(self, n_rows):
         """Count the minibatch; every ``sync_every`` minibatches merge the mailbox and push."""
@@ -112,17 +129,27 @@ class GossipSync:
     def _merge(self, messages):
         incoming = []
         for message in messages:
-            own = self.progress[self.rank]
-            np.maximum(self.progress, message.progress, out=self.progress)
-            self.progress[self.rank] = own
+            self._learn_progress(message.progress)
             if message.kind == KIND_STATE:
                 incoming.append((message.values, message.weight))
-            else:
+            elif message.kind == KIND_DONE:
                 self.finished_peers.add(message.sender)
         with self._returned_lock:
             incoming += self._returned
             self._returned = []
         self.state.merge(incoming)
+
+    def _learn_progress(self, reported):
+        own = int(self.progress[self.rank])
+        for peer in range(self.n_workers):
+            value = int(reported[peer])
+            theirs, ours_then = self._heard[peer]
+            if peer == self.rank or value <= theirs:
+                continue
+            if own > ours_then and theirs > 0:
+                self._relative_speed[peer] = (value - theirs) / (own - ours_then)
+            self._heard[peer] = (value, own)
+            self.progress[peer] = value
 
     def finish(self):
         """Deliver what is queued, tell every peer this worker is done, and merge everything

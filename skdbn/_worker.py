@@ -106,6 +106,7 @@ class PhaseResult:
     weight: float
     n_samples: int
     history: dict = field(default_factory=dict)
+    hidden_mean: np.ndarray | None = None
 
 
 def standardize(X, mean, scale):
@@ -152,10 +153,13 @@ def run_phase(phase, shard, state, below, sync=None, rank=0):
     sync.begin(params.flat, float(shard.n_samples))
     delay = phase.slow_worker[1] if phase.slow_worker and phase.slow_worker[0] == rank else 0
     # A diverging run overflows; it is reported once, below, by the finiteness check.
+    hidden_mean = None
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(phase, PretrainPhase):
-            trainer, history = _pretrain(phase, layer_input(shard, below), params, rng, sync,
-                                         delay)
+            x = layer_input(shard, below)
+            trainer, history = _pretrain(phase, x, params, rng, sync, delay)
+            # The next layer's visible biases start from the data it will see.
+            hidden_mean = mean_hidden(x, params).mean(axis=0)
         else:
             x = layer_input(shard, [])
             trainer, history = _finetune(phase, x, shard.y, params, state.velocity, rng, sync,
@@ -167,7 +171,8 @@ def run_phase(phase, shard, state, below, sync=None, rank=0):
             "lower the learning rate"
         )
     final = PhaseState(params.flat, trainer.velocity.flat)
-    return PhaseResult(final, weight=weight, n_samples=shard.n_samples, history=history)
+    return PhaseResult(final, weight=weight, n_samples=shard.n_samples, history=history,
+                       hidden_mean=hidden_mean)
 
 
 def _passes(n_samples, batch_size, rng, sync, delay):

@@ -128,7 +128,7 @@ def test_bernoulli_units_need_values_in_unit_interval(data):
 def test_more_workers_than_samples(data):
     X, y = data
     with pytest.raises(ValueError, match="n_workers=300 is more than the 200"):
-        DistributedDBN(n_workers=300).fit(X, y)
+        DistributedDBN(n_workers=300, backend="local").fit(X, y)
 
 
 def test_unfitted_model_says_so(data):
