@@ -105,8 +105,13 @@ def test_push_sum_conserves_weight_and_the_weighted_average():
 def _nodes(n_workers, timeout=5.0):
     spec = _spec(n_workers=n_workers, secret=secrets.token_bytes(32))
     nodes = [GossipNode(spec, rank, "127.0.0.1", timeout) for rank in range(n_workers)]
-    for node in nodes:
-        node.start([n.address for n in nodes])
+    addresses = [n.address for n in nodes]
+    # Workers start concurrently; start() waits (bounded) for every peer's handshake.
+    starters = [threading.Thread(target=node.start, args=(addresses,)) for node in nodes]
+    for starter in starters:
+        starter.start()
+    for starter in starters:
+        starter.join(timeout + 1)
     return spec, nodes
 
 
