@@ -125,6 +125,7 @@ def timed_fit(model, X, y=None):
 def spark_session(cores):
     """A ``local[cores]`` SparkSession bound to loopback, stopped on exit."""
     os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     spark = (SparkSession.builder.master(f"local[{cores}]").appName("skdbn-bench-distributed")
@@ -235,6 +236,7 @@ def statistical_efficiency(args):
     X_train, X_test, y_train, y_test = digits_split()
     scores = {config: [] for config in configs}
     seconds = {config: [] for config in configs}
+    phases = {config: [] for config in configs}
     with spark_session(4):
         warm_up(4)
         for seed in range(args.seeds):
@@ -245,17 +247,19 @@ def statistical_efficiency(args):
                 fit = timed_fit(model, X_train, y_train)
                 scores[n_workers, sync].append(model.score(X_test, y_test))
                 seconds[n_workers, sync].append(fit.seconds)
+                phases[n_workers, sync].append(len(fit.phases))
 
     single = np.array(scores[1, "gossip"])
     print(f"{'workers':>7s}  {'sync':6s}  {'accuracy':>8s}  {'vs 1 worker':>11s}  "
-          f"{'fit s':>6s}  per seed")
+          f"{'fit s':>6s}  {'phases':>6s}  per seed")
     for n_workers, sync in configs:
         accuracy = np.array(scores[n_workers, sync])
         points = 100 * (accuracy - single)
         delta = "" if n_workers == 1 else f"{np.median(points):+.2f} pts"
         print(f"{n_workers:7d}  {sync if n_workers > 1 else '-':6s}  "
               f"{np.median(accuracy):8.4f}  {delta:>11s}  "
-              f"{np.median(seconds[n_workers, sync]):6.1f}  {listed(accuracy, '.4f')}")
+              f"{np.median(seconds[n_workers, sync]):6.1f}  "
+              f"{np.median(phases[n_workers, sync]):6.0f}  {listed(accuracy, '.4f')}")
     print("target: gossip within 0.5 points of 1 worker")
 
 
@@ -276,7 +280,7 @@ def stragglers(args):
     section(f"3. stragglers: 2 workers on local[2], worker 1 about {args.slowdown:g}x slower; "
             f"digits ({n_samples} training images), (256, 256), "
             f"{args.straggler_pretrain_epochs} pretraining + {args.straggler_max_iter} "
-            f"fine-tuning epochs, {args.straggler_repeats} repeats")
+            f"fine-tuning epochs, repeats: {args.straggler_repeats}")
 
     def model(sync, seed, delay=None):
         dbn = DistributedDBN(pretrain_epochs=args.straggler_pretrain_epochs,
@@ -302,8 +306,7 @@ def stragglers(args):
               f"{overhead:.2f} s fixed cost) -> worker 1 sleeps {1e3 * delay:.3f} ms "
               "per minibatch", flush=True)
 
-        times = {"gossip": [], "average": []}
-        scores = {"gossip": [], "average": []}
+        times, scores, phases, epochs = ({"gossip": [], "average": []} for _ in range(4))
         for repeat in range(args.straggler_repeats):
             order = ("gossip", "average") if repeat % 2 == 0 else ("average", "gossip")
             for sync in order:
@@ -311,11 +314,14 @@ def stragglers(args):
                 fit = timed_fit(dbn, X_train, y_train)
                 times[sync].append(fit.seconds)
                 scores[sync].append(dbn.score(X_test, y_test))
+                phases[sync].append(len(fit.phases))
+                epochs[sync].append(dbn.n_iter_)
 
     for sync in ("average", "gossip"):
         print(f"sync={sync!r:9s}: fit {np.median(times[sync]):6.1f} s, accuracy "
-              f"{np.median(scores[sync]):.4f}  (times: {listed(times[sync], '.1f')}; "
-              f"accuracies: {listed(scores[sync], '.4f')})")
+              f"{np.median(scores[sync]):.4f}, {np.median(phases[sync]):.0f} phases, "
+              f"{np.median(epochs[sync]):.0f} fine-tuning epochs  (times: "
+              f"{listed(times[sync], '.1f')}; accuracies: {listed(scores[sync], '.4f')})")
     ratios = np.array(times["average"]) / np.array(times["gossip"])
     points = 100 * (np.array(scores["gossip"]) - np.array(scores["average"]))
     print(f"gossip finishes {np.median(ratios):.2f}x sooner (per repeat: {listed(ratios, '.2f')};"

@@ -412,6 +412,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self : DistributedDBN
             The updated estimator.
         """
+        if is_spark_dataframe(X):
+            raise TypeError("partial_fit takes arrays; for a Spark DataFrame use fit (with "
+                            "warm_start=True to continue training)")
         with self._unchanged_on_error():
             first_call = not hasattr(self, "coefs_")
             X, y = self._validate_training_data(X, y, reset=first_call)

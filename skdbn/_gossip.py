@@ -29,6 +29,7 @@ WIRE_VERSION = 1
 KIND_STATE = 1
 KIND_DONE = 2
 KIND_READY = 3
+KIND_PROGRESS = 4
 _LENGTH = struct.Struct("<Q")
 _HEADER = struct.Struct("<4sBBQHHQdQ")  # magic, version, kind, phase, sender, n_workers,
 #                                         step, weight, n_values
@@ -76,6 +77,7 @@ class Message:
     weight: float
     progress: np.ndarray
     values: np.ndarray | None
+    received: float = 0.0  # time.monotonic() on the receiver when the message was verified
 
 
 def encode(spec, kind, sender, step, weight, progress, values=None):
@@ -114,7 +116,7 @@ def decode(spec, frame):
         _HEADER.unpack_from(body)
     if magic != MAGIC or version != WIRE_VERSION:
         raise WireError("not an skdbn message of this wire version")
-    if kind not in (KIND_STATE, KIND_DONE, KIND_READY):
+    if kind not in (KIND_STATE, KIND_DONE, KIND_READY, KIND_PROGRESS):
         raise WireError(f"unknown message kind {kind}")
     if phase != spec.phase:
         raise WireError(f"message of phase {phase}, expected {spec.phase}")
@@ -211,7 +213,6 @@ class GossipNode:
         self._arrived = threading.Condition(self._lock)
         self._outbox = queue.Queue()
         self._stopping = threading.Event()
-        self.peer_finished = threading.Event()
         self._ready = set()
         self.rejected = 0
         self.failed_sends = 0
@@ -253,6 +254,8 @@ class GossipNode:
             except OSError:
                 return
             with conn:
+                if self._stopping.is_set():  # the wake-up connection of close()
+                    return
                 conn.settimeout(self.timeout)
                 self._receive_one(conn)
 
@@ -266,18 +269,21 @@ class GossipNode:
             with self._lock:
                 self.rejected += 1
             return
+        message.received = time.monotonic()
         with self._arrived:
             if message.kind == KIND_READY:
                 self._ready.add(message.sender)
             else:
                 self._mailbox.append(message)
             self._arrived.notify_all()
-        if message.kind == KIND_DONE:
-            self.peer_finished.set()
         # If the acknowledgement is lost the sender takes its weight back although the
         # message was merged here: a rare double count, never a loss of the model.
         with contextlib.suppress(OSError):
             conn.sendall(_ACK)
+
+    def has_mail(self):
+        """Whether messages are waiting (a lock-free hint for the training thread)."""
+        return bool(self._mailbox)
 
     def drain(self):
         """All messages received since the last call."""
@@ -343,6 +349,10 @@ class GossipNode:
         """Stop both threads (bounded) and the listener."""
         self._stopping.set()
         self._outbox.put(None)
+        # Wake the receiver from accept() now rather than at its next poll: a phase ends
+        # with close(), and a fit has many phases.
+        with contextlib.suppress(OSError):
+            socket.create_connection(self._server.getsockname()[:2], timeout=1.0).close()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=self.timeout + 1)

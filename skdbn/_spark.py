@@ -5,8 +5,10 @@ No SparkSession, SparkContext, RDD or broadcast is ever stored on an estimator: 
 lives for one fit, and DataFrame inference ships the numpy model inside its task closure.
 """
 
+import dataclasses
 import os
 import secrets
+import sys
 from functools import partial
 
 import numpy as np
@@ -36,7 +38,8 @@ def get_session(df=None):
     """The DataFrame's session, else the active one, else an embedded ``local[*]`` session.
 
     The embedded session is created once per process and reused: driver bound to 127.0.0.1,
-    UI off, quiet logs.
+    UI off, quiet logs, and Python workers running this interpreter (unless ``PYSPARK_PYTHON``
+    says otherwise).
     """
     global _EMBEDDED_SESSION
     if df is not None:
@@ -50,6 +53,10 @@ def get_session(df=None):
     if _EMBEDDED_SESSION is None:
         # Spark otherwise binds its services to the first non-loopback interface it finds.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers otherwise run the first "python3" on PATH, which outside an activated
+        # virtual environment (a notebook kernel, a venv's python called by path) is another
+        # interpreter without skdbn.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         try:
             _EMBEDDED_SESSION = (
                 SparkSession.builder.master("local[*]").appName("skdbn")
@@ -104,7 +111,7 @@ def _barrier_task(phase, state, below, plan, partition):
         raise RuntimeError(f"worker {rank} got {len(shards)} shards, expected one")
     host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
     cpus = int(context.cpus()) if hasattr(context, "cpus") else 1
-    plan = SyncPlan(**{**plan.__dict__, "blas_threads": max(1, cpus)})
+    plan = dataclasses.replace(plan, blas_threads=max(1, cpus))
     yield run_worker(rank, phase, shards[0], state, below, plan,
                      lambda _rank, address: context.allGather(address), host=host)
 

@@ -1,31 +1,43 @@
 """How a worker keeps its copy of the network together with its peers within a phase.
 
 A synchronizer owns the phase's work budget and the exchanges. The training loop asks
-``keep_going()`` before every minibatch and calls ``after_minibatch(n)`` after it; ``finish()``
-ends the phase and returns the worker's push-sum weight.
+``keep_going()`` before every minibatch, calls ``after_minibatch(n)`` after it, and reads
+``epochs_done()`` to know when an epoch of the phase has ended; ``finish()`` ends the phase and
+returns the worker's push-sum weight.
 
 - ``LocalBudget``: one worker, or ``sync="none"``: ``epochs x shard`` samples, no exchange.
-- ``GossipSync``: asynchronous push-sum. The budget is global (``epochs x all samples``); each
-  message carries the sender's view of everyone's progress, so a slow worker does fewer
-  minibatches and nobody waits for it. The training thread never touches a socket.
+- ``GossipSync``: asynchronous push-sum. The budget is global (``epochs x all samples``) and so
+  are its epochs; each message carries the sender's knowledge of everyone's progress, so a slow
+  worker does fewer minibatches and nobody waits for it. The training thread never touches a
+  socket.
 - ``AverageSync``: the synchronous, deterministic baseline. Every worker runs the same number
   of minibatches and every ``sync_every`` of them all workers exchange their full state and take
   the exact weighted average, summed in rank order so that all get identical bits.
 """
 
+import math
 import threading
 import time
 
 import numpy as np
 
-from ._gossip import KIND_DONE, KIND_STATE, PushSum, encode
+from ._gossip import KIND_DONE, KIND_PROGRESS, KIND_STATE, PushSum, encode
 
+# Frames a worker may have queued or in flight before it skips a push: the network is never
+# allowed to fall behind training by more than this.
+MAX_PUSHES_IN_FLIGHT = 2
+
+# Bound on the gossip learning-rate factor ``fair weight / own weight``: with pushes on a
+# common pace a weight stays within a factor 2 of the fair one, so the bound only acts when a
+# peer is silent.
+MAX_STEP_SCALE = 2.0
 
 class LocalBudget:
-    """A fixed number of samples on this worker and no exchange."""
+    """``epochs`` passes of ``epoch_samples`` samples on this worker, and no exchange."""
 
-    def __init__(self, target_samples):
-        self.target = target_samples
+    def __init__(self, epochs, epoch_samples):
+        self.epochs = epochs
+        self.epoch_samples = epoch_samples
         self.done = 0
         self.state = None
 
@@ -35,15 +47,113 @@ class LocalBudget:
 
     def keep_going(self):
         """Whether another minibatch is wanted."""
-        return self.done < self.target
+        return self.done < self.epochs * self.epoch_samples
 
     def after_minibatch(self, n_rows):
         """Count a finished minibatch of ``n_rows`` samples."""
         self.done += n_rows
 
+    def epochs_done(self):
+        """Epochs of the phase completed so far."""
+        return min(self.epochs, self.done // self.epoch_samples)
+
+    def step_scale(self):
+        """Factor on the learning rate of the next minibatch (see ``GossipSync``)."""
+        return 1.0
+
     def finish(self):
         """End the phase; returns this worker's weight."""
         return self.state.weight
+
+    @property
+    def samples_trained(self):
+        """Samples this worker has trained on in this phase."""
+        return self.done
+
+
+class PeerProgress:
+    """What one worker knows of every worker's progress in a phase, and its estimate of now.
+
+    Reports are lower bounds: the progress a peer sent itself (a *direct* report, stamped with
+    its arrival time) or relayed from another peer's knowledge. A peer is extrapolated from its
+    last direct report at its own measured speed in samples per second; until a direct
+    report has arrived it is assumed to be as fast as this worker. A finished peer's last
+    report is exact. Speeds are measured on this worker's clock only, so no clocks need agree.
+
+    Parameters
+    ----------
+    n_workers : int
+    rank : int
+        This worker's index.
+    start : float
+        ``time.monotonic()`` at the start of the phase.
+    """
+
+    def __init__(self, n_workers, rank, start):
+        self.rank = rank
+        self.start = start
+        self.known = np.zeros(n_workers, dtype=np.uint64)
+        self._direct = np.zeros(n_workers)
+        self._direct_time = np.full(n_workers, start)
+        self._speed = np.full(n_workers, np.nan)
+        self.finished = set()
+
+    @property
+    def own(self):
+        """Samples this worker has trained on."""
+        return int(self.known[self.rank])
+
+    def count(self, n_rows):
+        """Add ``n_rows`` samples to this worker's own progress."""
+        self.known[self.rank] += n_rows
+
+    def learn(self, sender, reported, received, final=False):
+        """Take in the progress vector ``reported`` by ``sender``, arrived at ``received``."""
+        for peer, value in enumerate(reported):
+            if peer != self.rank and value > self.known[peer]:
+                self.known[peer] = value
+        value = float(reported[sender])
+        # The first report measures the speed since the phase started (workers start together,
+        # after the handshake); later ones since the previous report.
+        elapsed = received - self._direct_time[sender]
+        if value > self._direct[sender] and elapsed > 1e-3:
+            speed = (value - self._direct[sender]) / elapsed
+            previous = self._speed[sender]
+            self._speed[sender] = speed if np.isnan(previous) else 0.5 * (previous + speed)
+        if value >= self._direct[sender]:
+            self._direct[sender], self._direct_time[sender] = value, received
+        if final:
+            self.finished.add(sender)
+
+    def estimated_total(self, now):
+        """Samples trained by all workers by ``now``: own exactly, each peer extrapolated."""
+        own = self.own
+        own_speed = own / max(now - self.start, 1e-6)
+        total = float(own)
+        for peer, known in enumerate(self.known):
+            if peer == self.rank:
+                continue
+            if peer in self.finished:
+                total += float(known)
+                continue
+            speed = own_speed if np.isnan(self._speed[peer]) else self._speed[peer]
+            extrapolated = self._direct[peer] + speed * (now - self._direct_time[peer])
+            total += max(float(known), extrapolated)
+        return total
+
+
+def exponential_graph_peer(rank, n_workers, round_index):
+    """The peer ``rank`` pushes to in round ``round_index``: ``rank + 2**k`` (mod n) with k
+    cycling through ``0 .. ceil(log2 n) - 1``.
+
+    Every worker then receives exactly one push per round, so push-sum weights stay equal while
+    workers keep pace, and information reaches all workers within ``log2 n`` rounds (the
+    time-varying exponential graph of Assran et al. 2019). Random peers would leave some
+    workers with several pushes in a round and others with none, and a worker with a small
+    weight counts little in the phase's consensus however much it has trained.
+    """
+    n_offsets = max(1, math.ceil(math.log2(n_workers)))
+    return (rank + 2 ** (round_index % n_offsets)) % n_workers
 
 
 class GossipSync:
@@ -53,31 +163,42 @@ class GossipSync:
     ----------
     node : GossipNode
         Started transport of this worker.
-    target_samples : int
-        Samples all workers together train on in this phase.
+    epochs : int
+        Epochs of the phase.
+    epoch_samples : int
+        Samples of one epoch over all workers (the whole training set).
     sync_every : int
-        Minibatches between two exchanges.
-    rng : numpy.random.Generator
-        Chooses the peer of each push.
+        Minibatches of an average worker between two exchanges.
+    batch_size : int
+        Rows of a minibatch.
     timeout : float
         Bound on the end-of-phase wait for peers.
+
+    Notes
+    -----
+    A worker exchanges whenever the estimated global progress has grown by ``n_workers x
+    sync_every`` minibatches since its last exchange, not after ``sync_every`` of its own: with
+    workers of equal speed that is the same, and a slow worker still pushes as often as a fast
+    one. Push-sum gives a worker's later updates a share of the consensus proportional to its
+    weight, and every push halves the weight, so counting its own minibatches would leave the
+    worker that trains the most with the least say.
     """
 
-    def __init__(self, node, target_samples, sync_every, rng, timeout):
+    def __init__(self, node, epochs, epoch_samples, sync_every, batch_size, timeout):
         self.node = node
         self.rank = node.rank
         self.n_workers = node.spec.n_workers
-        self.target = target_samples
+        self.epochs = epochs
+        self.epoch_samples = epoch_samples
+        self.target = epochs * epoch_samples
+        self.fair_weight = epoch_samples / self.n_workers  # the weights sum to the samples
         self.sync_every = sync_every
-        self.rng = rng
+        self.round_samples = self.n_workers * sync_every * batch_size
         self.timeout = timeout
-        self.progress = np.zeros(self.n_workers, dtype=np.uint64)
-        # For each peer: (its progress, ours) when its figure last grew, and its speed relative
-        # to ours (assumed equal until two reports have arrived).
-        self._heard = [(0, 0)] * self.n_workers
-        self._relative_speed = np.ones(self.n_workers)
+        self.progress = PeerProgress(self.n_workers, self.rank, time.monotonic())
         self.minibatches = 0
-        self.finished_peers = set()
+        self.pushes = 0
+        self._last_exchange = 0.0
         self._returned = []
         self._returned_lock = threading.Lock()
         self.state = None
@@ -85,40 +206,77 @@ class GossipSync:
     def begin(self, params, weight):
         """Start the phase with the worker's parameter vector (updated in place)."""
         self.state = PushSum(params, weight)
+        self.progress = PeerProgress(self.n_workers, self.rank, time.monotonic())
 
     def keep_going(self):
-        """Whether the estimated global progress is still below the budget."""
-        if self.node.peer_finished.is_set():
-            return False
+        """Whether the estimated global progress is still below the budget.
+
+        Whatever has arrived is merged first: a peer's progress (and above all a finished
+        peer's exact count) changes the estimate, and mixing early costs nothing extra.
+        """
+        if self.node.has_mail():
+            self._merge(self.node.drain())
         return self.estimated_total() < self.target
 
     def estimated_total(self):
-        """Samples trained by all workers so far: ours exactly, each peer's last report
-        extrapolated at its observed speed relative to ours."""
-        own = int(self.progress[self.rank])
-        total = own
-        for peer in range(self.n_workers):
-            if peer != self.rank:
-                theirs, ours_then = self._heard[peer]
-                total += theirs + self._relative_speed[peer] * (own - ours_then)
-        return total
+        """Samples trained by all workers so far (see ``PeerProgress``)."""
+        return self.progress.estimated_total(time.monotonic())
+
+    def epochs_done(self):
+        """Epochs of the phase completed so far by all workers together (estimated)."""
+        return min(self.epochs, int(self.estimated_total() // self.epoch_samples))
+
+    def step_scale(self):
+        """Factor on the learning rate of the next minibatch: the fair weight over ours.
+
+        The consensus counts an update in proportion to the weight its worker held when it
+        made it, and a worker holds half its weight just after a push. Scaling the step by
+        ``fair / weight`` makes every minibatch of every worker count ``1 / n_workers``, as in
+        synchronous averaging (stochastic gradient push, Assran et al. 2019: the step updates
+        the push-sum numerator). The factor is bounded so that a worker that has pushed
+        several times without hearing back does not take a reckless step.
+        """
+        return min(MAX_STEP_SCALE, max(1 / MAX_STEP_SCALE, self.fair_weight / self.state.weight))
+
+    @property
+    def samples_trained(self):
+        """Samples this worker has trained on in this phase."""
+        return self.progress.own
 
     def after_minibatch(self, n_rows):
-        """Count the minibatch; every ``sync_every`` minibatches merge the mailbox and push."""
-        self.progress[self.rank] += n_rows
+        """Count the minibatch, and push at every exchange point."""
+        self.progress.count(n_rows)
         self.minibatches += 1
-        if self.minibatches % self.sync_every == 0:
-            self._merge(self.node.drain())
+        if self.minibatches == 1:
+            self._announce_progress()
+        total = self.estimated_total()
+        if total - self._last_exchange >= self.round_samples:
+            self._last_exchange = total
             self._push()
 
+    def _announce_progress(self):
+        # Tells every peer this worker's speed early: until they hear from it they assume it
+        # is as fast as they are, and in a short phase a fast worker would otherwise stop at
+        # its equal share and wait for a slow one.
+        frame = encode(self.node.spec, KIND_PROGRESS, self.rank, self.minibatches, 1.0,
+                       self.progress.known)
+        for peer in range(self.n_workers):
+            if peer != self.rank:
+                self.node.send(peer, frame)
+
     def _push(self):
-        if self.node.pending():  # the last push is still in flight: never wait for it
+        if self.node.pending() >= MAX_PUSHES_IN_FLIGHT:  # never wait for the network
             return
-        peer = int(self.rng.integers(self.n_workers - 1))
-        peer += peer >= self.rank
+        if self.state.weight < self.fair_weight * (1 - 1e-9):
+            # Pushing only from at least the fair weight keeps every weight above half of
+            # it, so ``step_scale`` stays within [1/2, 2] and is never clipped for two
+            # workers; a worker that pushed last round waits to be pushed to first.
+            return
+        peer = exponential_graph_peer(self.rank, self.n_workers, self.pushes)
+        self.pushes += 1
         values, weight = self.state.split()
         frame = encode(self.node.spec, KIND_STATE, self.rank, self.minibatches, weight,
-                       self.progress, values)
+                       self.progress.known, values)
         self.node.send(peer, frame, on_failure=lambda: self._give_back(values, weight))
 
     def _give_back(self, values, weight):
@@ -129,41 +287,29 @@ class GossipSync:
     def _merge(self, messages):
         incoming = []
         for message in messages:
-            self._learn_progress(message.progress)
+            self.progress.learn(message.sender, message.progress, message.received,
+                                final=message.kind == KIND_DONE)
             if message.kind == KIND_STATE:
                 incoming.append((message.values, message.weight))
-            elif message.kind == KIND_DONE:
-                self.finished_peers.add(message.sender)
         with self._returned_lock:
             incoming += self._returned
             self._returned = []
         self.state.merge(incoming)
 
-    def _learn_progress(self, reported):
-        own = int(self.progress[self.rank])
-        for peer in range(self.n_workers):
-            value = int(reported[peer])
-            theirs, ours_then = self._heard[peer]
-            if peer == self.rank or value <= theirs:
-                continue
-            if own > ours_then and theirs > 0:
-                self._relative_speed[peer] = (value - theirs) / (own - ours_then)
-            self._heard[peer] = (value, own)
-            self.progress[peer] = value
-
     def finish(self):
-        """Deliver what is queued, tell every peer this worker is done, and merge everything
-        peers send until each of them is done too (or the timeout passes)."""
+        """Deliver what is queued, tell every peer this worker is done (with its exact final
+        count), and merge everything peers send until each of them is done too (or the
+        timeout passes)."""
         self.node.flush(self.timeout)
         self._merge(self.node.drain())
         done = encode(self.node.spec, KIND_DONE, self.rank, self.minibatches, 1.0,
-                      self.progress)
+                      self.progress.known)
         for peer in range(self.n_workers):
             if peer != self.rank:
                 self.node.send(peer, done)
         deadline = time.monotonic() + self.timeout
         peers = set(range(self.n_workers)) - {self.rank}
-        while not peers <= self.finished_peers and time.monotonic() < deadline:
+        while not peers <= self.progress.finished and time.monotonic() < deadline:
             self.node.wait_for(bool, deadline - time.monotonic())
             self._merge(self.node.drain())
         self.node.flush(self.timeout)
@@ -178,6 +324,8 @@ class AverageSync:
     ----------
     node : GossipNode
         Started transport of this worker.
+    epochs : int
+        Epochs of the phase.
     n_minibatches : int
         Minibatches every worker runs in this phase.
     sync_every : int
@@ -186,14 +334,16 @@ class AverageSync:
         Bound on each wait for the peers' states.
     """
 
-    def __init__(self, node, n_minibatches, sync_every, timeout):
+    def __init__(self, node, epochs, n_minibatches, sync_every, timeout):
         self.node = node
+        self.epochs = epochs
         self.rank = node.rank
         self.n_workers = node.spec.n_workers
         self.n_minibatches = n_minibatches
         self.sync_every = sync_every
         self.timeout = timeout
         self.minibatches = 0
+        self.samples_trained = 0
         self._early = []
         self.state = None
 
@@ -208,8 +358,17 @@ class AverageSync:
     def after_minibatch(self, n_rows):
         """Count the minibatch and average with all peers at every sync point."""
         self.minibatches += 1
+        self.samples_trained += n_rows
         if self.minibatches % self.sync_every == 0 or self.minibatches == self.n_minibatches:
             self._average(self.minibatches)
+
+    def epochs_done(self):
+        """Epochs of the phase completed so far (the same on every worker)."""
+        return self.minibatches * self.epochs // self.n_minibatches
+
+    def step_scale(self):
+        """Factor on the learning rate of the next minibatch: 1, weights stay equal."""
+        return 1.0
 
     def _average(self, step):
         frame = encode(self.node.spec, KIND_STATE, self.rank, step, self.state.weight,

@@ -7,7 +7,6 @@ train the phase with the chosen synchronizer, and close everything, with every w
 import math
 from dataclasses import dataclass
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ._gossip import GossipNode, WireSpec
@@ -51,7 +50,7 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
     """
     with threadpool_limits(plan.blas_threads):
         if plan.n_workers == 1 or plan.mode == "none":
-            budget = LocalBudget(phase.epochs * shard.n_samples)
+            budget = LocalBudget(phase.epochs, shard.n_samples)
             return run_phase(phase, shard, state, below, budget, rank)
         spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
                         state.params.dtype.name)
@@ -65,9 +64,8 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
 
 def _synchronizer(plan, phase, node):
     if plan.mode == "gossip":
-        rng = np.random.default_rng([*phase.seed, node.rank, 1])
-        return GossipSync(node, phase.epochs * plan.total_samples, plan.sync_every, rng,
-                          plan.timeout)
+        return GossipSync(node, phase.epochs, plan.total_samples, plan.sync_every,
+                          phase.batch_size, plan.timeout)
     per_worker = phase.epochs * plan.total_samples / plan.n_workers
-    return AverageSync(node, math.ceil(per_worker / phase.batch_size), plan.sync_every,
-                       plan.timeout)
+    return AverageSync(node, phase.epochs, math.ceil(per_worker / phase.batch_size),
+                       plan.sync_every, plan.timeout)

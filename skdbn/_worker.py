@@ -107,6 +107,7 @@ class PhaseResult:
     n_samples: int
     history: dict = field(default_factory=dict)
     hidden_mean: np.ndarray | None = None
+    samples_trained: int = 0
 
 
 def standardize(X, mean, scale):
@@ -149,7 +150,7 @@ def run_phase(phase, shard, state, below, sync=None, rank=0):
     rng = np.random.default_rng([*phase.seed, rank])
     params = FlatParams(phase.layout(), state.params.dtype, state.params.copy())
     if sync is None:
-        sync = LocalBudget(phase.epochs * shard.n_samples)
+        sync = LocalBudget(phase.epochs, shard.n_samples)
     sync.begin(params.flat, float(shard.n_samples))
     delay = phase.slow_worker[1] if phase.slow_worker and phase.slow_worker[0] == rank else 0
     # A diverging run overflows; it is reported once, below, by the finiteness check.
@@ -172,29 +173,39 @@ def run_phase(phase, shard, state, below, sync=None, rank=0):
         )
     final = PhaseState(params.flat, trainer.velocity.flat)
     return PhaseResult(final, weight=weight, n_samples=shard.n_samples, history=history,
-                       hidden_mean=hidden_mean)
+                       hidden_mean=hidden_mean, samples_trained=sync.samples_trained)
 
 
-def _passes(n_samples, batch_size, rng, sync, delay):
-    """Passes over the shard, each a generator of minibatch rows, until the budget is used.
+def _run_minibatches(n_samples, batch_size, rng, sync, delay, train, end_epochs):
+    """Train minibatches over reshuffled passes of the shard until the budget is used.
 
-    The synchronizer is told about every minibatch after the caller has trained on it.
-    ``delay`` (seconds per minibatch) slows this worker down for straggler experiments.
+    ``train(rows, epoch)`` trains one minibatch; ``end_epochs(count)`` is called whenever
+    ``count`` more epochs of the phase have ended by the synchronizer's count (for one worker
+    a pass over its shard, for gossip the whole training set over all workers, so a fast and a
+    slow worker report the same number of epochs). ``delay`` (seconds per minibatch) slows this
+    worker down for straggler experiments.
     """
+    epoch = 0
     while sync.keep_going():
-        yield _one_pass(n_samples, batch_size, rng, sync, delay)
+        order = rng.permutation(n_samples)
+        for start in range(0, n_samples, batch_size):
+            if not sync.keep_going():
+                break
+            rows = order[start:start + batch_size]
+            train(rows, epoch)
+            if delay:
+                time.sleep(delay)
+            sync.after_minibatch(len(rows))
+            epoch = _end_finished_epochs(sync, epoch, end_epochs)
+    # Peers' final counts can complete the budget between two minibatches of this worker.
+    _end_finished_epochs(sync, epoch, end_epochs)
 
 
-def _one_pass(n_samples, batch_size, rng, sync, delay):
-    order = rng.permutation(n_samples)
-    for start in range(0, n_samples, batch_size):
-        if not sync.keep_going():
-            return
-        rows = order[start:start + batch_size]
-        yield rows
-        if delay:
-            time.sleep(delay)
-        sync.after_minibatch(len(rows))
+def _end_finished_epochs(sync, epoch, end_epochs):
+    finished = sync.epochs_done()
+    if finished > epoch:
+        end_epochs(finished - epoch)
+    return max(epoch, finished)
 
 
 def _gather_rows(x, rows, out):
@@ -216,17 +227,21 @@ def _pretrain(phase, x, params, rng, sync, delay):
     monitor = x[:MONITOR_ROWS]
     history = {"reconstruction_error": [], "pseudo_likelihood": []}
     warmup_epochs = min(5, phase.epochs // 2)
-    for epoch, minibatches in enumerate(_passes(x.shape[0], batch_size, rng, sync, delay)):
+
+    def train(rows, epoch):
         trainer.momentum = (min(0.5, phase.momentum) if epoch < warmup_epochs
                             else phase.momentum)
-        for rows in minibatches:
-            _gather_rows(x, rows, trainer.load_batch(len(rows)))
-            trainer.step(len(rows))
-        history["reconstruction_error"].append(
-            reconstruction_error(monitor, params, phase.visible_units)
-        )
+        trainer.learning_rate = learning_rate * sync.step_scale()
+        _gather_rows(x, rows, trainer.load_batch(len(rows)))
+        trainer.step(len(rows))
+
+    def end_epochs(count):
+        history["reconstruction_error"] += [
+            reconstruction_error(monitor, params, phase.visible_units)] * count
         if phase.visible_units == BERNOULLI:
-            history["pseudo_likelihood"].append(pseudo_likelihood(monitor, params, rng))
+            history["pseudo_likelihood"] += [pseudo_likelihood(monitor, params, rng)] * count
+
+    _run_minibatches(x.shape[0], batch_size, rng, sync, delay, train, end_epochs)
     if phase.visible_units != BERNOULLI:
         del history["pseudo_likelihood"]
     return trainer, history
@@ -239,16 +254,22 @@ def _finetune(phase, x, y, params, velocity, rng, sync, delay):
     batch_size = min(phase.batch_size, x.shape[0])
     onehot = np.zeros((batch_size, n_classes), dtype=params.flat.dtype)
     history = {"loss": []}
-    for minibatches in _passes(x.shape[0], batch_size, rng, sync, delay):
-        total, seen = 0.0, 0
-        for rows in minibatches:
-            batch_onehot = onehot[: len(rows)]
-            batch_onehot[...] = 0
-            batch_onehot[np.arange(len(rows)), y[rows]] = 1
-            total += trainer.step(x[rows], batch_onehot)
-            seen += len(rows)
-        if seen:
-            history["loss"].append(total / seen + penalty(params, phase.alpha))
+    epoch_loss = {"total": 0.0, "seen": 0}
+
+    def train(rows, epoch):
+        trainer.learning_rate = phase.learning_rate * sync.step_scale()
+        batch_onehot = onehot[: len(rows)]
+        batch_onehot[...] = 0
+        batch_onehot[np.arange(len(rows)), y[rows]] = 1
+        epoch_loss["total"] += trainer.step(x[rows], batch_onehot)
+        epoch_loss["seen"] += len(rows)
+
+    def end_epochs(count):
+        mean = epoch_loss["total"] / max(epoch_loss["seen"], 1)
+        history["loss"] += [mean + penalty(params, phase.alpha)] * count
+        epoch_loss.update(total=0.0, seen=0)
+
+    _run_minibatches(x.shape[0], batch_size, rng, sync, delay, train, end_epochs)
     return trainer, history
 
 

@@ -74,7 +74,7 @@ def standalone_cluster(tmp_path_factory):
         while time.monotonic() < deadline:
             try:
                 alive = _master_status(web_port).get("aliveworkers", 0)
-            except OSError:
+            except (OSError, ValueError):  # not listening yet, or an empty first answer
                 alive = 0
             if alive == 2:
                 break
@@ -84,6 +84,13 @@ def standalone_cluster(tmp_path_factory):
         yield master_url
     finally:
         _stop(processes)
+
+
+def _failure_summary(stderr):
+    # The JVM's stack traces bury the Python error; show the Python lines first.
+    python_lines = [line for line in stderr.splitlines()
+                    if "Error" in line or "Traceback" in line or 'File "' in line]
+    return "\n".join(python_lines[-40:]) + "\n--- end of stderr ---\n" + stderr[-1500:]
 
 
 def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
@@ -100,7 +107,6 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
                  .config("spark.driver.host", "127.0.0.1")
                  .config("spark.ui.enabled", "false")
                  .config("spark.executor.memory", "512m")
-                 .config("spark.pyspark.python", {sys.executable!r})
                  .getOrCreate())
         try:
             X, y = load_digits(return_X_y=True)
@@ -116,9 +122,10 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
             spark.stop()
     """)
     result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+                            timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1",
+                                                 "PYSPARK_PYTHON": sys.executable})
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, result.stderr[-3000:]
+    assert lines, _failure_summary(result.stderr)
     outcome = json.loads(lines[0][len("RESULT "):])
     assert outcome["master"] == standalone_cluster
     assert outcome["n_workers"] == 2

@@ -20,6 +20,7 @@ SMALL = dict(hidden_layer_sizes=(64,), pretrain_epochs=5, max_iter=10, random_st
 @pytest.fixture(scope="module")
 def spark():
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this venv's interpreter
     from pyspark.sql import SparkSession
 
     session = (SparkSession.builder.master("local[2]").appName("skdbn-tests")
@@ -111,6 +112,8 @@ def test_clear_errors(spark, digits_split):
         DistributedDBN(features_col="pixels", **SMALL).fit(frame)
     with pytest.raises(ValueError, match="do not pass y"):
         DistributedDBN(**SMALL).fit(frame, y_train[:50])
+    with pytest.raises(TypeError, match="partial_fit takes arrays"):
+        DistributedDBN(**SMALL).partial_fit(frame)
     fitted = DistributedDBN(**SMALL).fit(X_train, y_train)
     with pytest.raises(ValueError, match="expecting 64 features"):
         fitted.predict(_frame(spark, X_train[:5, :10], y_train[:5]))
