@@ -80,15 +80,20 @@ class Message:
     received: float = 0.0  # time.monotonic() on the receiver when the message was verified
 
 
-def encode(spec, kind, sender, step, weight, progress, values=None):
-    """The frame for one message, as a list of byte buffers to send in order."""
+def encode(spec, kind, sender, step, weight, progress, values=None, copy=True):
+    """The frame for one message, as a list of byte buffers to send in order.
+
+    ``values`` is copied unless ``copy=False`` says the caller hands over a private array.
+    """
     n_values = 0 if values is None else values.size
     header = _HEADER.pack(MAGIC, WIRE_VERSION, kind, spec.phase, sender, spec.n_workers, step,
                           weight, n_values)
     parts = [header, np.asarray(progress, dtype="<u8").tobytes()]
     if values is not None:
         # A private copy: the caller's buffer keeps training while the frame waits to be sent.
-        snapshot = np.array(values, dtype=np.dtype(spec.dtype).newbyteorder("<"), copy=True)
+        wire_dtype = np.dtype(spec.dtype).newbyteorder("<")
+        snapshot = (np.array(values, dtype=wire_dtype, copy=True) if copy
+                    else np.asarray(values, dtype=wire_dtype))
         parts.append(memoryview(snapshot).cast("B"))
     tag = hmac.new(spec.secret, digestmod=hashlib.sha256)
     for part in parts:
@@ -133,7 +138,8 @@ def decode(spec, frame):
     if kind == KIND_STATE:
         values = np.frombuffer(body, dtype=np.dtype(spec.dtype).newbyteorder("<"),
                                count=n_values, offset=offset + 8 * n_workers)
-        values = values.astype(np.dtype(spec.dtype), copy=True)
+        # The frame's buffer belongs to this message alone, so the values can stay a view.
+        values = values.astype(np.dtype(spec.dtype), copy=False)
         if not np.all(np.isfinite(values)):
             raise WireError("parameter values are not finite")
     return Message(kind, sender, step, weight, progress, values)
@@ -160,6 +166,13 @@ class PushSum:
         for values, weight in incoming:
             self.params += (weight / total) * values
         self.weight = total
+
+
+def _wake(server):
+    """Connect to a listening socket so that a thread in its ``accept()`` returns now rather
+    than at its next poll: a phase ends with closing its listeners, and a fit has many."""
+    with contextlib.suppress(OSError):
+        socket.create_connection(server.getsockname()[:2], timeout=1.0).close()
 
 
 def _recv_exactly(sock, size):
@@ -349,10 +362,7 @@ class GossipNode:
         """Stop both threads (bounded) and the listener."""
         self._stopping.set()
         self._outbox.put(None)
-        # Wake the receiver from accept() now rather than at its next poll: a phase ends
-        # with close(), and a fit has many phases.
-        with contextlib.suppress(OSError):
-            socket.create_connection(self._server.getsockname()[:2], timeout=1.0).close()
+        _wake(self._server)
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=self.timeout + 1)
@@ -360,9 +370,14 @@ class GossipNode:
 
 
 class AllGatherServer:
-    """Driver-side rendezvous for workers that have no Spark barrier: each worker sends its
-    rank and address, and once all ``n_workers`` have arrived every one of them gets the full
-    list. Requests and replies are authenticated with the fit's secret.
+    """Driver-side rendezvous: each worker sends its rank and address, and once all
+    ``n_workers`` have arrived every one of them gets the full list. Requests and replies are
+    authenticated with the fit's secret.
+
+    Rounds repeat until ``close()``, so a stage that Spark retries after a lost task meets
+    again; a rank that arrives twice in a round (its first task died) replaces its old entry,
+    and a request that does not verify is dropped without disturbing the round. The server
+    itself waits only until ``close()``; each worker bounds its own wait by ``timeout``.
     """
 
     def __init__(self, secret, n_workers, timeout, host="127.0.0.1"):
@@ -374,42 +389,69 @@ class AllGatherServer:
         self.address = f"{host}:{self._server.getsockname()[1]}"
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._stopping = threading.Event()
-        self.error = None
+        self.rounds = 0
+        self.rejected = 0
 
     def start(self):
-        """Serve one round of rendezvous in a background thread."""
+        """Serve rounds of rendezvous in a background thread."""
         self._thread.start()
         return self
 
     def _serve(self):
-        connections, addresses = [], {}
-        deadline = time.monotonic() + self.timeout
         try:
-            while len(addresses) < self.n_workers:
-                if self._stopping.is_set() or time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(addresses)} of {self.n_workers} workers arrived")
-                try:
-                    conn, _ = self._server.accept()
-                except TimeoutError:
-                    continue
-                conn.settimeout(self.timeout)
-                connections.append(conn)
-                rank, address = _read_signed(conn, self.secret).split(" ", 1)
-                addresses[int(rank)] = address
-            reply = "\n".join(addresses[r] for r in range(self.n_workers))
-            for conn in connections:
-                _write_signed(conn, self.secret, reply)
-        except (OSError, ValueError, WireError) as exc:
-            self.error = exc
+            while not self._stopping.is_set():
+                self._serve_round()
         finally:
-            for conn in connections:
-                conn.close()
             self._server.close()
+
+    def _serve_round(self):
+        arrived = {}  # rank -> (connection, address)
+        try:
+            while len(arrived) < self.n_workers:
+                if self._stopping.is_set():
+                    return
+                request = self._accept_request()
+                if request is not None:
+                    rank, conn, address = request
+                    if rank in arrived:
+                        arrived[rank][0].close()
+                    arrived[rank] = (conn, address)
+            reply = "\n".join(arrived[rank][1] for rank in range(self.n_workers))
+            for conn, _ in arrived.values():
+                with contextlib.suppress(OSError):
+                    _write_signed(conn, self.secret, reply)
+            self.rounds += 1
+        finally:
+            for conn, _ in arrived.values():
+                conn.close()
+
+    def _accept_request(self):
+        """``(rank, connection, address)`` of the next valid request, or None."""
+        try:
+            conn, _ = self._server.accept()
+        except (TimeoutError, OSError):
+            return None
+        if self._stopping.is_set():  # the wake-up connection of close()
+            conn.close()
+            return None
+        conn.settimeout(self.timeout)
+        try:
+            rank, address = _read_signed(conn, self.secret).split(" ", 1)
+            rank = int(rank)
+            if not 0 <= rank < self.n_workers:
+                raise WireError(f"rank {rank} out of range")
+        except (OSError, ValueError, WireError):
+            conn.close()
+            self.rejected += 1
+            return None
+        return rank, conn, address
 
     def close(self):
         """Stop serving (bounded wait)."""
         self._stopping.set()
-        self._thread.join(timeout=self.timeout + 1)
+        _wake(self._server)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.timeout + 1)
         self._server.close()
 
 

@@ -13,10 +13,17 @@ from functools import partial
 
 import numpy as np
 
+from ._gossip import AllGatherClient, AllGatherServer
 from ._task import SyncPlan, run_worker
 from ._worker import Shard, consensus
 
 _EMBEDDED_SESSION = None
+
+# Spark configuration key choosing how a phase's tasks swap addresses: "driver" (a small
+# authenticated rendezvous served by the driver, the default) or "barrier" (Spark's
+# BarrierTaskContext.allGather, which polls once a second and so adds about a second to
+# every phase, but needs no connection from the executors to the driver beyond Spark's own).
+RENDEZVOUS_CONF = "spark.skdbn.rendezvous"
 
 
 def is_spark_dataframe(X):
@@ -101,7 +108,7 @@ def check_barrier_possible(spark, n_workers):
         )
 
 
-def _barrier_task(phase, state, below, plan, partition):
+def _barrier_task(phase, state, below, plan, rendezvous, partition):
     from pyspark import BarrierTaskContext
 
     context = BarrierTaskContext.get()
@@ -112,8 +119,24 @@ def _barrier_task(phase, state, below, plan, partition):
     host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
     cpus = int(context.cpus()) if hasattr(context, "cpus") else 1
     plan = dataclasses.replace(plan, blas_threads=max(1, cpus))
-    yield run_worker(rank, phase, shards[0], state, below, plan,
-                     lambda _rank, address: context.allGather(address), host=host)
+    if rendezvous is None:
+        def rendezvous(_rank, address):
+            return context.allGather(address)
+    yield run_worker(rank, phase, shards[0], state, below, plan, rendezvous, host=host)
+
+
+class _DriverRendezvous(AllGatherClient):
+    """``AllGatherClient`` whose connection failure says what to do on a cluster."""
+
+    def __call__(self, rank, address):
+        try:
+            return super().__call__(rank, address)
+        except OSError as exc:
+            raise ConnectionError(
+                f"worker {rank} could not reach the driver's rendezvous at "
+                f"{self.server_address} ({exc}); if executors cannot open connections to the "
+                f"driver, set the Spark configuration {RENDEZVOUS_CONF}=barrier"
+            ) from exc
 
 
 class SparkEngine:
@@ -129,7 +152,7 @@ class SparkEngine:
         Synchronisation within a phase, as for ``ProcessEngine``.
     """
 
-    epochs_per_phase = 10  # a barrier stage costs about a second; group fine-tuning epochs
+    epochs_per_phase = 10  # each barrier stage has a fixed cost; group fine-tuning epochs
 
     def __init__(self, spark, n_workers, sync, sync_every, timeout=60.0):
         check_barrier_possible(spark, n_workers)
@@ -165,9 +188,32 @@ class SparkEngine:
             secret=self._secret, phase_key=secrets.randbits(63),
             total_samples=self._total_samples, timeout=self.timeout, blas_threads=1,
         )
-        task = partial(_barrier_task, phase, state, below, plan)
-        results = self._rdd.barrier().mapPartitions(task).collect()
+        server, rendezvous = self._start_rendezvous()
+        try:
+            task = partial(_barrier_task, phase, state, below, plan, rendezvous)
+            results = self._rdd.barrier().mapPartitions(task).collect()
+        finally:
+            if server is not None:
+                server.close()
         return consensus(results), results
+
+    def _start_rendezvous(self):
+        """The driver's rendezvous server and the tasks' client, or ``(None, None)`` when the
+        tasks use Spark's allGather or need no rendezvous."""
+        if self.n_workers == 1 or self.sync == "none" or self._rendezvous_mode() == "barrier":
+            return None, None
+        conf = self.spark.sparkContext.getConf()
+        host = conf.get("spark.driver.host", "127.0.0.1")
+        server = AllGatherServer(self._secret, self.n_workers, self.timeout,
+                                 host=conf.get("spark.driver.bindAddress", host)).start()
+        port = server.address.rsplit(":", 1)[1]
+        return server, _DriverRendezvous(f"{host}:{port}", self._secret, self.timeout)
+
+    def _rendezvous_mode(self):
+        mode = self.spark.conf.get(RENDEZVOUS_CONF, "driver")
+        if mode not in ("driver", "barrier"):
+            raise ValueError(f"{RENDEZVOUS_CONF} must be 'driver' or 'barrier', got {mode!r}")
+        return mode
 
     def close(self):
         """Drop the cached shards from the executors."""

@@ -276,7 +276,7 @@ class GossipSync:
         self.pushes += 1
         values, weight = self.state.split()
         frame = encode(self.node.spec, KIND_STATE, self.rank, self.minibatches, weight,
-                       self.progress.known, values)
+                       self.progress.known, values, copy=False)
         self.node.send(peer, frame, on_failure=lambda: self._give_back(values, weight))
 
     def _give_back(self, values, weight):

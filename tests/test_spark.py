@@ -60,6 +60,19 @@ def test_numpy_input_trains_on_two_barrier_tasks_with_gossip(spark, digits_split
         assert "pyspark" not in type(value).__module__, name
 
 
+def test_spark_barrier_rendezvous_can_replace_the_drivers(spark, digits_split):
+    X_train, X_test, y_train, y_test = digits_split
+    spark.conf.set("spark.skdbn.rendezvous", "barrier")
+    try:
+        model = DistributedDBN(n_workers=2, sync="gossip", **SMALL).fit(X_train, y_train)
+        assert model.score(X_test, y_test) > 0.9
+        spark.conf.set("spark.skdbn.rendezvous", "carrier-pigeon")
+        with pytest.raises(ValueError, match="must be 'driver' or 'barrier'"):
+            DistributedDBN(n_workers=2, sync="gossip", **SMALL).fit(X_train, y_train)
+    finally:
+        spark.conf.unset("spark.skdbn.rendezvous")
+
+
 def test_dataframe_fit_and_inference_stay_on_the_executors(spark, digits_split):
     X_train, X_test, y_train, y_test = digits_split
     train = _frame(spark, X_train, y_train)
