@@ -60,7 +60,7 @@ def main():
         dbn = DistributedDBN(n_workers=args.workers, sync="gossip", **settings).fit(train)
         seconds = time.perf_counter() - start
         scored = dbn.predict(test)  # a "prediction" column, computed on the executors
-        scored.select("label", "prediction").show(5)
+        print(scored.select("label", "prediction").toPandas().head().to_string(index=False))
         print(f"Spark, {dbn.n_workers_} workers, gossip: test accuracy "
               f"{dbn.score(test):.4f} (fit {seconds:.1f} s, {dbn.n_iter_} fine-tuning epochs)")
 

@@ -99,7 +99,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     validation_fraction : float, default=0.1
         Share of the training data held out when ``early_stopping`` is on.
     n_iter_no_change : int, default=10
-        Epochs without improvement tolerated before fine-tuning stops.
+        Epochs without improvement tolerated before fine-tuning stops. Set it above
+        ``max_iter`` to train exactly ``max_iter`` epochs: with several workers the epoch loss
+        is noisier and the loss rule can stop early (see the user guide).
     tol : float, default=1e-4
         Smallest improvement of the training loss (or, with early stopping, of the validation
         accuracy) that counts as progress.
@@ -122,7 +124,10 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         averaged once per phase (for comparison). Every phase ends with the exact weighted
         consensus. Without effect on one worker.
     sync_every : int, default=10
-        Minibatches between two synchronisations of a worker. Without effect on one worker.
+        Minibatches between two synchronisations of a worker. With ``"gossip"`` they are
+        counted at the average worker's pace (a worker pushes each time all workers together
+        have trained ``n_workers * sync_every`` minibatches), so a slow worker pushes as often
+        as a fast one. Without effect on one worker.
     checkpoint_dir : str or path-like or None, default=None
         Directory where the training progress is saved after every phase. A fit with the same
         parameters and data resumes from the last saved phase and gives the same model as an
