@@ -1,7 +1,8 @@
 """Pretraining speed of one RBM layer against scikit-learn's BernoulliRBM, in the same run.
 
 Times CD-1 pretraining of a 784 -> 500 layer, batch 100, float32, on generated binary-ish
-samples, through the public API (``DistributedDBN(hidden_layer_sizes=(500,)).fit(X)``, which
+samples, through the public API (``DistributedDBN(hidden_layer_sizes=(500,),
+backend="local").fit(X)``: one worker in this process, as scikit-learn's peer; which
 includes input validation and the per-epoch monitoring figures) and sklearn's
 ``BernoulliRBM(n_components=500, batch_size=100).fit(X)``. The two alternate over several
 repeats and the script prints medians, their ratio, and the share of this machine's float32
@@ -66,7 +67,7 @@ def main():
     X = binaryish_samples(args.samples, args.visible)
     ours = lambda: DistributedDBN(  # noqa: E731
         hidden_layer_sizes=(args.hidden,), pretrain_epochs=args.epochs, batch_size=100,
-        pretrain_learning_rate=0.05, random_state=0)
+        pretrain_learning_rate=0.05, backend="local", random_state=0)
     peer = lambda: BernoulliRBM(  # noqa: E731
         n_components=args.hidden, batch_size=100, n_iter=args.epochs, random_state=0)
 
