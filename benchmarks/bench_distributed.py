@@ -50,7 +50,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_info
 
-from skdbn import DistributedDBN
+from skdbn import DistributedDBN, loopback_session
 from skdbn._spark import SparkEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -126,17 +126,7 @@ def timed_fit(model, X, y=None):
 @contextlib.contextmanager
 def spark_session(cores):
     """A ``local[cores]`` SparkSession bound to loopback, stopped on exit."""
-    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    spark = (SparkSession.builder.master(f"local[{cores}]").appName("skdbn-bench-distributed")
-             .config("spark.driver.bindAddress", "127.0.0.1")
-             .config("spark.driver.host", "127.0.0.1")
-             .config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = loopback_session(f"local[{cores}]", app_name="skdbn-bench-distributed")
     try:
         yield spark
     finally:

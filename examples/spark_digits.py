@@ -9,14 +9,12 @@ Run: ``python examples/spark_digits.py`` (about a minute on 2 cores).
 """
 
 import argparse
-import os
-import sys
 import time
 
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from skdbn import DistributedDBN
+from skdbn import DistributedDBN, loopback_session
 
 
 def digits_frames(spark):
@@ -40,17 +38,7 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="barrier tasks (2)")
     args = parser.parse_args()
 
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    spark = (SparkSession.builder.master(args.master).appName("skdbn-spark-digits")
-             .config("spark.driver.bindAddress", "127.0.0.1")
-             .config("spark.driver.host", "127.0.0.1")
-             .config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = loopback_session(args.master, app_name="skdbn-spark-digits")
     try:
         train, test, (X_train, X_test, y_train, y_test) = digits_frames(spark)
         settings = dict(hidden_layer_sizes=(256, 256), pretrain_epochs=20, max_iter=100,

@@ -41,12 +41,53 @@ def _import_pyspark():
         ) from exc
 
 
+def loopback_session(master="local[*]", app_name="skdbn", config=None):
+    """A SparkSession whose driver and services stay on 127.0.0.1 (created or reused).
+
+    The session skdbn embeds when there is none, for notebooks, examples and tests that want
+    the same: driver bound to 127.0.0.1 (``spark.driver.bindAddress`` and ``spark.driver.host``,
+    ``SPARK_LOCAL_IP``), UI and console progress off, log level ERROR, and Python workers
+    running this interpreter unless ``PYSPARK_PYTHON`` is already set. Like any
+    ``SparkSession.builder.getOrCreate()``, it returns the active session if there is one.
+
+    Parameters
+    ----------
+    master : str, default="local[*]"
+        Spark master URL, e.g. ``"local[2]"`` or ``"spark://127.0.0.1:7077"``.
+    app_name : str, default="skdbn"
+        Application name.
+    config : dict or None, default=None
+        Further Spark configuration, e.g. ``{"spark.executor.memory": "512m"}``.
+
+    Returns
+    -------
+    spark : pyspark.sql.SparkSession
+    """
+    _import_pyspark()
+    from pyspark.sql import SparkSession
+
+    # Spark otherwise binds its services to the first non-loopback interface it finds.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers otherwise run the first "python3" on PATH, which outside an activated
+    # virtual environment (a notebook kernel, a venv's python called by path) is another
+    # interpreter without skdbn.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = (SparkSession.builder.master(master).appName(app_name)
+               .config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.driver.host", "127.0.0.1")
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false"))
+    for key, value in (config or {}).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
 def get_session(df=None):
     """The DataFrame's session, else the active one, else an embedded ``local[*]`` session.
 
-    The embedded session is created once per process and reused: driver bound to 127.0.0.1,
-    UI off, quiet logs, and Python workers running this interpreter (unless ``PYSPARK_PYTHON``
-    says otherwise).
+    The embedded session (``loopback_session()``) is created once per process and reused.
     """
     global _EMBEDDED_SESSION
     if df is not None:
@@ -58,28 +99,14 @@ def get_session(df=None):
     if active is not None:
         return active
     if _EMBEDDED_SESSION is None:
-        # Spark otherwise binds its services to the first non-loopback interface it finds.
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        # Python workers otherwise run the first "python3" on PATH, which outside an activated
-        # virtual environment (a notebook kernel, a venv's python called by path) is another
-        # interpreter without skdbn.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         try:
-            _EMBEDDED_SESSION = (
-                SparkSession.builder.master("local[*]").appName("skdbn")
-                .config("spark.driver.bindAddress", "127.0.0.1")
-                .config("spark.driver.host", "127.0.0.1")
-                .config("spark.ui.enabled", "false")
-                .config("spark.ui.showConsoleProgress", "false")
-                .getOrCreate()
-            )
+            _EMBEDDED_SESSION = loopback_session()
         except Exception as exc:  # pyspark raises several types when the JVM cannot start
             raise RuntimeError(
                 "could not start a local Spark session; Spark needs a Java runtime (17 or 21) "
                 "on PATH or in JAVA_HOME. Install one, pass a DataFrame of an existing session, "
                 "or use backend='local'"
             ) from exc
-        _EMBEDDED_SESSION.sparkContext.setLogLevel("ERROR")
     return _EMBEDDED_SESSION
 
 

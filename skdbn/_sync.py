@@ -195,7 +195,8 @@ class GossipSync:
         self.sync_every = sync_every
         self.round_samples = self.n_workers * sync_every * batch_size
         self.timeout = timeout
-        self.progress = PeerProgress(self.n_workers, self.rank, time.monotonic())
+        self.progress = None
+        self._estimate = 0.0  # the last estimated_total(), reused within a minibatch
         self.minibatches = 0
         self.pushes = 0
         self._last_exchange = 0.0
@@ -220,11 +221,13 @@ class GossipSync:
 
     def estimated_total(self):
         """Samples trained by all workers so far (see ``PeerProgress``)."""
-        return self.progress.estimated_total(time.monotonic())
+        self._estimate = self.progress.estimated_total(time.monotonic())
+        return self._estimate
 
     def epochs_done(self):
-        """Epochs of the phase completed so far by all workers together (estimated)."""
-        return min(self.epochs, int(self.estimated_total() // self.epoch_samples))
+        """Epochs of the phase completed so far by all workers together, by the estimate of
+        the last ``keep_going`` or ``after_minibatch``."""
+        return min(self.epochs, int(self._estimate // self.epoch_samples))
 
     def step_scale(self):
         """Factor on the learning rate of the next minibatch: the fair weight over ours.

@@ -95,19 +95,13 @@ def _failure_summary(stderr):
 
 def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
     driver = textwrap.dedent(f"""
-        import json, os
-        os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
-        from pyspark.sql import SparkSession
+        import json
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
-        from skdbn import DistributedDBN
+        from skdbn import DistributedDBN, loopback_session
 
-        spark = (SparkSession.builder.master({standalone_cluster!r}).appName("skdbn-cluster")
-                 .config("spark.driver.bindAddress", "127.0.0.1")
-                 .config("spark.driver.host", "127.0.0.1")
-                 .config("spark.ui.enabled", "false")
-                 .config("spark.executor.memory", "512m")
-                 .getOrCreate())
+        spark = loopback_session({standalone_cluster!r}, app_name="skdbn-cluster",
+                                 config={{"spark.executor.memory": "512m"}})
         try:
             X, y = load_digits(return_X_y=True)
             X_train, X_test, y_train, y_test = train_test_split(
@@ -122,8 +116,7 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
             spark.stop()
     """)
     result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1",
-                                                 "PYSPARK_PYTHON": sys.executable})
+                            timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, _failure_summary(result.stderr)
     outcome = json.loads(lines[0][len("RESULT "):])

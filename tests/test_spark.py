@@ -10,7 +10,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from skdbn import DistributedDBN
+from skdbn import DistributedDBN, loopback_session
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is a dependency; needed here")
 
@@ -19,17 +19,7 @@ SMALL = dict(hidden_layer_sizes=(64,), pretrain_epochs=5, max_iter=10, random_st
 
 @pytest.fixture(scope="module")
 def spark():
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # this venv's interpreter
-    from pyspark.sql import SparkSession
-
-    session = (SparkSession.builder.master("local[2]").appName("skdbn-tests")
-               .config("spark.driver.bindAddress", "127.0.0.1")
-               .config("spark.driver.host", "127.0.0.1")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
+    session = loopback_session("local[2]", app_name="skdbn-tests")
     yield session
     session.stop()
 
@@ -142,7 +132,7 @@ def test_dynamic_allocation_is_refused_with_advice():
     result = _run_python("""
         from pyspark.sql import SparkSession
         from sklearn.datasets import load_digits
-        from skdbn import DistributedDBN
+        from skdbn import DistributedDBN, loopback_session
         spark = (SparkSession.builder.master("local[2]")
                  .config("spark.driver.bindAddress", "127.0.0.1")
                  .config("spark.driver.host", "127.0.0.1").config("spark.ui.enabled", "false")
@@ -165,7 +155,7 @@ def test_dynamic_allocation_is_refused_with_advice():
 def test_missing_java_is_reported_with_advice():
     result = _run_python("""
         from sklearn.datasets import load_digits
-        from skdbn import DistributedDBN
+        from skdbn import DistributedDBN, loopback_session
         X, y = load_digits(return_X_y=True)
         try:
             DistributedDBN(n_workers=2, max_iter=1, pretrain_epochs=1).fit(X / 16, y)
