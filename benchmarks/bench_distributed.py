@@ -26,7 +26,7 @@ noisy, so only figures measured side by side are compared):
    pixel in the 8 directions (9x the training set, so a phase's work outweighs its fixed
    Spark cost); the test split is untouched.
 
-Phase times come from wrapping ``skdbn._spark.SparkEngine.run_phase`` in this process.
+Phase times come from wrapping ``skdbn.spark.stages.SparkEngine.run_phase`` in this process.
 
 Run: ``python benchmarks/bench_distributed.py`` (about 15 minutes on 2 cores; more on a busy
 machine), or ``--quick`` for a smoke run with smaller sizes, epochs and repeats (about
@@ -51,7 +51,7 @@ from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_info
 
 from skdbn import DistributedDBN, loopback_session
-from skdbn._spark import SparkEngine
+from skdbn.spark.stages import SparkEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rbm_layer import binaryish_samples

@@ -1,7 +1,7 @@
 """skdbn: deep belief networks trained across Apache Spark, as scikit-learn estimators."""
 
 from ._dbn import DistributedDBN
-from ._spark import loopback_session
+from .spark import loopback_session
 
 __all__ = ["DistributedDBN", "loopback_session"]
 __version__ = "0.1.0"

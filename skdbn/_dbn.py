@@ -3,7 +3,6 @@
 import contextlib
 import os
 from dataclasses import dataclass
-from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -27,15 +26,9 @@ from ._flat import FlatParams
 from ._network import forward, network_from_layers, network_layout
 from ._progress import TrainingProgress, fingerprint, load_checkpoint, save_checkpoint
 from ._rbm import BERNOULLI, GAUSSIAN, init_rbm, mean_hidden, rbm_layout
-from ._spark import (
-    accuracy_of,
-    check_dataframe_features,
-    dataframe_statistics,
-    is_spark_dataframe,
-    map_dataframe,
-    rows_to_shard,
-)
 from ._worker import FinetunePhase, PhaseState, PretrainPhase, Shard, standardize
+from .spark.data import accuracy_of, check_feature_count, map_dataframe, summarize_dataframe
+from .spark.session import is_spark_dataframe
 
 _SEED_BOUND = np.iinfo(np.int32).max
 _BERNOULLI_RANGE_MESSAGE = (
@@ -241,7 +234,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
-        "features_col": [str],
+        "features_col": [str, list, tuple],
         "label_col": [str],
         "prediction_col": [str],
         "probability_col": [str],
@@ -371,28 +364,26 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 "arrays or set early_stopping=False"
             )
         label_col = self.label_col if self.label_col in df.columns else None
-        stats = dataframe_statistics(df, self.features_col, label_col)
-        if not stats["finite"]:
-            raise ValueError("Input X contains NaN or infinity.")
-        if continuing and stats["n_features"] != self.n_features_in_:
+        summary = summarize_dataframe(df, self.features_col, label_col)
+        if continuing and summary.n_features != self.n_features_in_:
             raise ValueError(
-                f"X has {stats['n_features']} features, but DistributedDBN is expecting "
+                f"X has {summary.n_features} features, but DistributedDBN is expecting "
                 f"{self.n_features_in_} features as input."
             )
         self._check_warm_start_compatible(continuing)
         classes = None
         if label_col is not None:
-            check_classification_targets(stats["labels"])
-            classes = self._classes_for_fit(stats["labels"], continuing)
+            check_classification_targets(summary.labels)
+            classes = self._classes_for_fit(summary.labels, continuing)
         if not continuing:
-            self.n_features_in_ = stats["n_features"]
+            self.n_features_in_ = summary.n_features
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
-            self._learn_visible_units_from_statistics(stats)
+            self._learn_visible_units_from_summary(summary)
         if (self.visible_units_ == BERNOULLI
-                and (stats["min"].min() < 0 or stats["max"].max() > 1)):
+                and (summary.minimum.min() < 0 or summary.maximum.max() > 1)):
             raise ValueError(_BERNOULLI_RANGE_MESSAGE)
-        return _TrainingData.of_dataframe(df, label_col, stats, self), classes, None, None
+        return _TrainingData.of_dataframe(df, label_col, summary, self), classes, None, None
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None, classes=None):
@@ -525,20 +516,19 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
         self.mean_, self.scale_ = mean.astype(X.dtype), scale.astype(X.dtype)
 
-    def _learn_visible_units_from_statistics(self, stats):
+    def _learn_visible_units_from_summary(self, summary):
         kind = self.visible_units
         if kind == "auto":
-            inside = stats["min"].min() >= 0 and stats["max"].max() <= 1
+            inside = summary.minimum.min() >= 0 and summary.maximum.max() <= 1
             kind = BERNOULLI if inside else GAUSSIAN
         self.visible_units_ = kind
         if kind == BERNOULLI:
             self.mean_, self.scale_ = None, None
             return
-        n = stats["n_samples"]
-        mean = stats["sum"] / n
-        scale = np.sqrt(np.maximum(stats["sum_squares"] / n - mean**2, 0))
+        scale = np.sqrt(np.maximum(summary.variance, 0))
         scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
-        self.mean_, self.scale_ = mean, scale
+        self.mean_ = summary.mean.astype(summary.dtype)
+        self.scale_ = scale.astype(summary.dtype)
 
     def _split_validation(self, X, y, classes, seed):
         if y is None or not self.early_stopping:
@@ -603,14 +593,21 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self._store_fitted(progress, classes, engine.n_workers)
 
     def _start_engine(self, engine, data, classes, seed):
-        if data.dataframe is None:
-            engine.start(self._shards(data.X, data.y, classes, engine.n_workers, seed))
+        if data.dataframe is not None:
+            engine.start_from_dataframe(data.dataframe, self.features_col, data.label_col,
+                                        classes, data.summary, self.mean_, self.scale_)
             return
-        to_shard = partial(rows_to_shard, features_col=self.features_col,
-                           label_col=data.label_col, classes=classes, mean=self.mean_,
-                           scale=self.scale_, dtype=data.dtype)
-        engine.start_from_dataframe(data.dataframe, self.features_col, data.label_col,
-                                    to_shard, data.n_samples)
+        codes = None if data.y is None else np.searchsorted(classes, data.y)
+        worker_rows = _worker_rows(data.n_samples, engine.n_workers, seed)
+        if hasattr(engine, "start_from_arrays"):  # the data leaves this process
+            engine.start_from_arrays(data.X, codes, worker_rows, self.mean_, self.scale_)
+            return
+        shards = []
+        for rows in worker_rows:
+            X = data.X if rows is None else data.X[rows]
+            y = codes if rows is None or codes is None else codes[rows]
+            shards.append(Shard(X, y, self.mean_, self.scale_))
+        engine.start(shards)
 
     def _check_n_workers(self, n_samples):
         if self.n_workers is not None and self.n_workers > n_samples:
@@ -618,18 +615,6 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 f"n_workers={self.n_workers} is more than the {n_samples} training samples; "
                 "every worker needs a shard"
             )
-
-    def _shard(self, X, y, classes):
-        codes = None if y is None else np.searchsorted(classes, y)
-        return Shard(X, codes, self.mean_, self.scale_)
-
-    def _shards(self, X, y, classes, n_workers, seed):
-        """The data split into ``n_workers`` shards of a seeded random permutation."""
-        if n_workers == 1:
-            return [self._shard(X, y, classes)]
-        order = np.random.default_rng([seed, 4]).permutation(X.shape[0])
-        return [self._shard(X[rows], None if y is None else y[rows], classes)
-                for rows in np.array_split(order, n_workers)]
 
     def _pretrain(self, engine, progress, data, key, first, epochs):
         sizes = [data.n_features, *self._hidden_sizes()]
@@ -900,8 +885,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     def _map_dataframe(self, df, compute, name, kind):
         check_is_fitted(self)
-        check_dataframe_features(df, self.features_col, self.n_features_in_)
-        return map_dataframe(df, self.features_col, compute, name, kind)
+        check_feature_count(df, self.features_col, self.n_features_in_)
+        return map_dataframe(df, self.features_col, self.n_features_in_, compute, name, kind)
 
     def _validate_inference_data(self, X):
         check_is_fitted(self)
@@ -1002,6 +987,7 @@ class _TrainingData:
     y: np.ndarray | None = None
     dataframe: object = None
     label_col: str | None = None
+    summary: object = None
 
     @classmethod
     def of_arrays(cls, X, y, estimator):
@@ -1013,11 +999,21 @@ class _TrainingData:
         return cls(X.shape[0], X.shape[1], X.dtype, input_mean, X=X, y=y)
 
     @classmethod
-    def of_dataframe(cls, df, label_col, stats, estimator):
-        """A Spark DataFrame read on the executors (float64, as Spark stores doubles)."""
-        n, d = stats["n_samples"], stats["n_features"]
-        input_mean = stats["sum"] / n if estimator.mean_ is None else np.zeros(d)
-        return cls(n, d, np.dtype(np.float64), input_mean, dataframe=df, label_col=label_col)
+    def of_dataframe(cls, df, label_col, summary, estimator):
+        """A Spark DataFrame read on the executors, in the dtype of its feature column."""
+        d = summary.n_features
+        input_mean = summary.mean if estimator.mean_ is None else np.zeros(d)
+        return cls(summary.n_samples, d, summary.dtype, input_mean.astype(summary.dtype),
+                   dataframe=df, label_col=label_col, summary=summary)
+
+
+def _worker_rows(n_samples, n_workers, seed):
+    """Rows of each worker: a seeded random permutation cut in ``n_workers`` near-equal parts
+    (one worker keeps the rows as they are, given as None)."""
+    if n_workers == 1:
+        return [None]
+    order = np.random.default_rng([seed, 4]).permutation(n_samples)
+    return np.array_split(order, n_workers)
 
 
 def _rbm_view(weights, bias, dtype):

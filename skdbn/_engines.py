@@ -6,7 +6,7 @@ consensus state and the workers' results, and ``close()``.
 - ``LocalEngine``: one worker in the calling process.
 - ``ProcessEngine``: ``n_workers`` local processes (joblib) that gossip over loopback with the
   very same transport and protocol as Spark tasks, so the gossip layer runs without a JVM.
-- ``SparkEngine`` (in ``_spark``): one barrier task per worker.
+- ``SparkEngine`` (in ``spark.stages``): one barrier task per worker.
 """
 
 import os
@@ -130,9 +130,9 @@ def make_engine(backend, n_workers, sync, sync_every, n_samples, dataframe=None)
     if backend == "local" or (dataframe is None and n_workers is None and wanted == 1):
         workers = n_workers or 1
         return LocalEngine() if workers == 1 else ProcessEngine(workers, sync, sync_every)
-    from ._spark import SparkEngine, free_task_slots, get_session
+    from .spark.session import check_barrier_possible, get_session
+    from .spark.stages import SparkEngine
 
     spark = get_session(dataframe)
-    if n_workers is None:
-        wanted = min(wanted, free_task_slots(spark))
-    return SparkEngine(spark, wanted, sync, sync_every)
+    slots = check_barrier_possible(spark, n_workers or 1)
+    return SparkEngine(spark, n_workers or min(wanted, slots), sync, sync_every)

@@ -108,6 +108,7 @@ class PhaseResult:
     history: dict = field(default_factory=dict)
     hidden_mean: np.ndarray | None = None
     samples_trained: int = 0
+    seconds: dict = field(default_factory=dict)  # wall time by step, where the engine measures
 
 
 def standardize(X, mean, scale):

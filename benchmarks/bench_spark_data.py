@@ -1,0 +1,438 @@
+"""The Spark data path: ingestion speed, memory, fixed costs and Connect parity.
+
+Run: ``python benchmarks/bench_spark_data.py`` (about 10 minutes on 2 cores; ``--quick`` for a
+smoke run). Optionally ``--baseline PATH``: a checkout of an earlier skdbn (e.g. made with
+``git worktree add /tmp/skdbn-old <commit>``) whose figures are measured in the same run
+for comparison.
+
+Every measurement runs in a fresh Python process of its own, so that the peaks of memory
+belong to it alone. Parts (``--parts``, default all):
+
+1. **Large DataFrame fit.** A generated MNIST-like parquet file (``--rows`` x 784,
+   ``array<float>`` column, labels) is fitted with ``hidden_layer_sizes=(64,)``, one
+   pretraining and one fine-tuning epoch, ``n_workers=2``, on the embedded ``local[2]``
+   session with Spark's default memory settings. Printed: the fit's wall time, the training
+   arithmetic (the slowest task's time in ``run_worker``, summed over phases), the data path
+   (the rest), ingestion rows/s, and the peak resident memory of every executor Python worker
+   (against its shard's size in float32), of the JVM, and of the driver's Python process
+   (sampled from ``/proc`` every 0.1 s). The driver's figure is also measured at a quarter of
+   the rows, to show it does not grow with them.
+2. **Numpy ingestion.** The same kind of data from a numpy array: rows/s from the array to
+   the cached partitions on the executors.
+3. **Fixed costs.** A DataFrame fit and the same numpy fit of 8,000 x 784 rows (``(64,)``,
+   1 + 1 epochs, median of 3), and the fixed cost of one phase on ``local[2]`` (two
+   workers, a tiny phase, median over the phases of 3 fits), on classic and Connect sessions.
+4. **Connect parity.** The same fits (numpy and DataFrame input, ``sync="average"``, fixed
+   seed, 2 workers) on a classic and on a Connect session: whether the models are identical.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+N_FEATURES = 784
+
+
+# ---------------------------------------------------------------------------- child processes
+
+def run_child(code, source=ROOT, timeout=1200, env=None):
+    """Run ``code`` in a fresh interpreter importing skdbn from ``source``; its last line of
+    output starting with RESULT is a JSON object, returned (or None if it failed)."""
+    environment = {**os.environ, "PYTHONPATH": source, "SPARK_LOCAL_IP": "127.0.0.1",
+                   **(env or {})}
+    script = textwrap.dedent(PRELUDE) + textwrap.dedent(code)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=timeout, env=environment, cwd=tempfile.gettempdir())
+    except subprocess.TimeoutExpired:
+        print(f"   (timed out after {timeout} s)")
+        return None
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        errors = [line for line in done.stderr.splitlines()
+                  if "Error" in line or "Exception" in line]
+        print("   (failed: " + (errors[-1][:300] if errors else done.stderr[-300:]) + ")")
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# Shared by every child: a /proc sampler of peak memory, and phase timing.
+PRELUDE = '''
+import json, os, sys, threading, time
+import numpy as np
+
+def _children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if parent == pid:
+                found.append(int(entry))
+    return found
+
+def _peak_and_name(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().replace(b"\\0", b" ").decode(errors="replace")
+    except OSError:
+        return None, None
+    if "VmHWM" not in fields:  # a process on its way out
+        return None, None
+    return int(fields["VmHWM"].split()[0]) * 1024, command
+
+class MemorySampler:
+    """Peak RSS (VmHWM) of this process, the JVM and the executors' Python workers."""
+    def __init__(self):
+        self.peaks = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __enter__(self):
+        self._thread.start()
+        return self
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+    def _run(self):
+        while not self._stop.is_set():
+            stack = [(os.getpid(), "driver")]
+            while stack:
+                pid, kind = stack.pop()
+                peak, command = _peak_and_name(pid)
+                if peak is None:
+                    continue
+                self.peaks[pid] = (kind, max(peak, self.peaks.get(pid, (kind, 0))[1]))
+                for child in _children(pid):
+                    _, child_command = _peak_and_name(child)
+                    # The JVM starts pyspark.daemon, which forks one Python worker per task.
+                    child_kind = ("jvm" if child_command and "java" in child_command
+                                  else "daemon" if kind == "jvm" else
+                                  "python" if kind == "daemon" else "other")
+                    stack.append((child, child_kind))
+            time.sleep(0.1)
+    def largest(self, kind):
+        return max((peak for k, peak in self.peaks.values() if k == kind), default=0)
+    def all_of(self, kind):
+        return sorted((peak for k, peak in self.peaks.values() if k == kind), reverse=True)
+
+def timed_phases():
+    """Wrap SparkEngine.run_phase: wall time and slowest task's training time per phase."""
+    import skdbn
+    if os.path.exists(os.path.join(os.path.dirname(skdbn.__file__), "_spark.py")):
+        from skdbn._spark import SparkEngine  # a baseline from before skdbn.spark
+    else:
+        from skdbn.spark.stages import SparkEngine
+    phases = []
+    original = SparkEngine.run_phase
+    def run_phase(self, phase, state, below):
+        started = time.perf_counter()
+        out = original(self, phase, state, below)
+        seconds = [r.seconds for r in out[1] if getattr(r, "seconds", None)]
+        phases.append({"wall": time.perf_counter() - started,
+                       "train": max((s["train"] for s in seconds), default=None),
+                       "read": max((s["read"] for s in seconds), default=None)})
+        return out
+    SparkEngine.run_phase = run_phase
+    return phases
+'''
+
+
+# ---------------------------------------------------------------------------- part 1
+
+WRITE_PARQUET = '''
+import pyarrow as pa, pyarrow.parquet as pq
+rows, path = {rows}, {path!r}
+rng = np.random.default_rng(0)
+writer = None
+for start in range(0, rows, 20000):
+    n = min(20000, rows - start)
+    # MNIST-like: most pixels 0, the rest spread over (0, 1], labels from 10 classes.
+    X = rng.random((n, {n_features}), dtype=np.float32)
+    X[X < 0.8] = 0.0
+    y = rng.integers(0, 10, n).astype(np.int32)
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * {n_features})
+    table = pa.table({{"features": pa.ListArray.from_arrays(offsets, pa.array(X.ravel())),
+                       "label": pa.array(y)}})
+    writer = writer or pq.ParquetWriter(path, table.schema)
+    writer.write_table(table)
+writer.close()
+print("RESULT", json.dumps({{"bytes": os.path.getsize(path)}}))
+'''
+
+LARGE_FIT = '''
+from skdbn import DistributedDBN, loopback_session
+spark = loopback_session("local[2]", app_name="bench-data", config={config})
+df = spark.read.parquet({path!r}){limit}
+phases = timed_phases()
+with MemorySampler() as memory:
+    time.sleep(0.3)
+    before = memory.largest("driver")
+    started = time.perf_counter()
+    model = DistributedDBN(hidden_layer_sizes=(64,), pretrain_epochs=1, max_iter=1,
+                           n_workers=2, random_state=0).fit(df)
+    wall = time.perf_counter() - started
+    time.sleep(0.3)
+spark.stop()
+print("RESULT", json.dumps({{
+    "wall": wall, "phases": phases, "rows": {rows},
+    "workers": memory.all_of("python"), "jvm": memory.largest("jvm"),
+    "driver_before": before, "driver_peak": memory.largest("driver")}}))
+'''
+
+
+def large_fit(args, path, source=ROOT, rows=None, config=None):
+    rows = rows or args.rows
+    limit = "" if rows == args.rows else f".limit({rows})"
+    return run_child(LARGE_FIT.format(path=path, rows=rows, limit=limit,
+                                      config=repr(config or {})), source=source)
+
+
+def report_large_fit(name, result, rows, train_seconds=None):
+    mb = 1 << 20
+    if result is None:
+        print(f"   {name}: no result")
+        return None
+    train = sum(p["train"] for p in result["phases"] if p["train"] is not None)
+    if train_seconds is not None:  # the baseline does not time its tasks: use ours
+        train = train_seconds
+    data = result["wall"] - train
+    shard = rows / 2 * N_FEATURES * 4
+    print(f"   {name}: fit {result['wall']:.1f} s = training arithmetic {train:.1f} s "
+          f"+ data path {data:.1f} s")
+    workers = result["workers"][:2]
+    print("      peak RSS: executor Python workers "
+          + ", ".join(f"{w / mb:.0f} MB ({w / shard:.2f}x the {shard / mb:.0f} MB float32 "
+                      "shard)" for w in workers)
+          + f"; JVM {result['jvm'] / mb:.0f} MB; driver Python {result['driver_before'] / mb:.0f}"
+          f" -> {result['driver_peak'] / mb:.0f} MB")
+    return data, train
+
+
+def part_large(args, path):
+    print(f"\n1. Large DataFrame fit: {args.rows:,} x {N_FEATURES} parquet (array<float>), "
+          "(64,), 1 + 1 epochs, 2 workers, embedded local[2], default memory")
+    result = large_fit(args, path)
+    figures = report_large_fit("this tree", result, args.rows)
+    if figures is not None:
+        reading = [p["read"] for p in result["phases"]]
+        print(f"      task read of the cached partition per phase: "
+              f"{', '.join(f'{r:.2f} s' for r in reading)}")
+    quarter = large_fit(args, path, rows=args.rows // 4)
+    if quarter is not None:
+        mb = 1 << 20
+        print(f"   driver Python peak at {args.rows // 4:,} rows: "
+              f"{quarter['driver_peak'] / mb:.0f} MB (at {args.rows:,}: "
+              f"{result['driver_peak'] / mb:.0f} MB)" if result else "")
+    if args.baseline and figures is not None:
+        rows = args.baseline_rows
+        print(f"   baseline at {rows:,} rows, spark.driver.memory={args.baseline_memory} "
+              "(it fails at the default):")
+        base = large_fit(args, path, source=args.baseline, rows=rows,
+                         config={"spark.driver.memory": args.baseline_memory})
+        ours = large_fit(args, path, rows=rows) if rows != args.rows else result
+        ours_figures = report_large_fit("this tree", ours, rows)
+        if base is not None and ours_figures is not None:
+            base_data, _ = report_large_fit("baseline", base, rows, train_seconds=ours_figures[1])
+            print(f"   data path: baseline {base_data:.1f} s / this tree {ours_figures[0]:.1f} s"
+                  f" = {base_data / ours_figures[0]:.1f}x faster")
+
+
+# ---------------------------------------------------------------------------- part 2
+
+INGEST = '''
+from skdbn import loopback_session
+from skdbn.spark.stages import SparkEngine
+from skdbn.spark.data import summarize_dataframe
+spark = loopback_session("local[2]", app_name="bench-ingest", connect={connect})
+rng = np.random.default_rng(0)
+X = rng.random(({rows}, {n_features}), dtype=np.float32)
+codes = rng.integers(0, 10, {rows})
+times = {{}}
+for repeat in range(2):  # the first also starts the Python workers
+    engine = SparkEngine(spark, 2, "gossip", 10)
+    started = time.perf_counter()
+    engine.start_from_arrays(X, codes, np.array_split(np.arange({rows}), 2), None, None)
+    times.setdefault("numpy", []).append(time.perf_counter() - started)
+    engine.close()
+df = spark.read.parquet({path!r}).limit({rows}).cache()
+df.count()
+for repeat in range(2):
+    engine = SparkEngine(spark, 2, "gossip", 10)
+    started = time.perf_counter()
+    summary = summarize_dataframe(df, "features", "label")
+    engine.start_from_dataframe(df, "features", "label", summary.labels, summary, None, None)
+    times.setdefault("dataframe", []).append(time.perf_counter() - started)
+    engine.close()
+spark.stop()
+print("RESULT", json.dumps(times))
+'''
+
+
+def part_ingest(args, path):
+    rows = args.ingest_rows
+    print(f"\n2. Ingestion into cached training partitions, {rows:,} x {N_FEATURES} float32, "
+          "2 workers (second of two runs)")
+    for connect in (False, True):
+        result = run_child(INGEST.format(rows=rows, n_features=N_FEATURES, path=path,
+                                         connect=connect))
+        if result is None:
+            continue
+        kind = "Connect" if connect else "classic"
+        for source, seconds in result.items():
+            print(f"   {kind:8s} {source:9s}: {rows / seconds[-1]:,.0f} rows/s "
+                  f"({seconds[-1]:.2f} s; first run {seconds[0]:.2f} s)")
+
+
+# ---------------------------------------------------------------------------- part 3
+
+FIXED = '''
+import pyarrow as pa
+from skdbn import DistributedDBN, loopback_session
+spark = loopback_session("local[2]", app_name="bench-fixed", **({connect_kwargs}))
+rng = np.random.default_rng(0)
+X = rng.random((8000, 784))
+X[X < 0.8] = 0.0
+y = rng.integers(0, 10, 8000)
+offsets = pa.array(np.arange(8001, dtype=np.int32) * 784)
+frame = spark.createDataFrame(pa.table({{
+    "features": pa.ListArray.from_arrays(offsets, pa.array(X.ravel())),
+    "label": pa.array(y)}})).cache()
+frame.count()
+params = dict(hidden_layer_sizes=(64,), pretrain_epochs=1, max_iter=1, random_state=0)
+out = {{"numpy": [], "dataframe": [], "phase": []}}
+DistributedDBN(**params).fit(frame)  # starts the Python workers
+for repeat in range(3):
+    started = time.perf_counter()
+    DistributedDBN(**params).fit(X, y)
+    out["numpy"].append(time.perf_counter() - started)
+    started = time.perf_counter()
+    DistributedDBN(**params).fit(frame)
+    out["dataframe"].append(time.perf_counter() - started)
+small = X[:200]
+phases = timed_phases()
+for repeat in range(3):
+    DistributedDBN(hidden_layer_sizes=(8,), pretrain_epochs=1, max_iter=1, n_workers=2,
+                   random_state=repeat).fit(small, y[:200])
+out["phase"] = [p["wall"] for p in phases]
+spark.stop()
+print("RESULT", json.dumps(out))
+'''
+
+
+def part_fixed(args):
+    print("\n3. Fixed costs, local[2] (median of 3)")
+    runs = [("this tree, classic", ROOT, False), ("this tree, Connect", ROOT, True)]
+    if args.baseline:
+        runs.insert(0, ("baseline, classic", args.baseline, False))
+    for name, source, connect in runs:
+        result = run_child(FIXED.format(connect_kwargs='{"connect": True}' if connect else '{}'),
+                           source=source)
+        if result is None:
+            print(f"   {name}: no result")
+            continue
+        numpy_fit = statistics.median(result["numpy"])
+        frame_fit = statistics.median(result["dataframe"])
+        print(f"   {name}: DataFrame fit of 8,000 rows {frame_fit:.2f} s, numpy fit "
+              f"{numpy_fit:.2f} s ({frame_fit / numpy_fit:.1f}x); one phase of 2 workers "
+              f"{statistics.median(result['phase']):.2f} s")
+
+
+# ---------------------------------------------------------------------------- part 4
+
+PARITY = '''
+from sklearn.datasets import load_digits
+from skdbn import DistributedDBN, loopback_session
+spark = loopback_session("local[2]", app_name="bench-parity", connect={connect})
+X, y = load_digits(return_X_y=True)
+X = X / 16.0
+params = dict(hidden_layer_sizes=(32, 16), pretrain_epochs=3, max_iter=12, n_workers=2,
+              sync="average", random_state=7)
+from_numpy = DistributedDBN(**params).fit(X, y)
+frame = spark.createDataFrame([(x.tolist(), int(c)) for x, c in zip(X, y)],
+                              "features array<double>, label bigint").repartition(3)
+from_frame = DistributedDBN(**params).fit(frame)
+np.savez({path!r}, *from_numpy.coefs_, *from_numpy.intercepts_, *from_frame.coefs_,
+         *from_frame.intercepts_)
+spark.stop()
+print("RESULT", json.dumps({{"accuracy": from_numpy.score(X, y)}}))
+'''
+
+
+def part_parity(args):
+    print("\n4. Connect parity: sync='average', random_state=7, 2 workers, digits")
+    import numpy as np
+
+    arrays = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for connect in (False, True):
+            path = os.path.join(folder, f"{connect}.npz")
+            if run_child(PARITY.format(connect=connect, path=path)) is None:
+                return
+            with np.load(path) as saved:
+                arrays[connect] = [saved[k] for k in sorted(saved.files,
+                                                            key=lambda k: int(k.split("_")[1]))]
+    half = len(arrays[False]) // 2
+    for name, part in (("numpy input", slice(0, half)), ("DataFrame input", slice(half, None))):
+        same = all(np.array_equal(a, b) for a, b in zip(arrays[False][part],
+                                                        arrays[True][part], strict=True))
+        print(f"   {name}: classic and Connect models identical: {same}")
+
+
+# ---------------------------------------------------------------------------- main
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="1,2,3,4")
+    parser.add_argument("--rows", type=int, default=200_000, help="1: rows of the parquet")
+    parser.add_argument("--ingest-rows", type=int, default=50_000, help="2: rows ingested")
+    parser.add_argument("--baseline", help="path of an earlier skdbn checkout to compare")
+    parser.add_argument("--baseline-rows", type=int, default=100_000,
+                        help="1: rows the baseline fits")
+    parser.add_argument("--baseline-memory", default="4g",
+                        help="1: spark.driver.memory the baseline needs")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.ingest_rows, args.baseline_rows = 20_000, 10_000, 10_000
+    return args
+
+
+def main():
+    args = parse_args()
+    parts = {int(p) for p in args.parts.split(",")}
+    print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "mnist_like.parquet")
+        if parts & {1, 2}:
+            started = time.perf_counter()
+            written = run_child(WRITE_PARQUET.format(rows=args.rows, path=path,
+                                                     n_features=N_FEATURES))
+            print(f"parquet: {args.rows:,} rows, {written['bytes'] / 2**20:.0f} MB "
+                  f"(written in {time.perf_counter() - started:.0f} s)")
+        if 1 in parts:
+            part_large(args, path)
+        if 2 in parts:
+            part_ingest(args, path)
+        if 3 in parts:
+            part_fixed(args)
+        if 4 in parts:
+            part_parity(args)
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()

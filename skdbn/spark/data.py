@@ -1,0 +1,462 @@
+"""DataFrame data in and out: feature columns, statistics, training partitions, inference.
+
+Data crosses between the JVM and Python only as Arrow record batches, and is read into numpy
+through the batches' value buffers, never through per-row Python objects. Functions whose name
+starts with ``read_`` or ``_partition`` run on the executors; the others on the driver (the
+client, for a Spark Connect session).
+"""
+
+from dataclasses import dataclass
+from functools import partial, reduce
+
+import numpy as np
+
+from .._worker import Shard
+
+# Column names inside the training DataFrame.
+FEATURES = "features"
+LABEL = "label"
+_ROW = "_skdbn_row"
+_WORKER = "_skdbn_worker"
+
+# Bytes of X per DataFrame built from numpy input: the driver holds one such chunk beyond X.
+# Spark Connect uploads a chunk at least this large as a cached artifact instead of inlining it
+# in every query's plan, so on Connect a chunk is never smaller than that threshold.
+ARRAY_CHUNK_BYTES = 64 << 20
+_CONNECT_CACHE_THRESHOLD = "spark.sql.session.localRelationCacheThreshold"
+
+_LABEL_TYPES = ("byte", "short", "int", "bigint", "float", "double", "string", "boolean")
+
+
+# ---------------------------------------------------------------------------- feature columns
+
+def feature_column(df, features_col):
+    """The features of ``df`` as one ``array<float|double>`` column, converted in the JVM.
+
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame
+    features_col : str or list of str
+        A pyspark.ml vector column (dense or sparse), an array column of numbers, or a list of
+        numeric columns.
+
+    Returns
+    -------
+    column : pyspark.sql.Column
+        Array of the features, one element per feature.
+    dtype : numpy.dtype
+        float32 for ``array<float>`` or all-float columns, else float64 (vectors hold doubles).
+    """
+    from pyspark.sql import functions, types
+
+    names = [features_col] if isinstance(features_col, str) else list(features_col)
+    missing = [name for name in names if name not in df.columns]
+    if not names or missing:
+        raise ValueError(f"the DataFrame has no column {(missing or [''])[0]!r} "
+                         f"(features_col); its columns are {df.columns}")
+    if isinstance(features_col, str):
+        kind = df.schema[features_col].dataType
+        if type(kind).__name__ == "VectorUDT":
+            from pyspark.ml.functions import vector_to_array
+
+            return vector_to_array(functions.col(features_col), "float64"), np.dtype(np.float64)
+        if isinstance(kind, types.ArrayType) and isinstance(kind.elementType, types.NumericType):
+            return _array_of(functions.col(features_col), kind.elementType)
+        raise TypeError(
+            f"column {features_col!r} (features_col) is {kind.simpleString()}; it must be a "
+            "pyspark.ml vector, an array of numbers, or features_col must list numeric columns"
+        )
+    kinds = [df.schema[name].dataType for name in names]
+    bad = [n for n, k in zip(names, kinds, strict=True) if not isinstance(k, types.NumericType)]
+    if bad:
+        raise TypeError(f"features_col lists column {bad[0]!r}, which is not numeric")
+    single = all(isinstance(k, types.FloatType) for k in kinds)
+    element = types.FloatType() if single else types.DoubleType()
+    column = functions.array(*[functions.col(name).cast(element) for name in names])
+    return column, np.dtype(np.float32 if single else np.float64)
+
+
+def _array_of(column, element_type):
+    from pyspark.sql import types
+
+    if isinstance(element_type, types.FloatType):
+        return column, np.dtype(np.float32)
+    return column.cast("array<double>"), np.dtype(np.float64)
+
+
+def matrix_of(array, n_features, dtype):
+    """An Arrow list array of feature vectors as an ``(n_rows, n_features)`` numpy array.
+
+    The values buffer is viewed, not copied, when it already has ``dtype``; no Python object
+    is made per row.
+    """
+    if array.null_count:
+        raise ValueError(f"the features hold {array.null_count} null rows; drop or fill them")
+    values = array.flatten()  # respects the array's offset and slicing
+    if len(values) != len(array) * n_features:
+        raise ValueError(f"feature vectors must all have {n_features} values")
+    if values.null_count:
+        raise ValueError("the feature vectors hold null values; drop or fill them")
+    matrix = values.to_numpy(zero_copy_only=False).reshape(len(array), n_features)
+    return matrix.astype(dtype, copy=False)
+
+
+def arrow_matrix(matrix):
+    """A 2-D numpy array as an Arrow list array (one list per row), sharing its values."""
+    import pyarrow as pa
+
+    matrix = np.ascontiguousarray(matrix)
+    n_rows, width = matrix.shape
+    offsets = pa.array((np.arange(n_rows + 1, dtype=np.int64) * width).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+
+
+# ---------------------------------------------------------------------------- statistics
+
+@dataclass
+class FrameSummary:
+    """What one pass over a DataFrame learns: sizes, per-feature moments and extremes, labels.
+
+    ``partition_rows`` maps each non-empty source partition to its row count, in partition
+    order; the training split uses it to deal rows to workers in turn.
+    """
+
+    n_samples: int
+    n_features: int
+    dtype: np.dtype
+    mean: np.ndarray
+    variance: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    labels: np.ndarray | None
+    partition_rows: dict
+
+
+def summarize_dataframe(df, features_col, label_col):
+    """Count, per-feature mean, variance and extremes, and the distinct labels, in one pass.
+
+    Each partition is summarised on its executor from Arrow batches (a Spark job, no data
+    comes to the driver but one row per partition), and the driver merges the partitions.
+    Nulls, vectors of different lengths, NaN and infinity are refused with a clear error.
+
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame
+    features_col : str or list of str
+        As for :func:`feature_column`.
+    label_col : str or None
+        Column of class labels; None for unlabelled data.
+
+    Returns
+    -------
+    summary : FrameSummary
+    """
+    features, dtype = feature_column(df, features_col)
+    columns = [features.alias(FEATURES)]
+    label_type = None
+    if label_col is not None:
+        label_type = df.schema[label_col].dataType.simpleString()
+        if label_type not in _LABEL_TYPES:
+            raise TypeError(f"column {label_col!r} (label_col) is {label_type}; class labels "
+                            "must be numbers, strings or booleans")
+        columns.append(df[label_col].alias(LABEL))
+    schema = ("partition int, n_rows long, n_features int, null_rows long, bad_lengths long, "
+              "null_values long, null_labels long, mean binary, m2 binary, minimum binary, "
+              "maximum binary" + (f", labels array<{label_type}>" if label_type else ""))
+    task = partial(_partition_statistics, label_type is not None)
+    rows = df.select(*columns).mapInArrow(task, schema).toArrow().to_pylist()
+    return _merged_summary(rows, features_col, label_col, dtype)
+
+
+def _partition_statistics(labelled, batches):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark import TaskContext
+
+    moments = _Moments()
+    counts = {"null_rows": 0, "bad_lengths": 0, "null_values": 0, "null_labels": 0}
+    labels = []
+    n_features = -1
+    for batch in batches:
+        column = batch.column(0)
+        counts["null_rows"] += column.null_count
+        if labelled:
+            counts["null_labels"] += batch.column(1).null_count
+            labels.append(pc.unique(batch.column(1).drop_null()))
+        column = column.drop_null()
+        if len(column) == 0:
+            continue
+        lengths = pc.list_value_length(column).to_numpy()
+        n_features = int(lengths[0]) if n_features < 0 else n_features
+        bad = int(np.count_nonzero(lengths != n_features))
+        values = column.flatten()
+        counts["bad_lengths"] += bad
+        counts["null_values"] += values.null_count
+        if bad or values.null_count:
+            continue  # refused on the driver; the figures no longer matter
+        moments.add(values.to_numpy(zero_copy_only=False).reshape(len(column), n_features))
+    if not labels and moments.n == 0 and not any(counts.values()):
+        return  # an empty partition
+    columns = {"partition": pa.array([TaskContext.get().partitionId()], pa.int32()),
+               "n_rows": pa.array([moments.n], pa.int64()),
+               "n_features": pa.array([n_features], pa.int32())}
+    columns.update({name: pa.array([count], pa.int64()) for name, count in counts.items()})
+    columns.update({name: pa.array([value], pa.binary())
+                    for name, value in moments.as_bytes().items()})
+    if labelled:
+        unique = pc.unique(pa.concat_arrays(labels))
+        columns["labels"] = pa.ListArray.from_arrays(pa.array([0, len(unique)], pa.int32()),
+                                                     unique)
+    yield pa.RecordBatch.from_pydict(columns)
+
+
+class _Moments:
+    """Count, mean, sum of squared deviations and extremes, merged batch by batch (Chan et
+    al.'s update, which stays accurate where sums of squares cancel)."""
+
+    def __init__(self):
+        self.n = 0
+        self.mean = self.m2 = self.minimum = self.maximum = None
+
+    def add(self, X):
+        X = X.astype(np.float64)
+        mean = X.mean(axis=0)
+        m2 = ((X - mean) ** 2).sum(axis=0)
+        self.merge(X.shape[0], mean, m2, X.min(axis=0), X.max(axis=0))
+
+    def merge(self, n, mean, m2, minimum, maximum):
+        if self.n == 0 or self.mean is None:
+            self.n += n
+            self.mean, self.m2, self.minimum, self.maximum = mean, m2, minimum, maximum
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.n * n / total)
+        self.minimum = np.minimum(self.minimum, minimum)
+        self.maximum = np.maximum(self.maximum, maximum)
+        self.n = total
+
+    def as_bytes(self):
+        names = ("mean", "m2", "minimum", "maximum")
+        if self.mean is None:
+            return {name: b"" for name in names}
+        return {name: np.asarray(getattr(self, name), "<f8").tobytes() for name in names}
+
+
+def _merged_summary(rows, features_col, label_col, dtype):
+    rows = sorted(rows, key=lambda row: row["partition"])
+    widths = {row["n_features"] for row in rows if row["n_features"] >= 0}
+    _check_rows(rows, widths, features_col, label_col)
+    n_features = widths.pop()
+    moments = _Moments()
+    for row in rows:
+        if row["mean"]:
+            moments.merge(row["n_rows"], *(np.frombuffer(row[name], "<f8") for name in
+                                           ("mean", "m2", "minimum", "maximum")))
+    if not (np.all(np.isfinite(moments.minimum)) and np.all(np.isfinite(moments.maximum))):
+        raise ValueError("Input X contains NaN or infinity.")
+    labels = None
+    if label_col is not None:
+        labels = np.unique(np.concatenate([np.asarray(row["labels"]) for row in rows]))
+    return FrameSummary(
+        n_samples=moments.n, n_features=n_features, dtype=dtype, mean=moments.mean,
+        variance=moments.m2 / moments.n, minimum=moments.minimum, maximum=moments.maximum,
+        labels=labels, partition_rows={row["partition"]: row["n_rows"] for row in rows},
+    )
+
+
+def _check_rows(rows, widths, features_col, label_col):
+    def total(name):
+        return sum(row[name] for row in rows)
+
+    if total("null_rows"):
+        raise ValueError(f"column {features_col!r} (features_col) has {total('null_rows')} "
+                         "null rows; drop or fill them")
+    if total("null_values"):
+        raise ValueError(f"column {features_col!r} (features_col) holds null values; "
+                         "drop or fill them")
+    if total("bad_lengths") or len(widths) > 1:
+        raise ValueError(f"feature vectors of different lengths in column {features_col!r}; "
+                         "every row needs the same number of features")
+    if total("n_rows") == 0:
+        raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
+    if widths == {0}:
+        raise ValueError("0 feature(s) (shape=(n, 0)) while a minimum of 1 is required.")
+    if total("null_labels"):
+        raise ValueError(f"column {label_col!r} (label_col) has {total('null_labels')} null "
+                         "labels; drop those rows or fit without labels")
+
+
+# ---------------------------------------------------------------------------- training data
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What a task needs to read its partition of the training DataFrame into a ``Shard``."""
+
+    rows: tuple  # rows of each partition, by partition id (= worker rank)
+    n_features: int
+    dtype: str
+    labelled: bool
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+
+
+def frame_from_arrays(spark, X, codes, worker_rows, dtype, is_connect):
+    """Numpy training data as a DataFrame with a worker and a row position for every row.
+
+    X is sent in chunks of about ``ARRAY_CHUNK_BYTES`` built from Arrow batches, so the driver
+    never holds a second copy of it. Row ``worker_rows[w][i]`` of X gets worker ``w`` and
+    position ``i``, so the training partitions are the shards the local engines would cut.
+    """
+    import pyarrow as pa
+
+    order = np.concatenate(worker_rows)
+    worker = np.repeat(np.arange(len(worker_rows), dtype=np.int32),
+                       [len(rows) for rows in worker_rows])
+    position = np.concatenate([np.arange(len(rows), dtype=np.int64) for rows in worker_rows])
+    chunk_bytes = ARRAY_CHUNK_BYTES
+    if is_connect:
+        chunk_bytes = max(chunk_bytes, int(spark.conf.get(_CONNECT_CACHE_THRESHOLD)))
+    row_bytes = max(1, X.shape[1]) * np.dtype(dtype).itemsize
+    n_chunks = max(1, (len(order) * row_bytes) // chunk_bytes)
+    frames = []
+    for chunk in np.array_split(np.arange(len(order)), n_chunks):
+        rows = order[chunk]
+        block = X[rows]
+        block = block.toarray() if hasattr(block, "toarray") else block
+        columns = {FEATURES: arrow_matrix(block.astype(dtype, copy=False))}
+        if codes is not None:
+            columns[LABEL] = pa.array(codes[rows].astype(np.int32))
+        columns[_ROW] = pa.array(position[chunk])
+        columns[_WORKER] = pa.array(worker[chunk])
+        frames.append(spark.createDataFrame(pa.Table.from_pydict(columns)))
+        del block, columns
+    return reduce(lambda a, b: a.unionAll(b), frames)
+
+
+def frame_from_dataframe(df, features_col, label_col, classes, summary, n_workers):
+    """A user's DataFrame as training rows with a worker and a row position for every row.
+
+    Rows are dealt to workers in turn in the order of the source partitions (so each worker
+    gets ``n_samples / n_workers`` rows, give or take one), and labels become class codes in
+    the JVM.
+    """
+    from pyspark.sql import functions
+
+    features, _ = feature_column(df, features_col)
+    columns = [features.alias(FEATURES)]
+    if label_col is not None:
+        known = functions.array(*[functions.lit(c) for c in np.asarray(classes).tolist()])
+        code = functions.array_position(known, functions.col(label_col)) - 1
+        columns.append(code.cast("int").alias(LABEL))
+    partition = functions.spark_partition_id()
+    offsets, total = [], 0
+    for index in range(max(summary.partition_rows, default=-1) + 1):
+        offsets.append(total)
+        total += summary.partition_rows.get(index, 0)
+    first_row = functions.element_at(
+        functions.array(*[functions.lit(o) for o in offsets] or [functions.lit(0)]),
+        partition + 1)
+    position_in_partition = (functions.monotonically_increasing_id()
+                             - functions.shiftleft(partition.cast("long"), 33))
+    row = (first_row.cast("long") + position_in_partition).alias(_ROW)
+    frame = df.select(*columns, row)
+    return frame.withColumn(_WORKER, functions.pmod(functions.col(_ROW), functions.lit(n_workers))
+                            .cast("int"))
+
+
+def cache_partitions(source, n_workers):
+    """Repartition ``source`` into one partition per worker, cache it, and count each.
+
+    Returns
+    -------
+    frame : pyspark.sql.DataFrame
+        Features (and label codes), partition ``w`` holding worker ``w``'s rows in a fixed
+        order; cached on the executors (memory, spilling to disk).
+    rows : tuple of int
+        Rows of each partition.
+    """
+    from pyspark.sql import functions
+
+    kept = [c for c in (FEATURES, LABEL) if c in source.columns]
+    frame = (source.repartitionById(n_workers, functions.col(_WORKER))
+             .sortWithinPartitions(_ROW).select(*kept).cache())
+    counted = (frame.select(functions.spark_partition_id().alias("partition"))
+               .groupBy("partition").count().toArrow().to_pylist())
+    rows = {row["partition"]: row["count"] for row in counted}
+    per_worker = tuple(int(rows.get(rank, 0)) for rank in range(n_workers))
+    if min(per_worker) == 0:
+        frame.unpersist()
+        raise ValueError(f"n_workers={n_workers} leaves a worker without training rows "
+                         f"(rows per worker: {list(per_worker)}); use fewer workers")
+    return frame, per_worker
+
+
+def read_shard(batches, rank, layout):
+    """Read this task's Arrow batches into one contiguous array (runs on an executor)."""
+    n_rows = layout.rows[rank]
+    X = np.empty((n_rows, layout.n_features), dtype=layout.dtype)
+    y = np.empty(n_rows, dtype=np.int64) if layout.labelled else None
+    filled = 0
+    for batch in batches:
+        end = filled + batch.num_rows
+        if end > n_rows:
+            raise RuntimeError(f"worker {rank} got more than its {n_rows} rows")
+        X[filled:end] = matrix_of(batch.column(0), layout.n_features, layout.dtype)
+        if y is not None:
+            y[filled:end] = batch.column(1).to_numpy(zero_copy_only=False)
+        filled = end
+    if filled != n_rows:
+        raise RuntimeError(f"worker {rank} got {filled} rows, expected {n_rows}")
+    return Shard(X, y, layout.mean, layout.scale)
+
+
+# ---------------------------------------------------------------------------- inference
+
+_RESULT_TYPES = {"double": "double", "long": "bigint", "string": "string",
+                 "array": "array<double>"}
+
+
+def check_feature_count(df, features_col, n_features):
+    """Raise early (one small job) if ``df``'s feature vectors do not have ``n_features``."""
+    from pyspark.sql import functions
+
+    features, _ = feature_column(df, features_col)
+    first = df.select(functions.size(features).alias("n")).first()
+    if first is not None and first["n"] >= 0 and first["n"] != n_features:
+        raise ValueError(
+            f"X has {first['n']} features, but DistributedDBN is expecting {n_features} "
+            "features as input."
+        )
+
+
+def map_dataframe(df, features_col, n_features, compute, name, kind):
+    """``df`` with a column ``name`` holding ``compute(X)`` per row, computed on the executors.
+
+    ``compute`` maps an ``(n_rows, n_features)`` array of features to one value or one array
+    per row; it travels to the executors inside the UDF (the numpy model, nothing kept on the
+    cluster). An Arrow UDF carries the batches: only the features go through Python, and no
+    Python object is made per row. ``kind`` is the new column's type: "double", "long",
+    "string" or "array" (of doubles).
+    """
+    import pyarrow as pa
+    from pyspark.sql.functions import arrow_udf
+
+    features, dtype = feature_column(df, features_col)
+
+    def apply(batch: pa.Array) -> pa.Array:
+        values = compute(matrix_of(batch, n_features, dtype))
+        if kind == "array":
+            return arrow_matrix(np.asarray(values, dtype=np.float64))
+        return pa.array(np.asarray(values))
+
+    return df.withColumn(name, arrow_udf(apply, _RESULT_TYPES[kind])(features))
+
+
+def accuracy_of(df, prediction_col, label_col):
+    """Share of rows whose prediction equals the label, aggregated on the executors."""
+    from pyspark.sql import functions
+
+    hit = (functions.col(prediction_col) == functions.col(label_col)).cast("double")
+    return float(df.select(functions.avg(hit)).first()[0])

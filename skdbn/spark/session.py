@@ -1,0 +1,178 @@
+"""Finding or embedding a SparkSession, and what a session can run: classic and Connect alike.
+
+Only DataFrame and configuration APIs are used here (no SparkContext, no RDD), so everything
+works on a Spark Connect session, where the client may run outside the cluster.
+"""
+
+import os
+import sys
+import warnings
+
+_EMBEDDED_SESSION = None
+
+# Rows of the probe that counts a session's default parallelism: more than any cluster's cores,
+# so that every partition of ``spark.range`` holds at least one row.
+_PARALLELISM_PROBE_ROWS = 1 << 16
+
+
+def import_pyspark():
+    """Import pyspark or raise an ImportError that says what to do."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "backend='spark' needs pyspark (pip install pyspark) and a Java runtime; "
+            "use backend='local' to train without Spark"
+        ) from exc
+
+
+def is_spark_dataframe(X):
+    """Whether ``X`` is a pyspark (classic or Connect) DataFrame, without importing pyspark."""
+    return type(X).__module__.startswith("pyspark.sql") and hasattr(X, "sparkSession")
+
+
+def is_connect_session(spark):
+    """Whether ``spark`` is a Spark Connect session (a client of a remote driver)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def loopback_session(master="local[*]", app_name="skdbn", config=None, connect=False):
+    """A SparkSession whose driver and services stay on 127.0.0.1 (created or reused).
+
+    The session skdbn embeds when there is none, for notebooks, examples and tests that want
+    the same: driver bound to 127.0.0.1 (``spark.driver.bindAddress`` and ``spark.driver.host``,
+    ``SPARK_LOCAL_IP``), UI and console progress off, log level ERROR (``spark.log.level``),
+    and Python workers running this interpreter unless ``PYSPARK_PYTHON`` is already set. Like any
+    ``SparkSession.builder.getOrCreate()``, it returns the active session if there is one.
+
+    Parameters
+    ----------
+    master : str, default="local[*]"
+        Spark master URL, e.g. ``"local[2]"`` or ``"spark://127.0.0.1:7077"``.
+    app_name : str, default="skdbn"
+        Application name.
+    config : dict or None, default=None
+        Further Spark configuration, e.g. ``{"spark.executor.memory": "512m"}``.
+    connect : bool, default=False
+        Start a Spark Connect server for ``master`` inside this process (its gRPC endpoint
+        bound to 127.0.0.1) and return a Connect client session of it, as
+        ``SparkSession.builder.remote(master)`` does. Needs the ``pyspark[connect]`` extras.
+        A process holds either classic or Connect sessions, not both.
+
+    Returns
+    -------
+    spark : pyspark.sql.SparkSession
+    """
+    import_pyspark()
+    from pyspark.sql import SparkSession
+
+    # Spark otherwise binds its services to the first non-loopback interface it finds.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers otherwise run the first "python3" on PATH, which outside an activated
+    # virtual environment (a notebook kernel, a venv's python called by path) is another
+    # interpreter without skdbn.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    settings = {
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "ERROR",
+        **(config or {}),
+    }
+    builder = SparkSession.builder.appName(app_name)
+    if connect:
+        settings.setdefault("spark.connect.grpc.binding.address", "127.0.0.1")
+        builder = builder.remote(master)
+    else:
+        builder = builder.master(master)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    with warnings.catch_warnings():
+        # A local Connect server takes the static settings at start-up; the client then tries
+        # to set them again at run time and warns that it cannot.
+        warnings.filterwarnings("ignore", message="Failed to set", category=UserWarning)
+        session = builder.getOrCreate()
+    return session
+
+
+def get_session(df=None):
+    """The DataFrame's session, else the active one, else an embedded ``local[*]`` session.
+
+    The embedded session (``loopback_session()``) is created once per process and reused.
+    """
+    global _EMBEDDED_SESSION
+    if df is not None:
+        return df.sparkSession
+    import_pyspark()
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if _EMBEDDED_SESSION is None:
+        try:
+            _EMBEDDED_SESSION = loopback_session()
+        except Exception as exc:  # pyspark raises several types when the JVM cannot start
+            raise RuntimeError(
+                "could not start a local Spark session; Spark needs a Java runtime (17 or 21) "
+                "on PATH or in JAVA_HOME. Install one, pass a DataFrame of an existing session, "
+                "or use backend='local'"
+            ) from exc
+    return _EMBEDDED_SESSION
+
+
+def conf_value(spark, key, default):
+    """A Spark configuration value as the session sees it (works on Connect sessions)."""
+    value = spark.conf.get(key, None)
+    return default if value is None else value
+
+
+def task_cpus(spark):
+    """Cores each task gets (``spark.task.cpus``)."""
+    return int(conf_value(spark, "spark.task.cpus", "1"))
+
+
+def default_parallelism(spark):
+    """The session's default parallelism, asked of the cluster through a DataFrame.
+
+    ``spark.range`` without a partition count splits into the default parallelism (the cores
+    of all executors, or ``spark.sql.leafNodeDefaultParallelism``), which a classic session
+    reports through its SparkContext and a Connect session does not report at all; counting the
+    partitions of a small range works on both, in one cheap job.
+    """
+    from pyspark.sql import functions
+
+    probe = spark.range(_PARALLELISM_PROBE_ROWS).select(
+        functions.spark_partition_id().alias("partition"))
+    return int(probe.agg(functions.max("partition")).first()[0]) + 1
+
+
+def free_task_slots(spark):
+    """Tasks that can run at once: the default parallelism over ``spark.task.cpus``."""
+    return max(1, default_parallelism(spark) // task_cpus(spark))
+
+
+def check_barrier_possible(spark, n_workers):
+    """Raise a clear error if a barrier stage of ``n_workers`` tasks cannot start.
+
+    Returns
+    -------
+    slots : int
+        The session's free task slots.
+    """
+    dynamic = conf_value(spark, "spark.dynamicAllocation.enabled", "false")
+    if dynamic.lower() == "true":
+        raise RuntimeError(
+            "skdbn trains in Spark barrier stages, which do not run with dynamic allocation; "
+            "set spark.dynamicAllocation.enabled=false for this session (or use "
+            "backend='local')"
+        )
+    slots = free_task_slots(spark)
+    if n_workers > slots:
+        raise RuntimeError(
+            f"n_workers={n_workers} needs {n_workers} free task slots at once (a barrier "
+            f"stage), but this Spark session has {slots}. Use n_workers <= {slots}, or give "
+            "the session more executors or cores"
+        )
+    return slots

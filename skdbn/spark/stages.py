@@ -1,0 +1,234 @@
+"""Training phases as Spark barrier stages over the cached training DataFrame.
+
+Every phase is one ``mapInArrow(..., barrier=True)`` stage with one task per worker: the task
+reads its partition into a shard, trains, and returns its state as one row (parameters as
+binary columns), which the driver collects through Arrow and averages into the consensus. No
+RDD and no SparkContext is used, so the same code runs on classic and Spark Connect sessions.
+"""
+
+import dataclasses
+import json
+import secrets
+import time
+from functools import partial
+
+import numpy as np
+
+from .._gossip import AllGatherClient, AllGatherServer
+from .._task import SyncPlan, run_worker
+from .._worker import PhaseResult, PhaseState, consensus
+from .data import (
+    ShardLayout,
+    cache_partitions,
+    frame_from_arrays,
+    frame_from_dataframe,
+    read_shard,
+)
+from .session import conf_value, is_connect_session
+
+# Spark configuration key choosing how a phase's tasks swap addresses:
+# - "driver": a small authenticated rendezvous served by the driver process (classic sessions
+#   only, where executors already connect to the driver); adds milliseconds to a phase.
+# - "barrier": Spark's BarrierTaskContext.allGather, which stays inside the cluster but polls
+#   once a second, so adds about a second to every phase.
+# - "auto" (default): "driver" on classic sessions, "barrier" on Spark Connect, whose client
+#   (where the driver's rendezvous would run) may be outside the cluster.
+RENDEZVOUS_CONF = "spark.skdbn.rendezvous"
+_RENDEZVOUS_MODES = ("auto", "driver", "barrier")
+
+_RESULT_SCHEMA = ("rank int, weight double, n_samples long, samples_trained long, "
+                  "params binary, velocity binary, hidden_mean binary, history string, "
+                  "read_seconds double, train_seconds double")
+
+
+class SparkEngine:
+    """Runs every phase as one Spark barrier stage with one task per worker.
+
+    Parameters
+    ----------
+    spark : SparkSession
+        Session to run on, classic or Connect (found at fit time; never stored on the
+        estimator).
+    n_workers : int
+        Number of barrier tasks; the caller has checked that the session has the slots.
+    sync, sync_every
+        Synchronisation within a phase, as for ``ProcessEngine``.
+    timeout : float, default=60.0
+        Seconds any single network wait of a phase may take.
+    """
+
+    epochs_per_phase = 10  # each barrier stage has a fixed cost; group fine-tuning epochs
+
+    def __init__(self, spark, n_workers, sync, sync_every, timeout=60.0):
+        self.spark = spark
+        self.n_workers = n_workers
+        self.sync = sync
+        self.sync_every = sync_every
+        self.timeout = timeout
+        self._secret = secrets.token_bytes(32)
+        self._frame = None
+        self._layout = None
+
+    def __repr__(self):  # never print the secret
+        return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
+
+    def start_from_arrays(self, X, codes, worker_rows, mean, scale):
+        """Send numpy training data to the executors as Arrow batches and cache it there.
+
+        ``worker_rows[w]`` are the rows of ``X`` (and of the class ``codes``, or None) that
+        worker ``w`` trains on, in the order it keeps them (None: all rows, in order).
+        """
+        worker_rows = [np.arange(X.shape[0]) if rows is None else rows for rows in worker_rows]
+        source = frame_from_arrays(self.spark, X, codes, worker_rows, X.dtype,
+                                   is_connect_session(self.spark))
+        self._cache(source, X.shape[1], X.dtype, codes is not None, mean, scale)
+
+    def start_from_dataframe(self, df, features_col, label_col, classes, summary, mean, scale):
+        """Repartition ``df`` into one cached partition per worker, read in its training dtype.
+
+        ``summary`` is the ``FrameSummary`` of ``df``; ``classes`` the sorted class labels
+        (None without ``label_col``).
+        """
+        source = frame_from_dataframe(df, features_col, label_col, classes, summary,
+                                      self.n_workers)
+        self._cache(source, summary.n_features, summary.dtype, label_col is not None, mean,
+                    scale)
+
+    def _cache(self, source, n_features, dtype, labelled, mean, scale):
+        self._frame, rows = cache_partitions(source, self.n_workers)
+        self._layout = ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
+                                   labelled=labelled, mean=mean, scale=scale)
+
+    @property
+    def total_samples(self):
+        """Training rows over all workers."""
+        return sum(self._layout.rows)
+
+    def run_phase(self, phase, state, below):
+        """Run ``phase`` as a barrier stage and return ``(consensus_state, results)``."""
+        plan = SyncPlan(
+            mode=self.sync, n_workers=self.n_workers, sync_every=self.sync_every,
+            secret=self._secret, phase_key=secrets.randbits(63),
+            total_samples=self.total_samples, timeout=self.timeout, blas_threads=1,
+        )
+        server, rendezvous = self._start_rendezvous()
+        try:
+            task = partial(_phase_task, phase, state, below, plan, self._layout, rendezvous)
+            table = self._frame.mapInArrow(task, _RESULT_SCHEMA, barrier=True).toArrow()
+        finally:
+            if server is not None:
+                server.close()
+        results = _results_of(table, state.params.dtype)
+        return consensus(results), results
+
+    def _start_rendezvous(self):
+        """The driver's rendezvous server and the tasks' client, or ``(None, None)`` when the
+        tasks use Spark's allGather or need no rendezvous."""
+        mode = self._rendezvous_mode()
+        if self.n_workers == 1 or self.sync == "none" or mode == "barrier":
+            return None, None
+        host = conf_value(self.spark, "spark.driver.host", "127.0.0.1")
+        bind = conf_value(self.spark, "spark.driver.bindAddress", host)
+        server = AllGatherServer(self._secret, self.n_workers, self.timeout, host=bind).start()
+        port = server.address.rsplit(":", 1)[1]
+        return server, _DriverRendezvous(f"{host}:{port}", self._secret, self.timeout)
+
+    def _rendezvous_mode(self):
+        mode = conf_value(self.spark, RENDEZVOUS_CONF, "auto")
+        if mode not in _RENDEZVOUS_MODES:
+            raise ValueError(f"{RENDEZVOUS_CONF} must be 'auto', 'driver' or 'barrier', "
+                             f"got {mode!r}")
+        connect = is_connect_session(self.spark)
+        if mode == "driver" and connect:
+            raise ValueError(
+                f"{RENDEZVOUS_CONF}=driver is not possible on a Spark Connect session: the "
+                "client may be outside the cluster. Use 'auto' or 'barrier'"
+            )
+        if mode == "auto":
+            return "barrier" if connect else "driver"
+        return mode
+
+    def close(self):
+        """Drop the cached training partitions from the executors."""
+        if self._frame is not None:
+            self._frame.unpersist()
+            self._frame = None
+
+
+class _DriverRendezvous(AllGatherClient):
+    """``AllGatherClient`` whose connection failure says what to do on a cluster."""
+
+    def __call__(self, rank, address):
+        try:
+            return super().__call__(rank, address)
+        except OSError as exc:
+            raise ConnectionError(
+                f"worker {rank} could not reach the driver's rendezvous at "
+                f"{self.server_address} ({exc}); if executors cannot open connections to the "
+                f"driver, set the Spark configuration {RENDEZVOUS_CONF}=barrier"
+            ) from exc
+
+
+def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
+    """One barrier task: read the partition, train the phase, return one result row."""
+    from pyspark import BarrierTaskContext
+
+    started = time.perf_counter()
+    context = BarrierTaskContext.get()
+    rank = context.partitionId()
+    shard = read_shard(batches, rank, layout)
+    read = time.perf_counter()
+    host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
+    # The task's cores follow spark.task.cpus, or the stage's resource profile.
+    plan = dataclasses.replace(plan, blas_threads=max(1, int(context.cpus())))
+    if rendezvous is None:
+        def rendezvous(_rank, address):
+            return context.allGather(address)
+    result = run_worker(rank, phase, shard, state, below, plan, rendezvous, host=host)
+    result.seconds = {"read": read - started, "train": time.perf_counter() - read}
+    yield _result_batch(rank, result)
+
+
+def _result_batch(rank, result):
+    import pyarrow as pa
+
+    hidden_mean = (b"" if result.hidden_mean is None
+                   else _bytes(np.asarray(result.hidden_mean, dtype=np.float64)))
+    history = {name: [float(v) for v in values] for name, values in result.history.items()}
+    return pa.RecordBatch.from_pydict({
+        "rank": pa.array([rank], pa.int32()),
+        "weight": pa.array([result.weight], pa.float64()),
+        "n_samples": pa.array([result.n_samples], pa.int64()),
+        "samples_trained": pa.array([result.samples_trained], pa.int64()),
+        "params": pa.array([_bytes(result.state.params)], pa.binary()),
+        "velocity": pa.array([_bytes(result.state.velocity)], pa.binary()),
+        "hidden_mean": pa.array([hidden_mean], pa.binary()),
+        "history": pa.array([json.dumps(history)], pa.string()),
+        "read_seconds": pa.array([result.seconds["read"]], pa.float64()),
+        "train_seconds": pa.array([result.seconds["train"]], pa.float64()),
+    })
+
+
+def _bytes(array):
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _results_of(table, dtype):
+    """The workers' ``PhaseResult`` objects, by rank, from the stage's result rows."""
+    wire = np.dtype(dtype).newbyteorder("<")
+
+    def vector(data, kind=wire):
+        return np.frombuffer(data, dtype=kind).astype(kind.newbyteorder("="))
+
+    results = []
+    for row in sorted(table.to_pylist(), key=lambda r: r["rank"]):
+        results.append(PhaseResult(
+            state=PhaseState(vector(row["params"]), vector(row["velocity"])),
+            weight=row["weight"], n_samples=row["n_samples"],
+            history=json.loads(row["history"]),
+            hidden_mean=vector(row["hidden_mean"], np.dtype("<f8")) if row["hidden_mean"]
+            else None,
+            samples_trained=row["samples_trained"],
+            seconds={"read": row["read_seconds"], "train": row["train_seconds"]},
+        ))
+    return results
