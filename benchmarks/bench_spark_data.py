@@ -8,20 +8,22 @@ for comparison.
 Every measurement runs in a fresh Python process of its own, so that the peaks of memory
 belong to it alone. Parts (``--parts``, default all):
 
-1. **Large DataFrame fit.** A generated MNIST-like parquet file (``--rows`` x 784,
-   ``array<float>`` column, labels) is fitted with ``hidden_layer_sizes=(64,)``, one
-   pretraining and one fine-tuning epoch, ``n_workers=2``, on the embedded ``local[2]``
-   session with Spark's default memory settings. Printed: the fit's wall time, the training
-   arithmetic (the slowest task's time in ``run_worker``, summed over phases), the data path
-   (the rest), ingestion rows/s, and the peak resident memory of every executor Python worker
-   (against its shard's size in float32), of the JVM, and of the driver's Python process
-   (sampled from ``/proc`` every 0.1 s). The driver's figure is also measured at a quarter of
-   the rows, to show it does not grow with them.
+1. **Large DataFrame fit.** A generated MNIST-like parquet file (``--rows`` x 784, an
+   ``array<double>`` column, or ``array<float>`` with ``--dtype float32``, and labels) is
+   fitted with ``hidden_layer_sizes=(64,)``, one pretraining and one fine-tuning epoch,
+   ``n_workers=2``, on the embedded ``local[2]`` session with Spark's default memory
+   settings. Printed: the fit's wall time, the training arithmetic (the slowest task's time in
+   ``run_worker``, summed over phases), the data path (the rest), and the peak resident
+   memory of every executor Python worker (against its shard's size in the training dtype),
+   of the JVM, and of the driver's Python process (sampled from ``/proc`` every 0.1 s). The
+   driver's figure is also measured at a quarter of the rows, to show it does not grow with
+   them.
 2. **Numpy ingestion.** The same kind of data from a numpy array: rows/s from the array to
    the cached partitions on the executors.
-3. **Fixed costs.** A DataFrame fit and the same numpy fit of 8,000 x 784 rows (``(64,)``,
-   1 + 1 epochs, median of 3), and the fixed cost of one phase on ``local[2]`` (two
-   workers, a tiny phase, median over the phases of 3 fits), on classic and Connect sessions.
+3. **Fixed costs.** A DataFrame fit and the same numpy fit of 8,000 x 784 rows (default
+   layers (256, 256), 1 + 1 epochs, median of 3), and the fixed cost of one phase on
+   ``local[2]`` (two workers, a tiny phase, median over the phases of 3 fits), on classic and
+   Connect sessions.
 4. **Connect parity.** The same fits (numpy and DataFrame input, ``sync="average"``, fixed
    seed, 2 workers) on a classic and on a Connect session: whether the models are identical.
 """
@@ -40,6 +42,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 N_FEATURES = 784
+ELEMENT = {"float32": "float", "float64": "double"}
 
 
 # ---------------------------------------------------------------------------- child processes
@@ -161,7 +164,7 @@ writer = None
 for start in range(0, rows, 20000):
     n = min(20000, rows - start)
     # MNIST-like: most pixels 0, the rest spread over (0, 1], labels from 10 classes.
-    X = rng.random((n, {n_features}), dtype=np.float32)
+    X = rng.random((n, {n_features}), dtype=np.float32).astype({dtype!r})
     X[X < 0.8] = 0.0
     y = rng.integers(0, 10, n).astype(np.int32)
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * {n_features})
@@ -201,7 +204,7 @@ def large_fit(args, path, source=ROOT, rows=None, config=None):
                                       config=repr(config or {})), source=source)
 
 
-def report_large_fit(name, result, rows, train_seconds=None):
+def report_large_fit(name, result, rows, itemsize, train_seconds=None):
     mb = 1 << 20
     if result is None:
         print(f"   {name}: no result")
@@ -210,23 +213,27 @@ def report_large_fit(name, result, rows, train_seconds=None):
     if train_seconds is not None:  # the baseline does not time its tasks: use ours
         train = train_seconds
     data = result["wall"] - train
-    shard = rows / 2 * N_FEATURES * 4
+    shard = rows / 2 * N_FEATURES * itemsize
     print(f"   {name}: fit {result['wall']:.1f} s = training arithmetic {train:.1f} s "
           f"+ data path {data:.1f} s")
     workers = result["workers"][:2]
     print("      peak RSS: executor Python workers "
-          + ", ".join(f"{w / mb:.0f} MB ({w / shard:.2f}x the {shard / mb:.0f} MB float32 "
-                      "shard)" for w in workers)
+          + ", ".join(f"{w / mb:.0f} MB ({w / shard:.2f}x the {shard / mb:.0f} MB "
+                      "shard in the training dtype)" for w in workers)
           + f"; JVM {result['jvm'] / mb:.0f} MB; driver Python {result['driver_before'] / mb:.0f}"
           f" -> {result['driver_peak'] / mb:.0f} MB")
     return data, train
 
 
 def part_large(args, path):
-    print(f"\n1. Large DataFrame fit: {args.rows:,} x {N_FEATURES} parquet (array<float>), "
-          "(64,), 1 + 1 epochs, 2 workers, embedded local[2], default memory")
+    import numpy as np
+
+    itemsize = np.dtype(args.dtype).itemsize
+    print(f"\n1. Large DataFrame fit: {args.rows:,} x {N_FEATURES} parquet "
+          f"(array<{ELEMENT[args.dtype]}>), (64,), 1 + 1 epochs, 2 workers, embedded local[2], "
+          "default memory")
     result = large_fit(args, path)
-    figures = report_large_fit("this tree", result, args.rows)
+    figures = report_large_fit("this tree", result, args.rows, itemsize)
     if figures is not None:
         reading = [p["read"] for p in result["phases"]]
         print(f"      task read of the cached partition per phase: "
@@ -244,9 +251,10 @@ def part_large(args, path):
         base = large_fit(args, path, source=args.baseline, rows=rows,
                          config={"spark.driver.memory": args.baseline_memory})
         ours = large_fit(args, path, rows=rows) if rows != args.rows else result
-        ours_figures = report_large_fit("this tree", ours, rows)
+        ours_figures = report_large_fit("this tree", ours, rows, itemsize)
         if base is not None and ours_figures is not None:
-            base_data, _ = report_large_fit("baseline", base, rows, train_seconds=ours_figures[1])
+            base_data, _ = report_large_fit("baseline", base, rows, itemsize,
+                                            train_seconds=ours_figures[1])
             print(f"   data path: baseline {base_data:.1f} s / this tree {ours_figures[0]:.1f} s"
                   f" = {base_data / ours_figures[0]:.1f}x faster")
 
@@ -312,7 +320,7 @@ frame = spark.createDataFrame(pa.table({{
     "features": pa.ListArray.from_arrays(offsets, pa.array(X.ravel())),
     "label": pa.array(y)}})).cache()
 frame.count()
-params = dict(hidden_layer_sizes=(64,), pretrain_epochs=1, max_iter=1, random_state=0)
+params = dict(pretrain_epochs=1, max_iter=1, random_state=0)
 out = {{"numpy": [], "dataframe": [], "phase": []}}
 DistributedDBN(**params).fit(frame)  # starts the Python workers
 for repeat in range(3):
@@ -398,6 +406,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="1,2,3,4")
     parser.add_argument("--rows", type=int, default=200_000, help="1: rows of the parquet")
+    parser.add_argument("--dtype", choices=sorted(ELEMENT), default="float64",
+                        help="1, 2: element type of the parquet's array column (float64)")
     parser.add_argument("--ingest-rows", type=int, default=50_000, help="2: rows ingested")
     parser.add_argument("--baseline", help="path of an earlier skdbn checkout to compare")
     parser.add_argument("--baseline-rows", type=int, default=100_000,
@@ -420,8 +430,9 @@ def main():
         if parts & {1, 2}:
             started = time.perf_counter()
             written = run_child(WRITE_PARQUET.format(rows=args.rows, path=path,
-                                                     n_features=N_FEATURES))
-            print(f"parquet: {args.rows:,} rows, {written['bytes'] / 2**20:.0f} MB "
+                                                     n_features=N_FEATURES, dtype=args.dtype))
+            print(f"parquet: {args.rows:,} rows, array<{ELEMENT[args.dtype]}> column, "
+                  f"{written['bytes'] / 2**20:.0f} MB "
                   f"(written in {time.perf_counter() - started:.0f} s)")
         if 1 in parts:
             part_large(args, path)

@@ -1,6 +1,7 @@
 """Train a DBN on Spark with two gossiping workers, from a Spark DataFrame, and score it there.
 
-Starts a local Spark session bound to 127.0.0.1 (or uses ``--master``), puts scikit-learn's
+Starts a local Spark session bound to 127.0.0.1 (or uses ``--master``; ``--connect`` starts a
+local Spark Connect server and runs everything through a Connect client), puts scikit-learn's
 bundled digits into DataFrames with a pyspark.ml vector column, fits ``DistributedDBN`` with
 two barrier tasks that synchronise by gossip, adds predictions on the executors, and prints the
 test accuracy next to that of one in-process worker with the same settings.
@@ -36,9 +37,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--master", default="local[2]", help="Spark master (local[2])")
     parser.add_argument("--workers", type=int, default=2, help="barrier tasks (2)")
+    parser.add_argument("--connect", action="store_true",
+                        help="use a Spark Connect session (needs skdbn[connect])")
     args = parser.parse_args()
 
-    spark = loopback_session(args.master, app_name="skdbn-spark-digits")
+    spark = loopback_session(args.master, app_name="skdbn-spark-digits", connect=args.connect)
     try:
         train, test, (X_train, X_test, y_train, y_test) = digits_frames(spark)
         settings = dict(hidden_layer_sizes=(256, 256), pretrain_epochs=20, max_iter=100,
@@ -49,7 +52,8 @@ def main():
         seconds = time.perf_counter() - start
         scored = dbn.predict(test)  # a "prediction" column, computed on the executors
         print(scored.select("label", "prediction").toPandas().head().to_string(index=False))
-        print(f"Spark, {dbn.n_workers_} workers, gossip: test accuracy "
+        kind = "Spark Connect" if args.connect else "Spark"
+        print(f"{kind}, {dbn.n_workers_} workers, gossip: test accuracy "
               f"{dbn.score(test):.4f} (fit {seconds:.1f} s, {dbn.n_iter_} fine-tuning epochs)")
 
         single = DistributedDBN(backend="local", **settings).fit(X_train, y_train)

@@ -1,7 +1,22 @@
 """skdbn: deep belief networks trained across Apache Spark, as scikit-learn estimators."""
 
-from ._dbn import DistributedDBN
-from .spark import loopback_session
-
 __all__ = ["DistributedDBN", "loopback_session"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Imported on first use: Spark's Python workers unpickle training tasks that need only
+    # the numpy parts of skdbn, and stay lighter (no scikit-learn) without the estimator.
+    if name == "DistributedDBN":
+        from ._dbn import DistributedDBN
+
+        return DistributedDBN
+    if name == "loopback_session":
+        from .spark.session import loopback_session
+
+        return loopback_session
+    raise AttributeError(f"module 'skdbn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

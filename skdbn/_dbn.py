@@ -137,9 +137,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Seeds the weight initialisation, the shuffling, the Gibbs sampling and the validation
         split. With a fixed seed, training is deterministic on one worker and with
         ``sync="average"`` for a given number of workers; gossip depends on message timing.
-    features_col, label_col : str, default="features", "label"
-        Columns of a Spark DataFrame passed to ``fit``: features as a pyspark.ml vector or an
-        array of numbers, labels in a column of their own (absent: pretraining only).
+    features_col : str or list of str, default="features"
+        Features of a Spark DataFrame passed to ``fit`` and the inference methods: a
+        pyspark.ml vector column (dense or sparse), an array column of numbers, or a list of
+        numeric columns. ``array<float>`` columns (and lists of float columns) train in
+        float32, everything else in float64.
+    label_col : str, default="label"
+        Column of class labels (numbers, strings or booleans) of a DataFrame passed to
+        ``fit``; a DataFrame without it is only pretrained.
     prediction_col, probability_col, transform_col : str, default="prediction", \
 "probability", "dbn_features"
         Columns added by :meth:`predict`, :meth:`predict_proba` and :meth:`transform` when they

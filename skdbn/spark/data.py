@@ -6,6 +6,7 @@ starts with ``read_`` or ``_partition`` run on the executors; the others on the 
 client, for a Spark Connect session).
 """
 
+import os
 from dataclasses import dataclass
 from functools import partial, reduce
 
@@ -16,7 +17,7 @@ from .._worker import Shard
 # Column names inside the training DataFrame.
 FEATURES = "features"
 LABEL = "label"
-_ROW = "_skdbn_row"
+POSITION = "_skdbn_position"  # the row's place in its worker's shard
 _WORKER = "_skdbn_worker"
 
 # Bytes of X per DataFrame built from numpy input: the driver holds one such chunk beyond X.
@@ -99,6 +100,40 @@ def matrix_of(array, n_features, dtype):
         raise ValueError("the feature vectors hold null values; drop or fill them")
     matrix = values.to_numpy(zero_copy_only=False).reshape(len(array), n_features)
     return matrix.astype(dtype, copy=False)
+
+
+def arrow_rows(matrix):
+    """A 2-D numpy array as an Arrow binary array of its rows' little-endian bytes.
+
+    The training partitions hold features this way: one fixed-width binary value per row
+    moves between the JVM and Python as a memory copy, where an array column is written and
+    read value by value.
+    """
+    import pyarrow as pa
+
+    matrix = np.ascontiguousarray(matrix, dtype=matrix.dtype.newbyteorder("<"))
+    width = matrix.shape[1] * matrix.itemsize
+    offsets = (np.arange(matrix.shape[0] + 1, dtype=np.int64) * width).astype(np.int32)
+    return pa.Array.from_buffers(pa.binary(), matrix.shape[0],
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(matrix)])
+
+
+def matrix_of_rows(array, n_features, dtype):
+    """An Arrow binary array made by :func:`arrow_rows` as an ``(n_rows, n_features)`` view."""
+    import pyarrow as pa
+
+    dtype = np.dtype(dtype).newbyteorder("<")
+    if len(array) == 0:
+        return np.empty((0, n_features), dtype=dtype)
+    if array.null_count:
+        raise ValueError("the training partition holds null rows")
+    offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, offset_type)[array.offset:array.offset + len(array) + 1]
+    if np.any(np.diff(offsets) != n_features * dtype.itemsize):
+        raise ValueError(f"a training row does not hold {n_features} {dtype.name} values")
+    values = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]]
+    return values.view(dtype).reshape(len(array), n_features)
 
 
 def arrow_matrix(matrix):
@@ -217,12 +252,21 @@ class _Moments:
     def __init__(self):
         self.n = 0
         self.mean = self.m2 = self.minimum = self.maximum = None
+        self._scratch = None  # reused between batches: fresh temporaries cost page faults
 
     def add(self, X):
-        X = X.astype(np.float64)
-        mean = X.mean(axis=0)
-        m2 = ((X - mean) ** 2).sum(axis=0)
-        self.merge(X.shape[0], mean, m2, X.min(axis=0), X.max(axis=0))
+        n = X.shape[0]
+        # Sums accumulate in float64 without a float64 copy of a float32 batch. Deviations are
+        # taken from the batch mean (rounded to X's dtype), and the small remaining offset is
+        # corrected exactly, so a large common offset does not cancel the variance away.
+        mean = X.sum(axis=0, dtype=np.float64) / n
+        if self._scratch is None or self._scratch.shape[0] < n or self._scratch.dtype != X.dtype:
+            self._scratch = np.empty_like(X)
+        centered = np.subtract(X, mean.astype(X.dtype), out=self._scratch[:n])
+        residual = centered.sum(axis=0, dtype=np.float64) / n
+        m2 = np.einsum("ij,ij->j", centered, centered, dtype=np.float64) - n * residual**2
+        self.merge(n, mean, np.maximum(m2, 0.0), X.min(axis=0).astype(np.float64),
+                   X.max(axis=0).astype(np.float64))
 
     def merge(self, n, mean, m2, minimum, maximum):
         if self.n == 0 or self.mean is None:
@@ -300,10 +344,19 @@ class ShardLayout:
     labelled: bool
     mean: np.ndarray | None
     scale: np.ndarray | None
+    # A directory on the machine of every task (a local master) holding each worker's shard
+    # as files, which every phase maps instead of reading a partition; None: read the cached
+    # partition in every phase.
+    shard_dir: str | None = None
+
+    def shard_paths(self, rank):
+        """Files of worker ``rank``'s features and labels in ``shard_dir``."""
+        return (os.path.join(self.shard_dir, f"shard-{rank}-X.npy"),
+                os.path.join(self.shard_dir, f"shard-{rank}-y.npy"))
 
 
 def frame_from_arrays(spark, X, codes, worker_rows, dtype, is_connect):
-    """Numpy training data as a DataFrame with a worker and a row position for every row.
+    """Numpy training data as a DataFrame with a worker and a shard position for every row.
 
     X is sent in chunks of about ``ARRAY_CHUNK_BYTES`` built from Arrow batches, so the driver
     never holds a second copy of it. Row ``worker_rows[w][i]`` of X gets worker ``w`` and
@@ -317,7 +370,7 @@ def frame_from_arrays(spark, X, codes, worker_rows, dtype, is_connect):
     position = np.concatenate([np.arange(len(rows), dtype=np.int64) for rows in worker_rows])
     chunk_bytes = ARRAY_CHUNK_BYTES
     if is_connect:
-        chunk_bytes = max(chunk_bytes, int(spark.conf.get(_CONNECT_CACHE_THRESHOLD)))
+        chunk_bytes = max(chunk_bytes, _byte_size(spark.conf.get(_CONNECT_CACHE_THRESHOLD, None)))
     row_bytes = max(1, X.shape[1]) * np.dtype(dtype).itemsize
     n_chunks = max(1, (len(order) * row_bytes) // chunk_bytes)
     frames = []
@@ -325,22 +378,33 @@ def frame_from_arrays(spark, X, codes, worker_rows, dtype, is_connect):
         rows = order[chunk]
         block = X[rows]
         block = block.toarray() if hasattr(block, "toarray") else block
-        columns = {FEATURES: arrow_matrix(block.astype(dtype, copy=False))}
+        columns = {FEATURES: arrow_rows(block.astype(dtype, copy=False))}
         if codes is not None:
             columns[LABEL] = pa.array(codes[rows].astype(np.int32))
-        columns[_ROW] = pa.array(position[chunk])
+        columns[POSITION] = pa.array(position[chunk])
         columns[_WORKER] = pa.array(worker[chunk])
         frames.append(spark.createDataFrame(pa.Table.from_pydict(columns)))
         del block, columns
     return reduce(lambda a, b: a.unionAll(b), frames)
 
 
+def _byte_size(value):
+    """A Spark size setting ("67108864", "64m", "64MB") in bytes; 0 when absent."""
+    if value is None:
+        return 0
+    text = str(value).strip().lower().removesuffix("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
 def frame_from_dataframe(df, features_col, label_col, classes, summary, n_workers):
-    """A user's DataFrame as training rows with a worker and a row position for every row.
+    """A user's DataFrame as training rows with a worker and a shard position for every row.
 
     Rows are dealt to workers in turn in the order of the source partitions (so each worker
-    gets ``n_samples / n_workers`` rows, give or take one), and labels become class codes in
-    the JVM.
+    gets ``n_samples / n_workers`` rows, give or take one): row ``g`` overall goes to worker
+    ``g % n_workers`` at position ``g // n_workers``. Labels become class codes in the JVM.
     """
     from pyspark.sql import functions
 
@@ -360,28 +424,34 @@ def frame_from_dataframe(df, features_col, label_col, classes, summary, n_worker
         partition + 1)
     position_in_partition = (functions.monotonically_increasing_id()
                              - functions.shiftleft(partition.cast("long"), 33))
-    row = (first_row.cast("long") + position_in_partition).alias(_ROW)
-    frame = df.select(*columns, row)
-    return frame.withColumn(_WORKER, functions.pmod(functions.col(_ROW), functions.lit(n_workers))
-                            .cast("int"))
+    row = first_row.cast("long") + position_in_partition
+    workers = functions.lit(n_workers)
+    return df.select(*columns, functions.floor(row / workers).alias(POSITION),
+                     functions.pmod(row, workers).cast("int").alias(_WORKER))
 
 
 def cache_partitions(source, n_workers):
-    """Repartition ``source`` into one partition per worker, cache it, and count each.
+    """Repartition ``source`` into one partition per worker, cache it on disk, count each.
 
     Returns
     -------
     frame : pyspark.sql.DataFrame
-        Features (and label codes), partition ``w`` holding worker ``w``'s rows in a fixed
-        order; cached on the executors (memory, spilling to disk).
+        Features (and label codes) and each row's position in its shard, partition ``w``
+        holding worker ``w``'s rows; cached on the executors' local disks. The
+        rows of a partition may arrive in any order (a shuffle's blocks do): the position
+        puts each row in its place when a task reads the partition.
     rows : tuple of int
         Rows of each partition.
     """
+    from pyspark import StorageLevel
     from pyspark.sql import functions
 
-    kept = [c for c in (FEATURES, LABEL) if c in source.columns]
-    frame = (source.repartitionById(n_workers, functions.col(_WORKER))
-             .sortWithinPartitions(_ROW).select(*kept).cache())
+    kept = [c for c in (FEATURES, LABEL, POSITION) if c in source.columns]
+    # On the executors' local disks, not in the JVM heap: building an in-memory cache of a
+    # shard larger than the storage memory spills anyway, costs more, and can exhaust a small
+    # heap (Spark's default 1 GB); the operating system's page cache still serves the reads.
+    frame = (source.repartitionById(n_workers, functions.col(_WORKER)).select(*kept)
+             .persist(StorageLevel.DISK_ONLY))
     counted = (frame.select(functions.spark_partition_id().alias("partition"))
                .groupBy("partition").count().toArrow().to_pylist())
     rows = {row["partition"]: row["count"] for row in counted}
@@ -393,23 +463,171 @@ def cache_partitions(source, n_workers):
     return frame, per_worker
 
 
+def _features_of(column, layout):
+    import pyarrow as pa
+
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return matrix_of_rows(column, layout.n_features, layout.dtype)
+    return matrix_of(column, layout.n_features, layout.dtype)
+
+
 def read_shard(batches, rank, layout):
-    """Read this task's Arrow batches into one contiguous array (runs on an executor)."""
+    """Read this task's Arrow batches into one contiguous array (runs on an executor).
+
+    Every row goes to the place its position column gives, so the shard is the same whatever
+    order the rows arrive in. With ``layout.shard_dir`` the array is a file there, written as
+    it is read and published complete for the phases to come (see :func:`saved_shard`).
+    """
     n_rows = layout.rows[rank]
-    X = np.empty((n_rows, layout.n_features), dtype=layout.dtype)
+    shape = (n_rows, layout.n_features)
+    if layout.shard_dir is None:
+        X = np.empty(shape, dtype=layout.dtype)
+    else:
+        X = np.lib.format.open_memmap(layout.shard_paths(rank)[0] + ".part", mode="w+",
+                                      dtype=layout.dtype, shape=shape)
     y = np.empty(n_rows, dtype=np.int64) if layout.labelled else None
-    filled = 0
+    seen = np.zeros(n_rows, dtype=bool)
     for batch in batches:
-        end = filled + batch.num_rows
-        if end > n_rows:
-            raise RuntimeError(f"worker {rank} got more than its {n_rows} rows")
-        X[filled:end] = matrix_of(batch.column(0), layout.n_features, layout.dtype)
+        place = batch.column(POSITION).to_numpy()
+        if place.size and (place.min() < 0 or place.max() >= n_rows or seen[place].any()):
+            raise RuntimeError(
+                f"worker {rank} got rows outside its shard of {n_rows}: the DataFrame gave "
+                "other rows on a second read (a nondeterministic plan); cache it before fit"
+            )
+        seen[place] = True
+        X[place] = _features_of(batch.column(FEATURES), layout)
         if y is not None:
-            y[filled:end] = batch.column(1).to_numpy(zero_copy_only=False)
-        filled = end
-    if filled != n_rows:
-        raise RuntimeError(f"worker {rank} got {filled} rows, expected {n_rows}")
+            y[place] = batch.column(LABEL).to_numpy(zero_copy_only=False)
+    if not seen.all():
+        raise RuntimeError(f"worker {rank} got {np.count_nonzero(seen)} rows, expected {n_rows}")
+    if layout.shard_dir is not None:
+        _publish_shard(X, y, layout.shard_paths(rank))
     return Shard(X, y, layout.mean, layout.scale)
+
+
+def _publish_shard(X, y, paths):
+    X.flush()
+    features, labels = paths
+    if y is not None:
+        np.save(labels + ".part.npy", y)
+        os.replace(labels + ".part.npy", labels)
+    os.replace(features + ".part", features)  # last: a complete shard has its features file
+
+
+def saved_shard(rank, layout):
+    """Worker ``rank``'s shard from its files in ``layout.shard_dir`` (features mapped)."""
+    features, labels = layout.shard_paths(rank)
+    try:
+        X = np.load(features, mmap_mode="r")
+        y = np.load(labels) if layout.labelled else None
+    except OSError as exc:
+        raise RuntimeError(f"worker {rank} cannot read its shard file ({exc}); was the "
+                           "temporary directory cleaned during the fit?") from exc
+    if X.shape != (layout.rows[rank], layout.n_features) or X.dtype != layout.dtype:
+        raise RuntimeError(f"worker {rank}'s shard file {features} is not the fit's shard")
+    return Shard(X, y, layout.mean, layout.scale)
+
+
+def write_array_shard(X, codes, rows, rank, layout, chunk_rows=8192):
+    """Write rows ``rows`` of X (and of ``codes``) as worker ``rank``'s shard files, in chunks
+    (the driver holds one chunk beyond X)."""
+    features, labels = layout.shard_paths(rank)
+    out = np.lib.format.open_memmap(features + ".part", mode="w+", dtype=layout.dtype,
+                                    shape=(len(rows), layout.n_features))
+    for start in range(0, len(rows), chunk_rows):
+        block = X[rows[start:start + chunk_rows]]
+        out[start:start + chunk_rows] = block.toarray() if hasattr(block, "toarray") else block
+    _publish_shard(out, None if codes is None else codes[rows], (features, labels))
+    del out
+
+
+def write_frame_shards(source, n_workers, layout):
+    """Write ``source``'s rows straight into the workers' shard files, without a shuffle.
+
+    For sessions whose tasks all run on this machine (``layout.shard_dir`` is local): the
+    driver creates each worker's files at full size, every task of one Spark job over the
+    source partitions writes its rows at their positions (disjoint, memory-mapped), and the
+    driver checks that every position was written once before it publishes the files.
+    """
+    for rank in range(n_workers):
+        _create_shard_files(rank, layout)
+    task = partial(_write_rows_task, n_workers, layout)
+    counts = np.zeros(n_workers, dtype=np.int64)
+    for row in source.mapInArrow(task, "rank int, n_rows long").toArrow().to_pylist():
+        counts[row["rank"]] += row["n_rows"]
+    for rank in range(n_workers):
+        features, labels = layout.shard_paths(rank)
+        written = np.load(features + ".seen.npy", mmap_mode="r")
+        if counts[rank] != layout.rows[rank] or not written.all():
+            raise RuntimeError(
+                f"worker {rank} got {counts[rank]} rows, expected {layout.rows[rank]}: the "
+                "DataFrame gave other rows on a second read (a nondeterministic plan); cache "
+                "it before fit"
+            )
+        del written
+        os.remove(features + ".seen.npy")
+        if layout.labelled:
+            os.replace(labels + ".part.npy", labels)
+        os.replace(features + ".part", features)
+
+
+def _as_slice(index):
+    """``index`` as a slice when it is an arithmetic progression (rows dealt in turn are), so
+    that copies go through strided views instead of fancy indexing."""
+    if len(index) > 1:
+        step = index[1] - index[0]
+        if step > 0 and np.all(np.diff(index) == step):
+            return slice(int(index[0]), int(index[-1]) + 1, int(step))
+    return index
+
+
+def _create_shard_files(rank, layout):
+    features, labels = layout.shard_paths(rank)
+    n_rows = layout.rows[rank]
+    for path, dtype, shape in ((features + ".part", layout.dtype, (n_rows, layout.n_features)),
+                               (features + ".seen.npy", np.uint8, (n_rows,)),
+                               (labels + ".part.npy", np.int64, (n_rows,))):
+        if path.startswith(labels) and not layout.labelled:
+            continue
+        np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+
+
+def _write_rows_task(n_workers, layout, batches):
+    import pyarrow as pa
+
+    files = {}
+
+    def shard_files(rank):
+        if rank not in files:
+            features, labels = layout.shard_paths(rank)
+            files[rank] = (np.load(features + ".part", mmap_mode="r+"),
+                           np.load(features + ".seen.npy", mmap_mode="r+"),
+                           np.load(labels + ".part.npy", mmap_mode="r+")
+                           if layout.labelled else None)
+        return files[rank]
+
+    counts = np.zeros(n_workers, dtype=np.int64)
+    for batch in batches:
+        matrix = matrix_of(batch.column(FEATURES), layout.n_features, layout.dtype)
+        place = batch.column(POSITION).to_numpy()
+        worker = batch.column(_WORKER).to_numpy()
+        codes = batch.column(LABEL).to_numpy() if layout.labelled else None
+        for rank in np.unique(worker):
+            rows = _as_slice(np.flatnonzero(worker == rank))
+            where = _as_slice(place[rows])
+            X, seen, y = shard_files(int(rank))
+            X[where] = matrix[rows]
+            seen[where] = 1
+            if y is not None:
+                y[where] = codes[rows]
+            counts[rank] += len(seen[where]) if isinstance(where, slice) else len(where)
+    for X, seen, y in files.values():
+        for array in (X, seen, y):
+            if array is not None:
+                array.flush()
+    ranks = np.flatnonzero(counts)
+    yield pa.RecordBatch.from_pydict({"rank": pa.array(ranks.astype(np.int32)),
+                                      "n_rows": pa.array(counts[ranks])})
 
 
 # ---------------------------------------------------------------------------- inference

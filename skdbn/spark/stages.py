@@ -9,6 +9,8 @@ RDD and no SparkContext is used, so the same code runs on classic and Spark Conn
 import dataclasses
 import json
 import secrets
+import shutil
+import tempfile
 import time
 from functools import partial
 
@@ -23,6 +25,9 @@ from .data import (
     frame_from_arrays,
     frame_from_dataframe,
     read_shard,
+    saved_shard,
+    write_array_shard,
+    write_frame_shards,
 )
 from .session import conf_value, is_connect_session
 
@@ -68,36 +73,78 @@ class SparkEngine:
         self._secret = secrets.token_bytes(32)
         self._frame = None
         self._layout = None
+        self._shard_dir = None
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
 
     def start_from_arrays(self, X, codes, worker_rows, mean, scale):
-        """Send numpy training data to the executors as Arrow batches and cache it there.
+        """Put numpy training data where the tasks read it, one shard per worker.
 
         ``worker_rows[w]`` are the rows of ``X`` (and of the class ``codes``, or None) that
-        worker ``w`` trains on, in the order it keeps them (None: all rows, in order).
+        worker ``w`` trains on, in the order it keeps them (None: all rows, in order). When
+        every task runs on this machine the shards are written straight to shard files;
+        otherwise X travels as Arrow batches into a cached DataFrame.
         """
         worker_rows = [np.arange(X.shape[0]) if rows is None else rows for rows in worker_rows]
+        layout = self._layout_for(tuple(len(rows) for rows in worker_rows), X.shape[1],
+                                  X.dtype, codes is not None, mean, scale)
+        if layout.shard_dir is not None:
+            for rank, rows in enumerate(worker_rows):
+                write_array_shard(X, codes, rows, rank, layout)
+            self._start_phases_on_files(layout)
+            return
         source = frame_from_arrays(self.spark, X, codes, worker_rows, X.dtype,
                                    is_connect_session(self.spark))
-        self._cache(source, X.shape[1], X.dtype, codes is not None, mean, scale)
+        self._start_phases_on_cache(source, layout)
 
     def start_from_dataframe(self, df, features_col, label_col, classes, summary, mean, scale):
-        """Repartition ``df`` into one cached partition per worker, read in its training dtype.
+        """Repartition ``df`` into one shard per worker, read in its training dtype.
 
         ``summary`` is the ``FrameSummary`` of ``df``; ``classes`` the sorted class labels
-        (None without ``label_col``).
+        (None without ``label_col``). When every task runs on this machine the shards become
+        shard files; otherwise a cached DataFrame with one partition per worker.
         """
-        source = frame_from_dataframe(df, features_col, label_col, classes, summary,
-                                      self.n_workers)
-        self._cache(source, summary.n_features, summary.dtype, label_col is not None, mean,
-                    scale)
+        n, workers = summary.n_samples, self.n_workers
+        rows = tuple(n // workers + (rank < n % workers) for rank in range(workers))
+        layout = self._layout_for(rows, summary.n_features, summary.dtype,
+                                  label_col is not None, mean, scale)
+        source = frame_from_dataframe(df, features_col, label_col, classes, summary, workers)
+        if layout.shard_dir is not None:
+            write_frame_shards(source, workers, layout)
+            self._start_phases_on_files(layout)
+        else:
+            self._start_phases_on_cache(source, layout)
 
-    def _cache(self, source, n_features, dtype, labelled, mean, scale):
+    def _layout_for(self, rows, n_features, dtype, labelled, mean, scale):
+        if self._tasks_run_here():
+            self._shard_dir = tempfile.mkdtemp(prefix="skdbn-shards-")
+        return ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
+                           labelled=labelled, mean=mean, scale=scale,
+                           shard_dir=self._shard_dir)
+
+    def _start_phases_on_files(self, layout):
+        # The phases' stage only needs one partition per task: each task maps its shard file.
+        self._frame = self.spark.range(0, self.n_workers, 1, self.n_workers)
+        self._layout = layout
+
+    def _start_phases_on_cache(self, source, layout):
         self._frame, rows = cache_partitions(source, self.n_workers)
-        self._layout = ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
-                                   labelled=labelled, mean=mean, scale=scale)
+        if rows != layout.rows:
+            self.close()
+            raise RuntimeError(
+                f"the training partitions hold {list(rows)} rows, expected {list(layout.rows)}: "
+                "the DataFrame gave other rows on a second read (a nondeterministic plan); "
+                "cache it before fit"
+            )
+        self._layout = layout
+
+    def _tasks_run_here(self):
+        """Whether every task runs on this machine: a classic session with a local master
+        (a Connect client cannot tell where its server is)."""
+        if is_connect_session(self.spark):
+            return False
+        return conf_value(self.spark, "spark.master", "").startswith("local")
 
     @property
     def total_samples(self):
@@ -149,10 +196,13 @@ class SparkEngine:
         return mode
 
     def close(self):
-        """Drop the cached training partitions from the executors."""
+        """Drop the cached training partitions from the executors, and any shard files."""
         if self._frame is not None:
             self._frame.unpersist()
             self._frame = None
+        if self._shard_dir is not None:
+            shutil.rmtree(self._shard_dir, ignore_errors=True)
+            self._shard_dir = None
 
 
 class _DriverRendezvous(AllGatherClient):
@@ -176,7 +226,12 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
     started = time.perf_counter()
     context = BarrierTaskContext.get()
     rank = context.partitionId()
-    shard = read_shard(batches, rank, layout)
+    if layout.shard_dir is None:
+        shard = read_shard(batches, rank, layout)
+    else:
+        for _ in batches:  # one row; read so that Spark can reuse this Python worker
+            pass
+        shard = saved_shard(rank, layout)
     read = time.perf_counter()
     host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
     # The task's cores follow spark.task.cpus, or the stage's resource profile.
