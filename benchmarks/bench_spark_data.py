@@ -18,8 +18,10 @@ belong to it alone. Parts (``--parts``, default all):
    of the JVM, and of the driver's Python process (sampled from ``/proc`` every 0.1 s). The
    driver's figure is also measured at a quarter of the rows, to show it does not grow with
    them.
-2. **Numpy ingestion.** The same kind of data from a numpy array: rows/s from the array to
-   the cached partitions on the executors.
+2. **Ingestion.** The same kind of data from a numpy array and from the parquet file: rows/s
+   from the source to the workers' shards, on a classic session with a local master (shard
+   files), on a classic session made to read cached partitions as on a cluster, and on a
+   Connect session (cached partitions).
 3. **Fixed costs.** A DataFrame fit and the same numpy fit of 8,000 x 784 rows (default
    layers (256, 256), 1 + 1 epochs, median of 3), and the fixed cost of one phase on
    ``local[2]`` (two workers, a tiny phase, median over the phases of 3 fits), on classic and
@@ -236,7 +238,7 @@ def part_large(args, path):
     figures = report_large_fit("this tree", result, args.rows, itemsize)
     if figures is not None:
         reading = [p["read"] for p in result["phases"]]
-        print(f"      task read of the cached partition per phase: "
+        print(f"      tasks' reading of their shard per phase: "
               f"{', '.join(f'{r:.2f} s' for r in reading)}")
     quarter = large_fit(args, path, rows=args.rows // 4)
     if quarter is not None:
@@ -247,11 +249,14 @@ def part_large(args, path):
     if args.baseline and figures is not None:
         rows = args.baseline_rows
         print(f"   baseline at {rows:,} rows, spark.driver.memory={args.baseline_memory} "
-              "(it fails at the default):")
+              "(the memory it needs):")
         base = large_fit(args, path, source=args.baseline, rows=rows,
                          config={"spark.driver.memory": args.baseline_memory})
-        ours = large_fit(args, path, rows=rows) if rows != args.rows else result
-        ours_figures = report_large_fit("this tree", ours, rows, itemsize)
+        if rows == args.rows:
+            ours, ours_figures = result, figures
+        else:
+            ours = large_fit(args, path, rows=rows)
+            ours_figures = report_large_fit("this tree", ours, rows, itemsize)
         if base is not None and ours_figures is not None:
             base_data, _ = report_large_fit("baseline", base, rows, itemsize,
                                             train_seconds=ours_figures[1])
@@ -266,8 +271,10 @@ from skdbn import loopback_session
 from skdbn.spark.stages import SparkEngine
 from skdbn.spark.data import summarize_dataframe
 spark = loopback_session("local[2]", app_name="bench-ingest", connect={connect})
+if {force_cache}:  # read cached partitions, as on a cluster, instead of local shard files
+    SparkEngine._tasks_run_here = lambda self: False
 rng = np.random.default_rng(0)
-X = rng.random(({rows}, {n_features}), dtype=np.float32)
+X = rng.random(({rows}, {n_features}), dtype=np.float32).astype({dtype!r})
 codes = rng.integers(0, 10, {rows})
 times = {{}}
 for repeat in range(2):  # the first also starts the Python workers
@@ -275,6 +282,7 @@ for repeat in range(2):  # the first also starts the Python workers
     started = time.perf_counter()
     engine.start_from_arrays(X, codes, np.array_split(np.arange({rows}), 2), None, None)
     times.setdefault("numpy", []).append(time.perf_counter() - started)
+    path = "shard files" if engine._layout.shard_dir else "cached partitions"
     engine.close()
 df = spark.read.parquet({path!r}).limit({rows}).cache()
 df.count()
@@ -286,23 +294,25 @@ for repeat in range(2):
     times.setdefault("dataframe", []).append(time.perf_counter() - started)
     engine.close()
 spark.stop()
-print("RESULT", json.dumps(times))
+print("RESULT", json.dumps({{"times": times, "path": path}}))
 '''
 
 
 def part_ingest(args, path):
     rows = args.ingest_rows
-    print(f"\n2. Ingestion into cached training partitions, {rows:,} x {N_FEATURES} float32, "
-          "2 workers (second of two runs)")
-    for connect in (False, True):
+    print(f"\n2. Ingestion into the workers' shards, {rows:,} x {N_FEATURES} {args.dtype}, "
+          "2 workers (second of two runs; DataFrame: statistics pass included)")
+    for connect, force_cache in ((False, False), (False, True), (True, False)):
         result = run_child(INGEST.format(rows=rows, n_features=N_FEATURES, path=path,
-                                         connect=connect))
+                                         connect=connect, force_cache=force_cache,
+                                         dtype=args.dtype), timeout=600)
         if result is None:
             continue
         kind = "Connect" if connect else "classic"
-        for source, seconds in result.items():
-            print(f"   {kind:8s} {source:9s}: {rows / seconds[-1]:,.0f} rows/s "
-                  f"({seconds[-1]:.2f} s; first run {seconds[0]:.2f} s)")
+        for source, seconds in result["times"].items():
+            print(f"   {kind:8s} {result['path']:17s} {source:9s}: "
+                  f"{rows / seconds[-1]:,.0f} rows/s ({seconds[-1]:.2f} s; first run "
+                  f"{seconds[0]:.2f} s)")
 
 
 # ---------------------------------------------------------------------------- part 3

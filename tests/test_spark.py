@@ -276,3 +276,36 @@ def test_missing_java_is_reported_with_advice():
     """, {"JAVA_HOME": "/nonexistent-java", "SPARK_LOCAL_IP": "127.0.0.1"}, timeout=120)
     assert "ERROR: could not start a local Spark session" in result.stdout, result.stderr[-2000:]
     assert "Java runtime" in result.stdout
+
+
+def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode, digits_split,
+                                                               monkeypatch, tmp_path):
+    # A classic session with a local master keeps each worker's shard in a file; any other
+    # session reads cached DataFrame partitions. Both must hand the workers the same shards.
+    if spark_mode == "connect":
+        pytest.skip("Connect sessions always read cached partitions")
+    import tempfile
+
+    from skdbn.spark import stages
+
+    made, original = [], tempfile.mkdtemp
+
+    def mkdtemp(*args, **options):
+        if options.get("prefix") != "skdbn-shards-":
+            return original(*args, **options)
+        made.append(original(dir=tmp_path, prefix="skdbn-shards-"))
+        return made[-1]
+
+    monkeypatch.setattr(stages.tempfile, "mkdtemp", mkdtemp)
+    X_train, _, y_train, _ = digits_split
+    params = dict(QUICK, n_workers=2, sync="average")
+    frame = _frame(spark, X_train, y_train, "array", partitions=3)
+    from_files = [DistributedDBN(**params).fit(X_train, y_train),
+                  DistributedDBN(**params).fit(frame)]
+    assert len(made) == 2 and not list(tmp_path.iterdir())  # each fit removes its files
+    monkeypatch.setattr(stages.SparkEngine, "_tasks_run_here", lambda self: False)
+    from_cache = [DistributedDBN(**params).fit(X_train, y_train),
+                  DistributedDBN(**params).fit(frame)]
+    for a, b in zip(from_files, from_cache, strict=True):
+        for x, z in zip(a.coefs_, b.coefs_, strict=True):
+            np.testing.assert_array_equal(x, z)
