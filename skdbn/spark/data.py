@@ -1,9 +1,9 @@
 """DataFrame data in and out: feature columns, statistics, training partitions, inference.
 
 Data crosses between the JVM and Python only as Arrow record batches, and is read into numpy
-through the batches' value buffers, never through per-row Python objects. Functions whose name
-starts with ``read_`` or ``_partition`` run on the executors; the others on the driver (the
-client, for a Spark Connect session).
+through the batches' value buffers, never through per-row Python objects. ``read_shard``,
+``saved_shard`` and the functions whose name ends in ``_task`` or starts with ``_partition``
+run on the executors; the others on the driver (the client, for a Spark Connect session).
 """
 
 import os
@@ -26,7 +26,6 @@ _WORKER = "_skdbn_worker"
 ARRAY_CHUNK_BYTES = 64 << 20
 _CONNECT_CACHE_THRESHOLD = "spark.sql.session.localRelationCacheThreshold"
 
-_LABEL_TYPES = ("byte", "short", "int", "bigint", "float", "double", "string", "boolean")
 
 
 # ---------------------------------------------------------------------------- feature columns
@@ -186,12 +185,16 @@ def summarize_dataframe(df, features_col, label_col):
     -------
     summary : FrameSummary
     """
+    from pyspark.sql import types
+
     features, dtype = feature_column(df, features_col)
     columns = [features.alias(FEATURES)]
     label_type = None
     if label_col is not None:
-        label_type = df.schema[label_col].dataType.simpleString()
-        if label_type not in _LABEL_TYPES:
+        kind = df.schema[label_col].dataType
+        label_type = kind.simpleString()
+        if not isinstance(kind, (types.IntegralType, types.FloatType, types.DoubleType,
+                                 types.StringType, types.BooleanType)):
             raise TypeError(f"column {label_col!r} (label_col) is {label_type}; class labels "
                             "must be numbers, strings or booleans")
         columns.append(df[label_col].alias(LABEL))
@@ -293,16 +296,18 @@ def _merged_summary(rows, features_col, label_col, dtype):
     widths = {row["n_features"] for row in rows if row["n_features"] >= 0}
     _check_rows(rows, widths, features_col, label_col)
     n_features = widths.pop()
-    moments = _Moments()
-    for row in rows:
-        if row["mean"]:
-            moments.merge(row["n_rows"], *(np.frombuffer(row[name], "<f8") for name in
-                                           ("mean", "m2", "minimum", "maximum")))
-    if not (np.all(np.isfinite(moments.minimum)) and np.all(np.isfinite(moments.maximum))):
+    parts = [[np.frombuffer(row[name], "<f8") for name in ("mean", "m2", "minimum", "maximum")]
+             for row in rows if row["mean"]]
+    if not all(np.all(np.isfinite(low)) and np.all(np.isfinite(high))
+               for _, _, low, high in parts):
         raise ValueError("Input X contains NaN or infinity.")
+    moments = _Moments()
+    for row, part in zip([row for row in rows if row["mean"]], parts, strict=True):
+        moments.merge(row["n_rows"], *part)
     labels = None
     if label_col is not None:
-        labels = np.unique(np.concatenate([np.asarray(row["labels"]) for row in rows]))
+        labels = np.unique(np.concatenate([np.asarray(row["labels"]) for row in rows
+                                           if len(row["labels"])]))
     return FrameSummary(
         n_samples=moments.n, n_features=n_features, dtype=dtype, mean=moments.mean,
         variance=moments.m2 / moments.n, minimum=moments.minimum, maximum=moments.maximum,
@@ -358,9 +363,11 @@ class ShardLayout:
 def frame_from_arrays(spark, X, codes, worker_rows, dtype, is_connect):
     """Numpy training data as a DataFrame with a worker and a shard position for every row.
 
-    X is sent in chunks of about ``ARRAY_CHUNK_BYTES`` built from Arrow batches, so the driver
-    never holds a second copy of it. Row ``worker_rows[w][i]`` of X gets worker ``w`` and
-    position ``i``, so the training partitions are the shards the local engines would cut.
+    X is sent in chunks of about ``ARRAY_CHUNK_BYTES`` built from Arrow batches, so the
+    driver's Python process never holds a second copy of it (its JVM keeps the chunks, as
+    Spark keeps any local data, for as long as the DataFrame lives). Row
+    ``worker_rows[w][i]`` of X gets worker ``w`` and position ``i``, so the training
+    partitions are the shards the local engines would cut.
     """
     import pyarrow as pa
 
@@ -371,6 +378,7 @@ def frame_from_arrays(spark, X, codes, worker_rows, dtype, is_connect):
     chunk_bytes = ARRAY_CHUNK_BYTES
     if is_connect:
         chunk_bytes = max(chunk_bytes, _byte_size(spark.conf.get(_CONNECT_CACHE_THRESHOLD, None)))
+    chunk_bytes = min(chunk_bytes, 1 << 30)  # binary offsets are 32-bit
     row_bytes = max(1, X.shape[1]) * np.dtype(dtype).itemsize
     n_chunks = max(1, (len(order) * row_bytes) // chunk_bytes)
     frames = []
@@ -452,15 +460,14 @@ def cache_partitions(source, n_workers):
     # heap (Spark's default 1 GB); the operating system's page cache still serves the reads.
     frame = (source.repartitionById(n_workers, functions.col(_WORKER)).select(*kept)
              .persist(StorageLevel.DISK_ONLY))
-    counted = (frame.select(functions.spark_partition_id().alias("partition"))
-               .groupBy("partition").count().toArrow().to_pylist())
-    rows = {row["partition"]: row["count"] for row in counted}
-    per_worker = tuple(int(rows.get(rank, 0)) for rank in range(n_workers))
-    if min(per_worker) == 0:
+    try:
+        counted = (frame.select(functions.spark_partition_id().alias("partition"))
+                   .groupBy("partition").count().toArrow().to_pylist())
+    except BaseException:
         frame.unpersist()
-        raise ValueError(f"n_workers={n_workers} leaves a worker without training rows "
-                         f"(rows per worker: {list(per_worker)}); use fewer workers")
-    return frame, per_worker
+        raise
+    rows = {row["partition"]: row["count"] for row in counted}
+    return frame, tuple(int(rows.get(rank, 0)) for rank in range(n_workers))
 
 
 def _features_of(column, layout):
@@ -475,16 +482,10 @@ def read_shard(batches, rank, layout):
     """Read this task's Arrow batches into one contiguous array (runs on an executor).
 
     Every row goes to the place its position column gives, so the shard is the same whatever
-    order the rows arrive in. With ``layout.shard_dir`` the array is a file there, written as
-    it is read and published complete for the phases to come (see :func:`saved_shard`).
+    order the rows arrive in.
     """
     n_rows = layout.rows[rank]
-    shape = (n_rows, layout.n_features)
-    if layout.shard_dir is None:
-        X = np.empty(shape, dtype=layout.dtype)
-    else:
-        X = np.lib.format.open_memmap(layout.shard_paths(rank)[0] + ".part", mode="w+",
-                                      dtype=layout.dtype, shape=shape)
+    X = np.empty((n_rows, layout.n_features), dtype=layout.dtype)
     y = np.empty(n_rows, dtype=np.int64) if layout.labelled else None
     seen = np.zeros(n_rows, dtype=bool)
     for batch in batches:
@@ -497,12 +498,18 @@ def read_shard(batches, rank, layout):
         seen[place] = True
         X[place] = _features_of(batch.column(FEATURES), layout)
         if y is not None:
-            y[place] = batch.column(LABEL).to_numpy(zero_copy_only=False)
+            y[place] = _codes_of(batch.column(LABEL))
     if not seen.all():
         raise RuntimeError(f"worker {rank} got {np.count_nonzero(seen)} rows, expected {n_rows}")
-    if layout.shard_dir is not None:
-        _publish_shard(X, y, layout.shard_paths(rank))
     return Shard(X, y, layout.mean, layout.scale)
+
+
+def _codes_of(column):
+    codes = column.to_numpy(zero_copy_only=False)
+    if codes.size and codes.min() < 0:  # a label the statistics pass did not see
+        raise RuntimeError("the DataFrame gave labels on a second read that the first did not "
+                           "have (a nondeterministic plan); cache it before fit")
+    return codes
 
 
 def _publish_shard(X, y, paths):
@@ -534,6 +541,7 @@ def write_array_shard(X, codes, rows, rank, layout, chunk_rows=8192):
     features, labels = layout.shard_paths(rank)
     out = np.lib.format.open_memmap(features + ".part", mode="w+", dtype=layout.dtype,
                                     shape=(len(rows), layout.n_features))
+    reserve_disk(features + ".part")
     for start in range(0, len(rows), chunk_rows):
         block = X[rows[start:start + chunk_rows]]
         out[start:start + chunk_rows] = block.toarray() if hasattr(block, "toarray") else block
@@ -590,6 +598,14 @@ def _create_shard_files(rank, layout):
         if path.startswith(labels) and not layout.labelled:
             continue
         np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+        reserve_disk(path)
+
+
+def reserve_disk(path):
+    """Give the file at ``path`` its disk blocks now, so that a full disk raises ``OSError``
+    here rather than killing the process that later writes to a memory map of it."""
+    with open(path, "r+b") as handle:
+        os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
 
 
 def _write_rows_task(n_workers, layout, batches):
@@ -611,7 +627,7 @@ def _write_rows_task(n_workers, layout, batches):
         matrix = matrix_of(batch.column(FEATURES), layout.n_features, layout.dtype)
         place = batch.column(POSITION).to_numpy()
         worker = batch.column(_WORKER).to_numpy()
-        codes = batch.column(LABEL).to_numpy() if layout.labelled else None
+        codes = _codes_of(batch.column(LABEL)) if layout.labelled else None
         for rank in np.unique(worker):
             rows = _as_slice(np.flatnonzero(worker == rank))
             where = _as_slice(place[rows])
@@ -642,7 +658,8 @@ def check_feature_count(df, features_col, n_features):
 
     features, _ = feature_column(df, features_col)
     first = df.select(functions.size(features).alias("n")).first()
-    if first is not None and first["n"] >= 0 and first["n"] != n_features:
+    if first is not None and first["n"] is not None and first["n"] >= 0 \
+            and first["n"] != n_features:
         raise ValueError(
             f"X has {first['n']} features, but DistributedDBN is expecting {n_features} "
             "features as input."

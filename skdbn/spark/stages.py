@@ -1,11 +1,13 @@
-"""Training phases as Spark barrier stages over the cached training DataFrame.
+"""Training phases as Spark barrier stages, one task per worker.
 
-Every phase is one ``mapInArrow(..., barrier=True)`` stage with one task per worker: the task
-reads its partition into a shard, trains, and returns its state as one row (parameters as
-binary columns), which the driver collects through Arrow and averages into the consensus. No
-RDD and no SparkContext is used, so the same code runs on classic and Spark Connect sessions.
+Every phase is one ``mapInArrow(..., barrier=True)`` stage: each task maps its worker's shard
+file (a classic session with a local master) or reads its partition of the cached training
+DataFrame (anywhere else), trains, and returns its state as one row (parameters as binary
+columns), which the driver collects through Arrow and averages into the consensus. No RDD and
+no SparkContext is used, so the same code runs on classic and Spark Connect sessions.
 """
 
+import contextlib
 import dataclasses
 import json
 import secrets
@@ -99,7 +101,7 @@ class SparkEngine:
         self._start_phases_on_cache(source, layout)
 
     def start_from_dataframe(self, df, features_col, label_col, classes, summary, mean, scale):
-        """Repartition ``df`` into one shard per worker, read in its training dtype.
+        """Deal the rows of ``df`` into one shard per worker, in its training dtype.
 
         ``summary`` is the ``FrameSummary`` of ``df``; ``classes`` the sorted class labels
         (None without ``label_col``). When every task runs on this machine the shards become
@@ -117,7 +119,8 @@ class SparkEngine:
             self._start_phases_on_cache(source, layout)
 
     def _layout_for(self, rows, n_features, dtype, labelled, mean, scale):
-        if self._tasks_run_here():
+        shard_bytes = sum(rows) * (n_features * np.dtype(dtype).itemsize + 9)
+        if self._tasks_run_here() and _room_for(shard_bytes):
             self._shard_dir = tempfile.mkdtemp(prefix="skdbn-shards-")
         return ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
                            labelled=labelled, mean=mean, scale=scale,
@@ -196,13 +199,27 @@ class SparkEngine:
         return mode
 
     def close(self):
-        """Drop the cached training partitions from the executors, and any shard files."""
-        if self._frame is not None:
-            self._frame.unpersist()
-            self._frame = None
-        if self._shard_dir is not None:
-            shutil.rmtree(self._shard_dir, ignore_errors=True)
-            self._shard_dir = None
+        """Drop the cached training partitions from the executors, and any shard files.
+
+        Never raises: it runs when a fit ends, also after a failure, whose error it must not
+        hide (a stopped session cannot unpersist; its cache is gone anyway).
+        """
+        frame, self._frame = self._frame, None
+        try:
+            if frame is not None:
+                with contextlib.suppress(Exception):  # see the docstring
+                    frame.unpersist()
+        finally:
+            if self._shard_dir is not None:
+                shutil.rmtree(self._shard_dir, ignore_errors=True)
+                self._shard_dir = None
+
+
+def _room_for(n_bytes):
+    """Whether the temporary directory has room for ``n_bytes`` of shard files, with a
+    margin; the cached partitions (on Spark's local directories) serve otherwise."""
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    return free > 1.25 * n_bytes + (256 << 20)
 
 
 class _DriverRendezvous(AllGatherClient):
