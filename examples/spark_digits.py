@@ -20,15 +20,17 @@ from skdbn import DistributedDBN, loopback_session
 
 def digits_frames(spark):
     """The stratified 75/25 digits split, scaled to [0, 1], as DataFrames and arrays."""
-    from pyspark.ml.linalg import Vectors
+    import pandas as pd
+    from pyspark.ml.functions import array_to_vector
 
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(
         X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
 
     def frame(X, y):
-        rows = [(Vectors.dense(x), int(label)) for x, label in zip(X, y, strict=True)]
-        return spark.createDataFrame(rows, ["features", "label"])
+        # Through Arrow from pandas, then to pyspark.ml vectors in the JVM: no Python rows.
+        data = spark.createDataFrame(pd.DataFrame({"features": list(X), "label": y}))
+        return data.withColumn("features", array_to_vector("features"))
 
     return frame(X_train, y_train), frame(X_test, y_test), (X_train, X_test, y_train, y_test)
 
