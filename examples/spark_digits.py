@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--master", default="local[2]", help="Spark master (local[2])")
     parser.add_argument("--workers", type=int, default=2, help="barrier tasks (2)")
     parser.add_argument("--connect", action="store_true",
-                        help="use a Spark Connect session (needs skdbn[connect])")
+                        help="use a Spark Connect session (needs the connect extra)")
     args = parser.parse_args()
 
     spark = loopback_session(args.master, app_name="skdbn-spark-digits", connect=args.connect)

@@ -26,7 +26,7 @@ from ._flat import FlatParams
 from ._network import forward, network_from_layers, network_layout
 from ._progress import TrainingProgress, fingerprint, load_checkpoint, save_checkpoint
 from ._rbm import BERNOULLI, GAUSSIAN, init_rbm, mean_hidden, rbm_layout
-from ._worker import FinetunePhase, PhaseState, PretrainPhase, Shard, standardize
+from ._worker import FinetunePhase, PhaseState, PretrainPhase, standardize
 from .spark.data import accuracy_of, check_feature_count, map_dataframe, summarize_dataframe
 from .spark.session import is_spark_dataframe
 
@@ -604,15 +604,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             return
         codes = None if data.y is None else np.searchsorted(classes, data.y)
         worker_rows = _worker_rows(data.n_samples, engine.n_workers, seed)
-        if hasattr(engine, "start_from_arrays"):  # the data leaves this process
-            engine.start_from_arrays(data.X, codes, worker_rows, self.mean_, self.scale_)
-            return
-        shards = []
-        for rows in worker_rows:
-            X = data.X if rows is None else data.X[rows]
-            y = codes if rows is None or codes is None else codes[rows]
-            shards.append(Shard(X, y, self.mean_, self.scale_))
-        engine.start(shards)
+        engine.start_from_arrays(data.X, codes, worker_rows, self.mean_, self.scale_)
 
     def _check_n_workers(self, n_samples):
         if self.n_workers is not None and self.n_workers > n_samples:

@@ -1,7 +1,8 @@
 """Engines start workers and collect their results; they hold no training math.
 
-Every engine offers ``start(shards)``, ``run_phase(phase, state, below)`` returning the
-consensus state and the workers' results, and ``close()``.
+Every engine offers ``start_from_arrays(X, codes, worker_rows, mean, scale)`` (the local
+engines also ``start(shards)``), ``run_phase(phase, state, below)`` returning the consensus
+state and the workers' results, and ``close()``.
 
 - ``LocalEngine``: one worker in the calling process.
 - ``ProcessEngine``: ``n_workers`` local processes (joblib) that gossip over loopback with the
@@ -16,13 +17,29 @@ from joblib import Parallel, delayed
 
 from ._gossip import AllGatherClient, AllGatherServer
 from ._task import SyncPlan, run_worker
-from ._worker import consensus, run_phase
+from ._worker import Shard, consensus, run_phase
 
 # Seconds any single network wait of a phase may take before a peer is given up.
 NETWORK_TIMEOUT = 30.0
 
 
-class LocalEngine:
+class _InProcessData:
+    """Engines whose workers get their shards as numpy arrays from this process."""
+
+    def start_from_arrays(self, X, codes, worker_rows, mean, scale):
+        """Cut ``X`` and the class ``codes`` (or None) into the workers' shards and start.
+
+        ``worker_rows[w]`` are worker ``w``'s rows, in the order it keeps them (None: all
+        rows as they are, without a copy).
+        """
+        shards = []
+        for rows in worker_rows:
+            y = codes if rows is None or codes is None else codes[rows]
+            shards.append(Shard(X if rows is None else X[rows], y, mean, scale))
+        self.start(shards)
+
+
+class LocalEngine(_InProcessData):
     """Runs every phase in the calling process, on one worker holding all of the data."""
 
     n_workers = 1
@@ -47,7 +64,7 @@ class LocalEngine:
         self._shards = None
 
 
-class ProcessEngine:
+class ProcessEngine(_InProcessData):
     """Runs each phase on ``n_workers`` local processes that synchronise by ``sync``.
 
     Parameters

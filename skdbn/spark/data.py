@@ -27,7 +27,6 @@ ARRAY_CHUNK_BYTES = 64 << 20
 _CONNECT_CACHE_THRESHOLD = "spark.sql.session.localRelationCacheThreshold"
 
 
-
 # ---------------------------------------------------------------------------- feature columns
 
 def feature_column(df, features_col):
@@ -104,9 +103,9 @@ def matrix_of(array, n_features, dtype):
 def arrow_rows(matrix):
     """A 2-D numpy array as an Arrow binary array of its rows' little-endian bytes.
 
-    The training partitions hold features this way: one fixed-width binary value per row
-    moves between the JVM and Python as a memory copy, where an array column is written and
-    read value by value.
+    Numpy input sent to a cluster travels and is cached this way: one fixed-width binary value
+    per row moves between the JVM and Python as a memory copy, where an array column is
+    written and read value by value.
     """
     import pyarrow as pa
 
@@ -272,8 +271,8 @@ class _Moments:
                    X.max(axis=0).astype(np.float64))
 
     def merge(self, n, mean, m2, minimum, maximum):
-        if self.n == 0 or self.mean is None:
-            self.n += n
+        if self.mean is None:
+            self.n = n
             self.mean, self.m2, self.minimum, self.maximum = mean, m2, minimum, maximum
             return
         total = self.n + n
@@ -296,14 +295,15 @@ def _merged_summary(rows, features_col, label_col, dtype):
     widths = {row["n_features"] for row in rows if row["n_features"] >= 0}
     _check_rows(rows, widths, features_col, label_col)
     n_features = widths.pop()
-    parts = [[np.frombuffer(row[name], "<f8") for name in ("mean", "m2", "minimum", "maximum")]
+    parts = [(row["n_rows"], *(np.frombuffer(row[name], "<f8")
+                               for name in ("mean", "m2", "minimum", "maximum")))
              for row in rows if row["mean"]]
-    if not all(np.all(np.isfinite(low)) and np.all(np.isfinite(high))
-               for _, _, low, high in parts):
+    if not all(np.isfinite(low).all() and np.isfinite(high).all()
+               for *_, low, high in parts):
         raise ValueError("Input X contains NaN or infinity.")
     moments = _Moments()
-    for row, part in zip([row for row in rows if row["mean"]], parts, strict=True):
-        moments.merge(row["n_rows"], *part)
+    for part in parts:
+        moments.merge(*part)
     labels = None
     if label_col is not None:
         labels = np.unique(np.concatenate([np.asarray(row["labels"]) for row in rows
@@ -423,13 +423,11 @@ def frame_from_dataframe(df, features_col, label_col, classes, summary, n_worker
         code = functions.array_position(known, functions.col(label_col)) - 1
         columns.append(code.cast("int").alias(LABEL))
     partition = functions.spark_partition_id()
-    offsets, total = [], 0
-    for index in range(max(summary.partition_rows, default=-1) + 1):
-        offsets.append(total)
-        total += summary.partition_rows.get(index, 0)
-    first_row = functions.element_at(
-        functions.array(*[functions.lit(o) for o in offsets] or [functions.lit(0)]),
-        partition + 1)
+    counts = [summary.partition_rows.get(index, 0)
+              for index in range(max(summary.partition_rows, default=0) + 1)]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    first_row = functions.element_at(functions.array(*map(functions.lit, offsets)),
+                                     partition + 1)
     position_in_partition = (functions.monotonically_increasing_id()
                              - functions.shiftleft(partition.cast("long"), 33))
     row = first_row.cast("long") + position_in_partition
@@ -512,13 +510,13 @@ def _codes_of(column):
     return codes
 
 
-def _publish_shard(X, y, paths):
-    X.flush()
-    features, labels = paths
-    if y is not None:
-        np.save(labels + ".part.npy", y)
+def _publish_shard(rank, layout):
+    """Give worker ``rank``'s finished ``.part`` files their names; the features file comes
+    last, so a shard whose features file exists is complete."""
+    features, labels = layout.shard_paths(rank)
+    if layout.labelled:
         os.replace(labels + ".part.npy", labels)
-    os.replace(features + ".part", features)  # last: a complete shard has its features file
+    os.replace(features + ".part", features)
 
 
 def saved_shard(rank, layout):
@@ -545,8 +543,11 @@ def write_array_shard(X, codes, rows, rank, layout, chunk_rows=8192):
     for start in range(0, len(rows), chunk_rows):
         block = X[rows[start:start + chunk_rows]]
         out[start:start + chunk_rows] = block.toarray() if hasattr(block, "toarray") else block
-    _publish_shard(out, None if codes is None else codes[rows], (features, labels))
+    out.flush()
     del out
+    if layout.labelled:
+        np.save(labels + ".part.npy", codes[rows])
+    _publish_shard(rank, layout)
 
 
 def write_frame_shards(source, n_workers, layout):
@@ -564,7 +565,7 @@ def write_frame_shards(source, n_workers, layout):
     for row in source.mapInArrow(task, "rank int, n_rows long").toArrow().to_pylist():
         counts[row["rank"]] += row["n_rows"]
     for rank in range(n_workers):
-        features, labels = layout.shard_paths(rank)
+        features = layout.shard_paths(rank)[0]
         written = np.load(features + ".seen.npy", mmap_mode="r")
         if counts[rank] != layout.rows[rank] or not written.all():
             raise RuntimeError(
@@ -574,9 +575,7 @@ def write_frame_shards(source, n_workers, layout):
             )
         del written
         os.remove(features + ".seen.npy")
-        if layout.labelled:
-            os.replace(labels + ".part.npy", labels)
-        os.replace(features + ".part", features)
+        _publish_shard(rank, layout)
 
 
 def _as_slice(index):
@@ -592,11 +591,11 @@ def _as_slice(index):
 def _create_shard_files(rank, layout):
     features, labels = layout.shard_paths(rank)
     n_rows = layout.rows[rank]
-    for path, dtype, shape in ((features + ".part", layout.dtype, (n_rows, layout.n_features)),
-                               (features + ".seen.npy", np.uint8, (n_rows,)),
-                               (labels + ".part.npy", np.int64, (n_rows,))):
-        if path.startswith(labels) and not layout.labelled:
-            continue
+    files = [(features + ".part", layout.dtype, (n_rows, layout.n_features)),
+             (features + ".seen.npy", np.uint8, (n_rows,))]
+    if layout.labelled:
+        files.append((labels + ".part.npy", np.int64, (n_rows,)))
+    for path, dtype, shape in files:
         np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
         reserve_disk(path)
 
@@ -629,14 +628,14 @@ def _write_rows_task(n_workers, layout, batches):
         worker = batch.column(_WORKER).to_numpy()
         codes = _codes_of(batch.column(LABEL)) if layout.labelled else None
         for rank in np.unique(worker):
-            rows = _as_slice(np.flatnonzero(worker == rank))
-            where = _as_slice(place[rows])
+            mine = np.flatnonzero(worker == rank)
+            rows, where = _as_slice(mine), _as_slice(place[mine])
             X, seen, y = shard_files(int(rank))
             X[where] = matrix[rows]
             seen[where] = 1
             if y is not None:
                 y[where] = codes[rows]
-            counts[rank] += len(seen[where]) if isinstance(where, slice) else len(where)
+            counts[rank] += len(mine)
     for X, seen, y in files.values():
         for array in (X, seen, y):
             if array is not None:

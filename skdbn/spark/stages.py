@@ -74,8 +74,7 @@ class SparkEngine:
         self.timeout = timeout
         self._secret = secrets.token_bytes(32)
         self._frame = None
-        self._layout = None
-        self._shard_dir = None
+        self._layout = None  # set before the data moves, so close() finds any shard files
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
@@ -89,16 +88,16 @@ class SparkEngine:
         otherwise X travels as Arrow batches into a cached DataFrame.
         """
         worker_rows = [np.arange(X.shape[0]) if rows is None else rows for rows in worker_rows]
-        layout = self._layout_for(tuple(len(rows) for rows in worker_rows), X.shape[1],
-                                  X.dtype, codes is not None, mean, scale)
+        layout = self._plan_layout(tuple(len(rows) for rows in worker_rows), X.shape[1],
+                                   X.dtype, codes is not None, mean, scale)
         if layout.shard_dir is not None:
             for rank, rows in enumerate(worker_rows):
                 write_array_shard(X, codes, rows, rank, layout)
-            self._start_phases_on_files(layout)
+            self._frame = self._one_row_per_task()
             return
         source = frame_from_arrays(self.spark, X, codes, worker_rows, X.dtype,
                                    is_connect_session(self.spark))
-        self._start_phases_on_cache(source, layout)
+        self._cache_partitions(source)
 
     def start_from_dataframe(self, df, features_col, label_col, classes, summary, mean, scale):
         """Deal the rows of ``df`` into one shard per worker, in its training dtype.
@@ -109,38 +108,37 @@ class SparkEngine:
         """
         n, workers = summary.n_samples, self.n_workers
         rows = tuple(n // workers + (rank < n % workers) for rank in range(workers))
-        layout = self._layout_for(rows, summary.n_features, summary.dtype,
-                                  label_col is not None, mean, scale)
+        layout = self._plan_layout(rows, summary.n_features, summary.dtype,
+                                   label_col is not None, mean, scale)
         source = frame_from_dataframe(df, features_col, label_col, classes, summary, workers)
         if layout.shard_dir is not None:
             write_frame_shards(source, workers, layout)
-            self._start_phases_on_files(layout)
+            self._frame = self._one_row_per_task()
         else:
-            self._start_phases_on_cache(source, layout)
+            self._cache_partitions(source)
 
-    def _layout_for(self, rows, n_features, dtype, labelled, mean, scale):
+    def _plan_layout(self, rows, n_features, dtype, labelled, mean, scale):
+        """The shards to come, with a fresh shard directory when the tasks can use one."""
         shard_bytes = sum(rows) * (n_features * np.dtype(dtype).itemsize + 9)
+        shard_dir = None
         if self._tasks_run_here() and _room_for(shard_bytes):
-            self._shard_dir = tempfile.mkdtemp(prefix="skdbn-shards-")
-        return ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
-                           labelled=labelled, mean=mean, scale=scale,
-                           shard_dir=self._shard_dir)
+            shard_dir = tempfile.mkdtemp(prefix="skdbn-shards-")
+        self._layout = ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
+                                   labelled=labelled, mean=mean, scale=scale, shard_dir=shard_dir)
+        return self._layout
 
-    def _start_phases_on_files(self, layout):
-        # The phases' stage only needs one partition per task: each task maps its shard file.
-        self._frame = self.spark.range(0, self.n_workers, 1, self.n_workers)
-        self._layout = layout
+    def _one_row_per_task(self):
+        # The phases' stage needs only one partition per task: each task maps its shard file.
+        return self.spark.range(0, self.n_workers, 1, self.n_workers)
 
-    def _start_phases_on_cache(self, source, layout):
+    def _cache_partitions(self, source):
         self._frame, rows = cache_partitions(source, self.n_workers)
-        if rows != layout.rows:
-            self.close()
+        if rows != self._layout.rows:
             raise RuntimeError(
-                f"the training partitions hold {list(rows)} rows, expected {list(layout.rows)}: "
-                "the DataFrame gave other rows on a second read (a nondeterministic plan); "
-                "cache it before fit"
+                f"the training partitions hold {list(rows)} rows, expected "
+                f"{list(self._layout.rows)}: the DataFrame gave other rows on a second read "
+                "(a nondeterministic plan); cache it before fit"
             )
-        self._layout = layout
 
     def _tasks_run_here(self):
         """Whether every task runs on this machine: a classic session with a local master
@@ -210,9 +208,8 @@ class SparkEngine:
                 with contextlib.suppress(Exception):  # see the docstring
                     frame.unpersist()
         finally:
-            if self._shard_dir is not None:
-                shutil.rmtree(self._shard_dir, ignore_errors=True)
-                self._shard_dir = None
+            if self._layout is not None and self._layout.shard_dir is not None:
+                shutil.rmtree(self._layout.shard_dir, ignore_errors=True)
 
 
 def _room_for(n_bytes):
