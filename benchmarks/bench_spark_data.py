@@ -269,7 +269,6 @@ def part_large(args, path):
 INGEST = '''
 from skdbn import loopback_session
 from skdbn.spark.stages import SparkEngine
-from skdbn.spark.data import summarize_dataframe
 spark = loopback_session("local[2]", app_name="bench-ingest", connect={connect})
 if {force_cache}:  # read cached partitions, as on a cluster, instead of local shard files
     SparkEngine._tasks_run_here = lambda self: False
@@ -289,7 +288,7 @@ df.count()
 for repeat in range(2):
     engine = SparkEngine(spark, 2, "gossip", 10)
     started = time.perf_counter()
-    summary = summarize_dataframe(df, "features", "label")
+    summary = engine.summarize(df, "features", "label")
     engine.start_from_dataframe(df, "features", "label", summary.labels, summary, None, None)
     times.setdefault("dataframe", []).append(time.perf_counter() - started)
     engine.close()

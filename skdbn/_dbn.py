@@ -21,14 +21,20 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engines import make_engine
+from ._engines import make_engine, trains_in_driver_process
 from ._flat import FlatParams
 from ._network import forward, network_from_layers, network_layout
 from ._progress import TrainingProgress, fingerprint, load_checkpoint, save_checkpoint
 from ._rbm import BERNOULLI, GAUSSIAN, init_rbm, mean_hidden, rbm_layout
 from ._worker import FinetunePhase, PhaseState, PretrainPhase, standardize
-from .spark.data import accuracy_of, check_feature_count, map_dataframe, summarize_dataframe
+from .spark.data import (
+    accuracy_of,
+    check_feature_count,
+    map_dataframe,
+    read_dataframe,
+)
 from .spark.session import is_spark_dataframe
+from .spark.shards import partition_rows
 
 _SEED_BOUND = np.iinfo(np.int32).max
 _BERNOULLI_RANGE_MESSAGE = (
@@ -102,9 +108,10 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Where the workers run. ``"spark"``: one task per worker in a barrier stage of the
         SparkSession (the input DataFrame's, else the active one, else an embedded
         ``local[*]`` session created once per process); with ``n_workers=None`` and fewer than
-        10,000 samples in arrays, the single worker trains in this process without Spark.
-        ``"local"``: one worker in this process, or ``n_workers`` local processes that gossip
-        over loopback with the same protocol.
+        10,000 samples (arrays, or a DataFrame read here in one pass), the single worker
+        trains in this process without Spark tasks. ``"local"``: one worker in this process,
+        or ``n_workers`` local processes that gossip over loopback with the same protocol
+        (a DataFrame is read into this process).
     n_workers : int or None, default=None
         Number of workers, each holding a full copy of the network and training on its own
         shard of the data. ``None``: one worker per 5,000 samples, at most the session's free
@@ -327,11 +334,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self : DistributedDBN
             The fitted estimator.
         """
-        with self._unchanged_on_error():
+        # The cleanup closes an engine that a DataFrame's preparation started, should the fit
+        # fail before training (training closes it otherwise).
+        with self._unchanged_on_error(), contextlib.ExitStack() as cleanup:
             continuing = self.warm_start and hasattr(self, "coefs_")
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
             if is_spark_dataframe(X):
-                data, classes, validation, key = self._prepare_dataframe(X, y, continuing)
+                data, classes, validation, key = self._prepare_dataframe(X, y, continuing,
+                                                                         cleanup)
             else:
                 data, classes, validation, key = self._prepare_arrays(X, y, continuing, seed)
             labelled = classes is not None
@@ -357,7 +367,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             key = fingerprint(self.get_params(), X, y, classes)
         return _TrainingData.of_arrays(X_train, y_train, self), classes, validation, key
 
-    def _prepare_dataframe(self, df, y, continuing):
+    def _prepare_dataframe(self, df, y, continuing, cleanup):
         if y is not None:
             raise ValueError(
                 "with a Spark DataFrame the labels are a column of it (label_col="
@@ -369,7 +379,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 "arrays or set early_stopping=False"
             )
         label_col = self.label_col if self.label_col in df.columns else None
-        summary = summarize_dataframe(df, self.features_col, label_col)
+        summary, X, labels, engine = self._summarize_dataframe(df, label_col, cleanup)
         if continuing and summary.n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {summary.n_features} features, but DistributedDBN is expecting "
@@ -388,7 +398,28 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         if (self.visible_units_ == BERNOULLI
                 and (summary.minimum.min() < 0 or summary.maximum.max() > 1)):
             raise ValueError(_BERNOULLI_RANGE_MESSAGE)
-        return _TrainingData.of_dataframe(df, label_col, summary, self), classes, None, None
+        data = _TrainingData.of_dataframe(df, label_col, summary, self, engine)
+        if X is not None:
+            data = data.held_here(X, labels)
+        return data, classes, None, None
+
+    def _summarize_dataframe(self, df, label_col, cleanup):
+        """Read the DataFrame once: into this process when the fit trains here, else on the
+        executors by the engine that is to train (which may write the shards on the way).
+
+        Returns ``(summary, X, labels, engine)``: the arrays when read here, else the engine.
+        Choosing the number of workers needs the row count, a cheap JVM-only job.
+        """
+        counts = None
+        if self.backend != "local" and self.n_workers is None:
+            counts = partition_rows(df)
+        n_samples = 0 if counts is None else sum(counts.values())
+        if trains_in_driver_process(self.backend, self.n_workers, n_samples):
+            return (*read_dataframe(df, self.features_col, label_col), None)
+        engine = make_engine(self.backend, self.n_workers, self.sync, self.sync_every,
+                             n_samples, df)
+        cleanup.callback(engine.close)
+        return engine.summarize(df, self.features_col, label_col, counts), None, None, engine
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None, classes=None):
@@ -582,8 +613,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         """Run the phases: ``pretrain`` is "missing" (layers not trained yet), "all" (continue
         every layer) or "none"; fine-tuning follows when ``classes`` is given."""
         self._check_n_workers(data.n_samples)
-        engine = make_engine(self.backend, self.n_workers, self.sync, self.sync_every,
-                             data.n_samples, data.dataframe)
+        engine = data.engine or make_engine(self.backend, self.n_workers, self.sync,
+                                            self.sync_every, data.n_samples)
         try:
             self._start_engine(engine, data, classes, progress.seed)
             if pretrain != "none":
@@ -985,6 +1016,7 @@ class _TrainingData:
     dataframe: object = None
     label_col: str | None = None
     summary: object = None
+    engine: object = None  # the engine that read the DataFrame, to train on it
 
     @classmethod
     def of_arrays(cls, X, y, estimator):
@@ -996,12 +1028,18 @@ class _TrainingData:
         return cls(X.shape[0], X.shape[1], X.dtype, input_mean, X=X, y=y)
 
     @classmethod
-    def of_dataframe(cls, df, label_col, summary, estimator):
-        """A Spark DataFrame read on the executors, in the dtype of its feature column."""
+    def of_dataframe(cls, df, label_col, summary, estimator, engine):
+        """A Spark DataFrame read on the executors by ``engine``, in the dtype of its
+        feature column."""
         d = summary.n_features
         input_mean = summary.mean if estimator.mean_ is None else np.zeros(d)
         return cls(summary.n_samples, d, summary.dtype, input_mean.astype(summary.dtype),
-                   dataframe=df, label_col=label_col, summary=summary)
+                   dataframe=df, label_col=label_col, summary=summary, engine=engine)
+
+    def held_here(self, X, y):
+        """The same data, read into this process as ``X`` and labels ``y`` (or None)."""
+        return _TrainingData(self.n_samples, self.n_features, self.dtype, self.input_mean,
+                             X=X, y=y)
 
 
 def _worker_rows(n_samples, n_workers, seed):

@@ -135,16 +135,26 @@ class ProcessEngine(_InProcessData):
 SAMPLES_PER_WORKER = 5000
 
 
+def trains_in_driver_process(backend, n_workers, n_samples):
+    """Whether a fit trains on workers of this process, from data this process holds.
+
+    True for the local backend, and for data that one worker should train (``n_workers=None``
+    and fewer than ``2 * SAMPLES_PER_WORKER`` samples): starting Spark tasks for it costs more
+    than the training, so it trains here, which also keeps small fits (and scikit-learn's
+    checks) fast and deterministic. A small DataFrame is then read into this process first.
+    """
+    wanted = n_workers or max(1, n_samples // SAMPLES_PER_WORKER)
+    return backend == "local" or (n_workers is None and wanted == 1)
+
+
 def make_engine(backend, n_workers, sync, sync_every, n_samples, dataframe=None):
     """The engine for ``backend``, choosing the number of workers when it is None.
 
-    Array data that one worker should train (``n_workers=None`` and fewer than
-    ``2 * SAMPLES_PER_WORKER`` samples) trains in this process without starting Spark, which
-    keeps small fits (and scikit-learn's checks) fast and deterministic. A DataFrame is always
-    read on the executors.
+    See :func:`trains_in_driver_process` for when the workers run in this process; a
+    ``dataframe`` left to the engine is read on the executors.
     """
     wanted = n_workers or max(1, n_samples // SAMPLES_PER_WORKER)
-    if backend == "local" or (dataframe is None and n_workers is None and wanted == 1):
+    if dataframe is None and trains_in_driver_process(backend, n_workers, n_samples):
         workers = n_workers or 1
         return LocalEngine() if workers == 1 else ProcessEngine(workers, sync, sync_every)
     from .spark.session import check_barrier_possible, get_session

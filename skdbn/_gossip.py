@@ -1,10 +1,12 @@
 """Peer-to-peer parameter exchange between workers: wire format, transport, push-sum mixing.
 
 Standard library and numpy only (no Spark here). Messages are raw little-endian arrays behind a
-fixed header, authenticated with HMAC-SHA256 under a secret that is fresh for every fit. A
-receiver learns the frame length first and accepts only the two lengths the phase allows, reads
-the frame, checks the tag with ``hmac.compare_digest`` before it parses anything, then checks
-phase, sender, sizes and finiteness. Nothing received is ever unpickled.
+fixed header. Every connection first proves that it comes from a worker of this fit by
+answering a fresh challenge under the fit's secret (``_transport``); the frame that follows is
+authenticated with HMAC-SHA256 under the same secret and that connection's nonce, so a
+captured frame does not verify when sent again. A receiver accepts only the two lengths the
+phase allows, checks the tag with ``hmac.compare_digest`` before it parses anything, then checks
+phase, sender, sequence, sizes and finiteness. Nothing received is ever unpickled.
 
 Push-sum (Kempe et al. 2003; as in GoSGD, Blot et al. 2016): every worker holds parameters
 ``x`` and a weight ``w``. To push, it halves ``w`` and sends ``(x, w/2)``; a receiver replaces
@@ -13,10 +15,7 @@ weighted average over workers and messages in flight is unbiased.
 """
 
 import contextlib
-import hashlib
-import hmac
 import queue
-import socket
 import struct
 import threading
 import time
@@ -24,17 +23,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._transport import (
+    LENGTH,
+    TAG_SIZE,
+    AuthenticatedListener,
+    AuthenticationError,
+    connect,
+    recv_exactly,
+    send_frame,
+    split_frame,
+)
+
 MAGIC = b"SKDB"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 KIND_STATE = 1
 KIND_DONE = 2
 KIND_READY = 3
 KIND_PROGRESS = 4
-_LENGTH = struct.Struct("<Q")
-_HEADER = struct.Struct("<4sBBQHHQdQ")  # magic, version, kind, phase, sender, n_workers,
-#                                         step, weight, n_values
-_TAG_SIZE = hashlib.sha256().digest_size
+_HEADER = struct.Struct("<4sBBQHHQQdQ")  # magic, version, kind, phase, sender, n_workers,
+#                                           sequence, step, weight, n_values
+_SEQUENCE_OFFSET = struct.calcsize("<4sBBQHH")
 _ACK = b"\x06"
+_RENDEZVOUS = b"rendezvous"
 
 
 class WireError(ValueError):
@@ -64,7 +74,12 @@ class WireSpec:
         """Length of a frame of ``kind``: header, progress vector, payload and tag (only
         state messages carry a payload)."""
         payload = self.n_values * self.itemsize if kind == KIND_STATE else 0
-        return _HEADER.size + 8 * self.n_workers + payload + _TAG_SIZE
+        return _HEADER.size + 8 * self.n_workers + payload + TAG_SIZE
+
+    @property
+    def context(self):
+        """What a connection to a worker of this phase is for, bound into its handshake."""
+        return b"gossip" + struct.pack("<QH", self.phase, self.n_workers)
 
 
 @dataclass
@@ -73,6 +88,7 @@ class Message:
 
     kind: int
     sender: int
+    sequence: int
     step: int
     weight: float
     progress: np.ndarray
@@ -81,13 +97,14 @@ class Message:
 
 
 def encode(spec, kind, sender, step, weight, progress, values=None, copy=True):
-    """The frame for one message, as a list of byte buffers to send in order.
+    """The body of one message, as a list of byte buffers to send in order (the transport
+    adds the length before and the tag after, and ``with_sequence`` its sequence number).
 
     ``values`` is copied unless ``copy=False`` says the caller hands over a private array.
     """
     n_values = 0 if values is None else values.size
-    header = _HEADER.pack(MAGIC, WIRE_VERSION, kind, spec.phase, sender, spec.n_workers, step,
-                          weight, n_values)
+    header = _HEADER.pack(MAGIC, WIRE_VERSION, kind, spec.phase, sender, spec.n_workers, 0,
+                          step, weight, n_values)
     parts = [header, np.asarray(progress, dtype="<u8").tobytes()]
     if values is not None:
         # A private copy: the caller's buffer keeps training while the frame waits to be sent.
@@ -95,29 +112,28 @@ def encode(spec, kind, sender, step, weight, progress, values=None, copy=True):
         snapshot = (np.array(values, dtype=wire_dtype, copy=True) if copy
                     else np.asarray(values, dtype=wire_dtype))
         parts.append(memoryview(snapshot).cast("B"))
-    tag = hmac.new(spec.secret, digestmod=hashlib.sha256)
-    for part in parts:
-        tag.update(part)
-    body_size = sum(len(p) for p in parts) + _TAG_SIZE
-    return [_LENGTH.pack(body_size), *parts, tag.digest()]
+    return parts
 
 
-def decode(spec, frame):
-    """Verify and parse one frame body (everything after the length prefix).
+def with_sequence(parts, sequence):
+    """The message ``parts`` with its sender's sequence number set."""
+    header = bytearray(parts[0])
+    struct.pack_into("<Q", header, _SEQUENCE_OFFSET, sequence)
+    return [header, *parts[1:]]
+
+
+def decode(spec, body):
+    """Parse and check one message body (a frame without its tag, which has verified).
 
     Raises
     ------
     WireError
-        If the tag does not verify, or the message does not belong to this phase.
+        If the message does not belong to this phase.
     """
-    frame = memoryview(frame)
-    if len(frame) not in (spec.frame_size(KIND_STATE), spec.frame_size(KIND_DONE)):
-        raise WireError(f"frame of {len(frame)} bytes is not a message of this phase")
-    body, tag = frame[:-_TAG_SIZE], frame[-_TAG_SIZE:]
-    expected = hmac.new(spec.secret, body, digestmod=hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, bytes(tag)):
-        raise WireError("authentication tag does not verify")
-    magic, version, kind, phase, sender, n_workers, step, weight, n_values = \
+    body = memoryview(body)
+    if len(body) + TAG_SIZE not in (spec.frame_size(KIND_STATE), spec.frame_size(KIND_DONE)):
+        raise WireError(f"frame of {len(body) + TAG_SIZE} bytes is not a message of this phase")
+    magic, version, kind, phase, sender, n_workers, sequence, step, weight, n_values = \
         _HEADER.unpack_from(body)
     if magic != MAGIC or version != WIRE_VERSION:
         raise WireError("not an skdbn message of this wire version")
@@ -127,7 +143,7 @@ def decode(spec, frame):
         raise WireError(f"message of phase {phase}, expected {spec.phase}")
     if n_workers != spec.n_workers or not 0 <= sender < n_workers:
         raise WireError(f"sender {sender} of {n_workers} workers does not fit this phase")
-    if len(frame) != spec.frame_size(kind) or n_values not in (0, spec.n_values) or \
+    if len(body) + TAG_SIZE != spec.frame_size(kind) or n_values not in (0, spec.n_values) or \
             (kind == KIND_STATE) != (n_values == spec.n_values):
         raise WireError("message size does not match its kind")
     if not (np.isfinite(weight) and weight > 0):
@@ -142,7 +158,7 @@ def decode(spec, frame):
         values = values.astype(np.dtype(spec.dtype), copy=False)
         if not np.all(np.isfinite(values)):
             raise WireError("parameter values are not finite")
-    return Message(kind, sender, step, weight, progress, values)
+    return Message(kind, sender, sequence, step, weight, progress, values)
 
 
 class PushSum:
@@ -168,25 +184,6 @@ class PushSum:
         self.weight = total
 
 
-def _wake(server):
-    """Connect to a listening socket so that a thread in its ``accept()`` returns now rather
-    than at its next poll: a phase ends with closing its listeners, and a fit has many."""
-    with contextlib.suppress(OSError):
-        socket.create_connection(server.getsockname()[:2], timeout=1.0).close()
-
-
-def _recv_exactly(sock, size):
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    received = 0
-    while received < size:
-        n = sock.recv_into(view[received:], size - received)
-        if n == 0:
-            raise ConnectionError("peer closed the connection mid-message")
-        received += n
-    return buffer
-
-
 def parse_address(address):
     """``"host:port"`` to ``(host, port)``."""
     host, _, port = address.rpartition(":")
@@ -196,10 +193,13 @@ def parse_address(address):
 class GossipNode:
     """One worker's listener and background sender for a phase.
 
-    The receiving thread accepts one connection per message, verifies it and puts it in the
-    mailbox; the sending thread delivers queued messages and waits (bounded) for the
-    receiver's one-byte acknowledgement, which it sends only after the message is in its
-    mailbox. The training thread only enqueues and drains, never touching a socket.
+    The listener serves every connection at once, authenticates it, verifies its one message
+    and puts it in the mailbox; the sending thread delivers queued messages and waits
+    (bounded) for the receiver's one-byte acknowledgement, which it sends only after the
+    message is in its mailbox. A message whose sequence number is not above the last one
+    taken from its sender (a replay, or an old message that lost a race with a newer one) is
+    dropped unacknowledged, so its sender takes its push-sum weight back. The training thread
+    only enqueues and drains, never touching a socket.
 
     Parameters
     ----------
@@ -217,20 +217,27 @@ class GossipNode:
         self.spec = spec
         self.rank = rank
         self.timeout = timeout
-        self._server = socket.create_server((host, 0))
-        self._server.settimeout(0.2)
-        self.address = f"{host}:{self._server.getsockname()[1]}"
+        self._listener = AuthenticatedListener(
+            spec.secret, spec.context, spec.n_workers, self._allowed_size, self._receive,
+            host=host, timeout=timeout)
+        self.address = self._listener.address
         self.peers = []
         self._mailbox = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._outbox = queue.Queue()
-        self._stopping = threading.Event()
         self._ready = set()
-        self.rejected = 0
+        self._last_sequence = [0] * spec.n_workers  # of the messages taken from each sender
+        self._sequence = 0  # of the last message this worker sent
+        self.accepted = 0
         self.failed_sends = 0
-        self._threads = [threading.Thread(target=self._receive_loop, daemon=True),
-                         threading.Thread(target=self._send_loop, daemon=True)]
+        self._rejected = 0
+        self._sender = threading.Thread(target=self._send_loop, daemon=True)
+
+    @property
+    def rejected(self):
+        """Connections and messages refused: unauthenticated, invalid, replayed or late."""
+        return self._rejected + self._listener.rejected
 
     def start(self, peer_addresses):
         """Begin exchanging with the workers at ``peer_addresses`` (indexed by rank), once
@@ -240,8 +247,8 @@ class GossipNode:
         without this handshake an early worker would spend a small phase's budget alone.
         """
         self.peers = list(peer_addresses)
-        for thread in self._threads:
-            thread.start()
+        self._listener.start()
+        self._sender.start()
         ready = encode(self.spec, KIND_READY, self.rank, 0, 1.0,
                        np.zeros(self.spec.n_workers, dtype=np.uint64))
         for peer in range(len(self.peers)):
@@ -255,44 +262,36 @@ class GossipNode:
                     break
             time.sleep(0.001)
 
+    # -- receiving (on the listener's thread) ------------------------------------------
 
-    # -- receiving --------------------------------------------------------------------
+    def _allowed_size(self, size):
+        return size in (self.spec.frame_size(KIND_STATE), self.spec.frame_size(KIND_DONE))
 
-    def _receive_loop(self):
-        while not self._stopping.is_set():
+    def _receive(self, conn, sender, nonce, frame):
+        with conn:
             try:
-                conn, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+                message = decode(self.spec, split_frame(self.spec.secret, nonce, frame))
+                if message.sender != sender:
+                    raise WireError(f"sender {sender} sent a message of {message.sender}")
+            except (WireError, AuthenticationError):
+                self._rejected += 1
                 return
-            with conn:
-                if self._stopping.is_set():  # the wake-up connection of close()
+            message.received = time.monotonic()
+            with self._arrived:
+                if message.sequence <= self._last_sequence[sender]:
+                    self._rejected += 1
                     return
-                conn.settimeout(self.timeout)
-                self._receive_one(conn)
-
-    def _receive_one(self, conn):
-        try:
-            (size,) = _LENGTH.unpack(_recv_exactly(conn, _LENGTH.size))
-            if size not in (self.spec.frame_size(KIND_STATE), self.spec.frame_size(KIND_DONE)):
-                raise WireError(f"announced frame of {size} bytes is not allowed")
-            message = decode(self.spec, _recv_exactly(conn, size))
-        except (OSError, ConnectionError, WireError):
-            with self._lock:
-                self.rejected += 1
-            return
-        message.received = time.monotonic()
-        with self._arrived:
-            if message.kind == KIND_READY:
-                self._ready.add(message.sender)
-            else:
-                self._mailbox.append(message)
-            self._arrived.notify_all()
-        # If the acknowledgement is lost the sender takes its weight back although the
-        # message was merged here: a rare double count, never a loss of the model.
-        with contextlib.suppress(OSError):
-            conn.sendall(_ACK)
+                self._last_sequence[sender] = message.sequence
+                if message.kind == KIND_READY:
+                    self._ready.add(message.sender)
+                else:
+                    self._mailbox.append(message)
+                    self.accepted += 1
+                self._arrived.notify_all()
+            # If the acknowledgement is lost the sender takes its weight back although the
+            # message was merged here: a rare double count, never a loss of the model.
+            with contextlib.suppress(OSError):
+                conn.sendall(_ACK)
 
     def has_mail(self):
         """Whether messages are waiting (a lock-free hint for the training thread)."""
@@ -317,10 +316,10 @@ class GossipNode:
 
     # -- sending ----------------------------------------------------------------------
 
-    def send(self, peer, frame, on_failure=None):
-        """Queue ``frame`` for ``peer``; ``on_failure()`` runs on the sender thread if it is
-        not delivered and acknowledged in time."""
-        self._outbox.put((peer, frame, on_failure))
+    def send(self, peer, message, on_failure=None):
+        """Queue ``message`` (``encode``'s parts) for ``peer``; ``on_failure()`` runs on the
+        sender thread if it is not delivered and acknowledged in time."""
+        self._outbox.put((peer, message, on_failure))
 
     def pending(self):
         """Number of queued or in-flight sends."""
@@ -339,120 +338,96 @@ class GossipNode:
             if item is None:
                 self._outbox.task_done()
                 return
-            peer, frame, on_failure = item
-            if not self._deliver(peer, frame):
+            peer, message, on_failure = item
+            if not self._deliver(peer, message):
                 self.failed_sends += 1
                 if on_failure is not None:
                     on_failure()
             self._outbox.task_done()
 
-    def _deliver(self, peer, frame):
+    def _deliver(self, peer, message):
+        self._sequence += 1
+        message = with_sequence(message, self._sequence)
         try:
-            with socket.create_connection(parse_address(self.peers[peer]),
-                                          timeout=self.timeout) as conn:
-                # Without NODELAY the 32-byte tag after the payload waits for a delayed ACK.
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                for part in frame:
-                    conn.sendall(part)
+            conn, nonce = connect(parse_address(self.peers[peer]), self.spec.secret,
+                                  self.spec.context, self.rank, self.timeout)
+            with conn:
+                send_frame(conn, self.spec.secret, nonce, message)
                 return conn.recv(1) == _ACK
-        except OSError:
+        except (OSError, AuthenticationError):
             return False
 
     def close(self):
-        """Stop both threads (bounded) and the listener."""
-        self._stopping.set()
+        """Stop the sender and the listener (bounded waits)."""
         self._outbox.put(None)
-        _wake(self._server)
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(timeout=self.timeout + 1)
-        self._server.close()
+        if self._sender.is_alive():
+            self._sender.join(timeout=self.timeout + 1)
+        self._listener.close()
 
 
 class AllGatherServer:
     """Driver-side rendezvous: each worker sends its rank and address, and once all
-    ``n_workers`` have arrived every one of them gets the full list. Requests and replies are
-    authenticated with the fit's secret.
+    ``n_workers`` have arrived every one of them gets the full list. Connections authenticate
+    first and requests and replies are tagged under the fit's secret and the connection's
+    nonce (``_transport``).
 
     Rounds repeat until ``close()``, so a stage that Spark retries after a lost task meets
     again; a rank that arrives twice in a round (its first task died) replaces its old entry,
-    and a request that does not verify is dropped without disturbing the round. The server
-    itself waits only until ``close()``; each worker bounds its own wait by ``timeout``.
+    and a connection or request that does not verify is dropped without disturbing the
+    round. The server itself waits only until ``close()``; each worker bounds its own wait by
+    ``timeout``.
     """
 
     def __init__(self, secret, n_workers, timeout, host="127.0.0.1"):
         self.secret = secret
         self.n_workers = n_workers
         self.timeout = timeout
-        self._server = socket.create_server((host, 0))
-        self._server.settimeout(0.2)
-        self.address = f"{host}:{self._server.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._stopping = threading.Event()
+        self._listener = AuthenticatedListener(
+            secret, _RENDEZVOUS, n_workers, lambda size: TAG_SIZE < size <= _MAX_REQUEST,
+            self._receive, host=host, timeout=timeout)
+        self.address = self._listener.address
+        self._arrived = {}  # rank -> (connection, nonce, address) of this round
         self.rounds = 0
-        self.rejected = 0
+        self._rejected = 0
+
+    @property
+    def rejected(self):
+        """Connections and requests refused."""
+        return self._rejected + self._listener.rejected
 
     def start(self):
         """Serve rounds of rendezvous in a background thread."""
-        self._thread.start()
+        self._listener.start()
         return self
 
-    def _serve(self):
+    def _receive(self, conn, rank, nonce, frame):
         try:
-            while not self._stopping.is_set():
-                self._serve_round()
-        finally:
-            self._server.close()
-
-    def _serve_round(self):
-        arrived = {}  # rank -> (connection, address)
-        try:
-            while len(arrived) < self.n_workers:
-                if self._stopping.is_set():
-                    return
-                request = self._accept_request()
-                if request is not None:
-                    rank, conn, address = request
-                    if rank in arrived:
-                        arrived[rank][0].close()
-                    arrived[rank] = (conn, address)
-            reply = "\n".join(arrived[rank][1] for rank in range(self.n_workers))
-            for conn, _ in arrived.values():
-                with contextlib.suppress(OSError):
-                    _write_signed(conn, self.secret, reply)
-            self.rounds += 1
-        finally:
-            for conn, _ in arrived.values():
-                conn.close()
-
-    def _accept_request(self):
-        """``(rank, connection, address)`` of the next valid request, or None."""
-        try:
-            conn, _ = self._server.accept()
-        except (TimeoutError, OSError):
-            return None
-        if self._stopping.is_set():  # the wake-up connection of close()
+            claimed, address = bytes(split_frame(self.secret, nonce, frame)).decode().split(" ", 1)
+            if int(claimed) != rank:
+                raise WireError(f"rank {rank} asked for rank {claimed}")
+        except (AuthenticationError, WireError, ValueError):
             conn.close()
-            return None
-        conn.settimeout(self.timeout)
-        try:
-            rank, address = _read_signed(conn, self.secret).split(" ", 1)
-            rank = int(rank)
-            if not 0 <= rank < self.n_workers:
-                raise WireError(f"rank {rank} out of range")
-        except (OSError, ValueError, WireError):
-            conn.close()
-            self.rejected += 1
-            return None
-        return rank, conn, address
+            self._rejected += 1
+            return
+        if rank in self._arrived:
+            self._arrived[rank][0].close()
+        self._arrived[rank] = (conn, nonce, address)
+        if len(self._arrived) == self.n_workers:
+            self._reply_to_all()
+
+    def _reply_to_all(self):
+        arrived, self._arrived = self._arrived, {}
+        reply = "\n".join(arrived[rank][2] for rank in range(self.n_workers)).encode()
+        for conn, nonce, _ in arrived.values():
+            with conn, contextlib.suppress(OSError):
+                send_frame(conn, self.secret, nonce, [reply])
+        self.rounds += 1
 
     def close(self):
         """Stop serving (bounded wait)."""
-        self._stopping.set()
-        _wake(self._server)
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.timeout + 1)
-        self._server.close()
+        self._listener.close()
+        for conn, _, _ in self._arrived.values():
+            conn.close()
 
 
 class AllGatherClient:
@@ -468,27 +443,15 @@ class AllGatherClient:
         return f"AllGatherClient({self.server_address!r})"
 
     def __call__(self, rank, address):
-        with socket.create_connection(parse_address(self.server_address),
-                                      timeout=self.timeout) as conn:
-            _write_signed(conn, self.secret, f"{rank} {address}")
-            return _read_signed(conn, self.secret).split("\n")
+        conn, nonce = connect(parse_address(self.server_address), self.secret, _RENDEZVOUS,
+                              rank, self.timeout)
+        with conn:
+            send_frame(conn, self.secret, nonce, [f"{rank} {address}".encode()])
+            (size,) = LENGTH.unpack(recv_exactly(conn, LENGTH.size))
+            if not TAG_SIZE < size <= _MAX_REQUEST:
+                raise WireError("rendezvous reply of a wrong length")
+            reply = split_frame(self.secret, nonce, recv_exactly(conn, size))
+            return bytes(reply).decode().split("\n")
 
 
-_MAX_TEXT = 1 << 16
-
-
-def _write_signed(conn, secret, text):
-    data = text.encode()
-    tag = hmac.new(secret, data, digestmod=hashlib.sha256).digest()
-    conn.sendall(_LENGTH.pack(len(data)) + data + tag)
-
-
-def _read_signed(conn, secret):
-    (size,) = _LENGTH.unpack(_recv_exactly(conn, _LENGTH.size))
-    if size > _MAX_TEXT:
-        raise WireError("rendezvous message too long")
-    frame = _recv_exactly(conn, size + _TAG_SIZE)
-    data, tag = bytes(frame[:size]), bytes(frame[size:])
-    if not hmac.compare_digest(hmac.new(secret, data, digestmod=hashlib.sha256).digest(), tag):
-        raise WireError("rendezvous message does not verify")
-    return data.decode()
+_MAX_REQUEST = (1 << 16) + TAG_SIZE  # bytes of a rendezvous request or reply, tag included

@@ -20,11 +20,12 @@ from skdbn._gossip import (
     PushSum,
     WireError,
     WireSpec,
-    _write_signed,
     decode,
     encode,
     parse_address,
+    with_sequence,
 )
+from skdbn._transport import AuthenticationError, connect, frame_tag, send_frame, split_frame
 
 
 def _spec(**changes):
@@ -32,41 +33,47 @@ def _spec(**changes):
     return WireSpec(**{**values, **changes})
 
 
-def _frame_body(frame):
-    return b"".join(bytes(part) for part in frame[1:])  # without the length prefix
+def _body(parts):
+    return b"".join(bytes(part) for part in parts)
 
 
 def test_message_round_trip():
     spec = _spec()
     values = np.arange(5, dtype=np.float32)
-    message = decode(spec, _frame_body(encode(spec, KIND_STATE, 2, 11, 0.25, [1, 2, 3], values)))
-    assert (message.kind, message.sender, message.step, message.weight) == (KIND_STATE, 2, 11, 0.25)
+    parts = with_sequence(encode(spec, KIND_STATE, 2, 11, 0.25, [1, 2, 3], values), 9)
+    message = decode(spec, _body(parts))
+    assert (message.kind, message.sender, message.sequence, message.step, message.weight) == \
+        (KIND_STATE, 2, 9, 11, 0.25)
     np.testing.assert_array_equal(message.progress, [1, 2, 3])
     np.testing.assert_array_equal(message.values, values)
-    done = decode(spec, _frame_body(encode(spec, KIND_DONE, 0, 3, 1.0, [4, 5, 6])))
+    done = decode(spec, _body(encode(spec, KIND_DONE, 0, 3, 1.0, [4, 5, 6])))
     assert done.kind == KIND_DONE and done.values is None
 
 
-@pytest.mark.parametrize("tamper, message", [
-    (lambda body: body[:-1] + bytes([body[-1] ^ 1]), "tag does not verify"),
-    (lambda body: body[:40] + bytes([body[40] ^ 1]) + body[41:], "tag does not verify"),
-    (lambda body: body[:-3], "not a message of this phase"),
+@pytest.mark.parametrize("tamper", [
+    lambda frame: frame[:-1] + bytes([frame[-1] ^ 1]),
+    lambda frame: frame[:40] + bytes([frame[40] ^ 1]) + frame[41:],
+    lambda frame: frame[:-3],
 ])
-def test_tampered_frames_are_rejected_before_parsing(tamper, message):
-    spec = _spec()
-    body = _frame_body(encode(spec, KIND_STATE, 1, 1, 0.5, [0, 0, 0], np.ones(5, np.float32)))
-    with pytest.raises(WireError, match=message):
-        decode(spec, tamper(body))
+def test_tampered_frames_are_rejected_before_parsing(tamper):
+    spec, nonce = _spec(), secrets.token_bytes(16)
+    body = _body(encode(spec, KIND_STATE, 1, 1, 0.5, [0, 0, 0], np.ones(5, np.float32)))
+    frame = body + frame_tag(spec.secret, nonce, [body])
+    assert bytes(split_frame(spec.secret, nonce, frame)) == body
+    with pytest.raises(AuthenticationError, match="does not verify"):
+        split_frame(spec.secret, nonce, tamper(frame))
 
 
-def test_messages_of_another_fit_or_phase_are_rejected():
-    spec = _spec()
-    values = np.ones(5, np.float32)
-    other_secret = _frame_body(encode(_spec(secret=b"x" * 32), KIND_STATE, 1, 1, 0.5,
-                                      [0, 0, 0], values))
-    with pytest.raises(WireError, match="tag"):
-        decode(spec, other_secret)
-    other_phase = _frame_body(encode(_spec(phase=8), KIND_STATE, 1, 1, 0.5, [0, 0, 0], values))
+def test_frames_of_another_connection_fit_or_phase_are_rejected():
+    spec, nonce = _spec(), secrets.token_bytes(16)
+    body = _body(encode(spec, KIND_STATE, 1, 1, 0.5, [0, 0, 0], np.ones(5, np.float32)))
+    frame = body + frame_tag(spec.secret, nonce, [body])
+    with pytest.raises(AuthenticationError):  # a frame replayed on another connection
+        split_frame(spec.secret, secrets.token_bytes(16), frame)
+    with pytest.raises(AuthenticationError):  # another fit's secret
+        split_frame(b"x" * 32, nonce, frame)
+    other_phase = _body(encode(_spec(phase=8), KIND_STATE, 1, 1, 0.5, [0, 0, 0],
+                               np.ones(5, np.float32)))
     with pytest.raises(WireError, match="phase 8"):
         decode(spec, other_phase)
 
@@ -75,13 +82,16 @@ def test_authenticated_but_invalid_content_is_rejected():
     spec = _spec()
     nan_values = np.array([0, np.nan, 0, 0, 0], np.float32)
     with pytest.raises(WireError, match="not finite"):
-        decode(spec, _frame_body(encode(spec, KIND_STATE, 1, 1, 0.5, [0, 0, 0], nan_values)))
+        decode(spec, _body(encode(spec, KIND_STATE, 1, 1, 0.5, [0, 0, 0], nan_values)))
     with pytest.raises(WireError, match="weight"):
-        decode(spec, _frame_body(encode(spec, KIND_STATE, 1, 1, -1.0, [0, 0, 0],
-                                        np.ones(5, np.float32))))
+        decode(spec, _body(encode(spec, KIND_STATE, 1, 1, -1.0, [0, 0, 0],
+                                  np.ones(5, np.float32))))
     with pytest.raises(WireError, match="sender 5"):
-        decode(spec, _frame_body(encode(spec, KIND_STATE, 5, 1, 0.5, [0, 0, 0],
-                                        np.ones(5, np.float32))))
+        decode(spec, _body(encode(spec, KIND_STATE, 5, 1, 0.5, [0, 0, 0],
+                                  np.ones(5, np.float32))))
+    with pytest.raises(WireError, match="not a message of this phase"):
+        decode(spec, _body(encode(spec, KIND_STATE, 1, 1, 0.5, [0, 0, 0],
+                                  np.ones(5, np.float32)))[:-4])
 
 
 def test_secret_is_never_in_reprs():
@@ -186,7 +196,7 @@ def test_rendezvous_gathers_addresses_and_times_out():
         AllGatherClient(lonely.address, secret, 1.0)(0, "h:0")
     assert time.monotonic() - start < 5
     lonely.close()
-    assert not lonely._thread.is_alive()
+    assert not lonely._listener._thread.is_alive()
 
 
 def _gather_in_threads(client, requests):
@@ -209,8 +219,8 @@ def test_rendezvous_survives_forged_requests_and_serves_a_retried_stage():
             forged(0, "evil:1")
         client = AllGatherClient(server.address, secret, 5.0)
         # Rank 0 of a first attempt arrives and dies; the retried stage's rank 0 replaces it.
-        dead = socket.create_connection(parse_address(server.address), timeout=5.0)
-        _write_signed(dead, secret, "0 stale:1")
+        dead, nonce = connect(parse_address(server.address), secret, b"rendezvous", 0, 5.0)
+        send_frame(dead, secret, nonce, [b"0 stale:1"])
         dead.close()
         first = _gather_in_threads(client, [(0, "a:0"), (1, "a:1")])
         second = _gather_in_threads(client, [(1, "b:1"), (0, "b:0")])

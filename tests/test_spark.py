@@ -171,6 +171,45 @@ def test_string_labels(spark, digits_split):
     assert model.score(test) > 0.9
 
 
+def test_small_dataframes_train_in_this_process_as_one_task_would(spark, digits_split):
+    # Too few rows for a second worker: the DataFrame is read here in one pass and trained
+    # in-process, as a numpy array of its size is, into the model one Spark task gives.
+    X_train, X_test, y_train, y_test = digits_split
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                      "nine"])
+    frame = _frame(spark, X_train, names[y_train], "array", partitions=1)
+    params = dict(SMALL, max_iter=1)  # one fine-tuning phase on both (see above)
+    here = DistributedDBN(**params).fit(frame)
+    one_task = DistributedDBN(n_workers=1, **params).fit(frame)
+    assert here.n_workers_ == one_task.n_workers_ == 1
+    np.testing.assert_array_equal(here.classes_, one_task.classes_)
+    for a, b in zip(here.coefs_ + here.intercepts_, one_task.coefs_ + one_task.intercepts_,
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert here.score(X_test, names[y_test]) > 0.8
+    # The local backend reads any DataFrame into this process, for its worker processes.
+    params.update(backend="local", n_workers=2, sync="average")
+    local = DistributedDBN(**params).fit(frame)
+    from_arrays = DistributedDBN(**params).fit(X_train, names[y_train])
+    assert local.n_workers_ == 2
+    for a, b in zip(local.coefs_, from_arrays.coefs_, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_dataframe_that_changes_between_reads_is_refused(spark, digits_split):
+    # Training reads the DataFrame more than once (counts, then statistics and shards): rows
+    # that change between reads must not give shards that silently differ from the summary.
+    import random
+
+    from pyspark.sql import functions
+
+    X_train, _, y_train, _ = digits_split
+    keep = functions.udf(lambda: random.random() < 0.7, "boolean").asNondeterministic()
+    frame = _frame(spark, X_train, y_train, "array").where(keep())
+    with pytest.raises(RuntimeError, match="nondeterministic plan"):
+        DistributedDBN(n_workers=2, **QUICK).fit(frame)
+
+
 def test_average_mode_is_deterministic_for_dataframes(spark, digits_split):
     X_train, _, y_train, _ = digits_split
     params = dict(QUICK, max_iter=2, n_workers=2, sync="average")
@@ -214,8 +253,9 @@ def test_bad_dataframes_get_clear_errors(spark, digits_split):
     }
     for message, data in cases.items():
         bad = spark.createDataFrame(data, "features array<double>, label int")
-        with pytest.raises(ValueError, match=message):
-            DistributedDBN(n_workers=2, **QUICK).fit(bad)
+        for n_workers in (2, None):  # read on the executors, and into this process
+            with pytest.raises(ValueError, match=message):
+                DistributedDBN(n_workers=n_workers, **QUICK).fit(bad)
     empty = spark.createDataFrame([], "features array<double>, label int")
     with pytest.raises(ValueError, match="0 sample"):
         DistributedDBN(**QUICK).fit(empty)
@@ -297,13 +337,13 @@ def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode
         made.append(original(dir=tmp_path, prefix="skdbn-shards-"))
         return made[-1]
 
-    monkeypatch.setattr(stages.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     X_train, _, y_train, _ = digits_split
     params = dict(QUICK, n_workers=2, sync="average")
     frame = _frame(spark, X_train, y_train, "array", partitions=3)
     from_files = [DistributedDBN(**params).fit(X_train, y_train),
                   DistributedDBN(**params).fit(frame)]
-    assert len(made) == 2 and not list(tmp_path.iterdir())  # each fit removes its files
+    assert made and not list(tmp_path.iterdir())  # each fit removes its files
     monkeypatch.setattr(stages.SparkEngine, "_tasks_run_here", lambda self: False)
     from_cache = [DistributedDBN(**params).fit(X_train, y_train),
                   DistributedDBN(**params).fit(frame)]

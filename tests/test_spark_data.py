@@ -4,7 +4,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from skdbn.spark.data import _Moments, arrow_matrix, arrow_rows, matrix_of, matrix_of_rows
+from skdbn.spark import shards
+from skdbn.spark.data import (
+    ShardLayout,
+    _Moments,
+    arrow_matrix,
+    arrow_rows,
+    matrix_of,
+    matrix_of_rows,
+)
+from skdbn.spark.session import local_master_cores
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -55,3 +64,80 @@ def test_spark_size_settings_are_read_in_bytes():
     assert _byte_size("64m") == _byte_size("64MB") == 64 << 20
     assert _byte_size("1g") == 1 << 30
     assert _byte_size(None) == 0
+
+
+@pytest.mark.parametrize("master, cores", [
+    ("local", 1), ("local[3]", 3), ("local[4,2]", 4), ("local-cluster[2, 3, 1024]", 6),
+    ("spark://127.0.0.1:7077", None), ("yarn", None), ("localhost", None),
+])
+def test_cores_of_local_masters(master, cores):
+    assert local_master_cores(master) == cores
+
+
+def _write_partitions(plan, features, labels, order):
+    """Write each partition's rows as its task would, tasks running in ``order``."""
+    for partition in order:
+        X = features[partition]
+        writer = shards._RowWriter(plan, plan.first_row(partition), labelled=True)
+        batches = [pa.record_batch([arrow_matrix(X[i:i + 4]), pa.array(labels[partition][i:i + 4])],
+                                   names=["features", "label"]) for i in range(0, len(X), 4)]
+        assert list(writer.writing(batches)) == batches  # passed on to the statistics
+        writer.save_labels(shards._labels_path(plan.shard_dir, partition))
+        writer.close()
+        assert writer.written == len(X)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_partitions_write_their_rows_straight_into_the_shard_files(tmp_path, n_workers):
+    # Row g of the source (partitions in order) belongs to worker g % n at position g // n,
+    # whichever order the tasks run in; labels become codes once the classes are known.
+    rng = np.random.default_rng(0)
+    counts = {0: 7, 2: 10, 3: 1}  # partition 1 is empty
+    features = {p: rng.random((n, 5)).astype(np.float32) for p, n in counts.items()}
+    labels = {p: rng.choice(["a", "b", "c"], n).tolist() for p, n in counts.items()}
+    plan = shards.ShardPlan(str(tmp_path), None, counts, n_workers, "float32")
+    _write_partitions(plan, features, labels, order=[3, 0, 2])
+    X = np.concatenate([features[p] for p in sorted(counts)])
+    y = np.concatenate([labels[p] for p in sorted(counts)])
+    layout = ShardLayout(rows=plan.worker_rows, n_features=5, dtype="float32", labelled=True,
+                         mean=None, scale=None, shard_dir=str(tmp_path))
+    shards.write_label_shards(plan, np.array(["a", "b", "c"]), layout)
+    for rank in range(n_workers):
+        shards.publish_shard(rank, layout)
+        shard = shards.saved_shard(rank, layout)
+        np.testing.assert_array_equal(shard.X, X[rank::n_workers])
+        np.testing.assert_array_equal(shard.y, np.searchsorted(["a", "b", "c"], y[rank::n_workers]))
+
+
+def test_shard_files_are_not_written_without_room_or_with_other_widths(tmp_path, monkeypatch):
+    plan = shards.ShardPlan(str(tmp_path), None, {0: 4, 1: 4}, 2, "float64")
+    wide, narrow = arrow_matrix(np.ones((4, 3))), arrow_matrix(np.ones((4, 2)))
+    writer = shards._RowWriter(plan, 0, labelled=False)
+    list(writer.writing([pa.record_batch([wide], names=["features"])]))
+    assert writer.written == 4
+    other = shards._RowWriter(plan, 4, labelled=False)  # the files hold 3 features a row
+    list(other.writing([pa.record_batch([narrow], names=["features"])]))
+    assert other.written == 0
+    writer.close(), other.close()
+
+    full = tmp_path / "full"
+    full.mkdir()
+    monkeypatch.setattr(shards, "room_for", lambda directory, n_bytes: False)
+    plan = shards.ShardPlan(str(full), None, {0: 4}, 1, "float64")
+    writer = shards._RowWriter(plan, 0, labelled=False)
+    list(writer.writing([pa.record_batch([wide], names=["features"])]))
+    assert writer.written == 0 and not list(full.glob("shard-*"))
+
+
+def test_shards_go_to_shared_memory_when_it_has_room(tmp_path, monkeypatch):
+    on_disk, in_memory = str(tmp_path / "disk"), str(tmp_path / "memory")
+    room = {on_disk: True, in_memory: True}
+    monkeypatch.setattr(shards, "room_for", lambda directory, n_bytes: room[directory])
+    monkeypatch.setattr(shards, "available_memory", lambda: 10 << 30)
+    assert shards.choose_shard_dir(on_disk, in_memory, 4 << 30) == in_memory
+    assert shards.choose_shard_dir(on_disk, in_memory, 6 << 30) == on_disk  # > half of it
+    assert shards.choose_shard_dir(on_disk, None, 1 << 30) == on_disk
+    room[in_memory] = False
+    assert shards.choose_shard_dir(on_disk, in_memory, 1 << 30) == on_disk
+    room[on_disk] = False
+    assert shards.choose_shard_dir(on_disk, in_memory, 1 << 30) is None

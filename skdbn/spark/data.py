@@ -6,7 +6,6 @@ through the batches' value buffers, never through per-row Python objects. ``read
 run on the executors; the others on the driver (the client, for a Spark Connect session).
 """
 
-import os
 from dataclasses import dataclass
 from functools import partial, reduce
 
@@ -184,6 +183,42 @@ def summarize_dataframe(df, features_col, label_col):
     -------
     summary : FrameSummary
     """
+    columns, dtype, label_type = training_columns(df, features_col, label_col)
+    task = partial(_partition_statistics, label_type is not None)
+    rows = (df.select(*columns).mapInArrow(task, statistics_schema(label_type))
+            .toArrow().to_pylist())
+    return merged_summary(rows, features_col, label_col, dtype)
+
+
+def read_dataframe(df, features_col, label_col):
+    """Read a DataFrame into this process in one pass, for fits small enough to train here.
+
+    Returns
+    -------
+    summary : FrameSummary
+        As :func:`summarize_dataframe` gives it, with the same checks.
+    X : ndarray of shape (n_samples, n_features)
+        The features in their training dtype, rows in the DataFrame's order.
+    labels : ndarray of shape (n_samples,) or None
+        The labels as numpy values (None without ``label_col``).
+    """
+    columns, dtype, label_type = training_columns(df, features_col, label_col)
+    table = df.select(*columns).toArrow()
+    statistics = statistics_of(table.to_batches(), label_type is not None)
+    if statistics is not None and label_type is not None:
+        statistics["labels"] = statistics["labels"].to_pylist()
+    summary = merged_summary([{"partition": 0, **statistics}] if statistics else [],
+                              features_col, label_col, dtype)
+    X = matrix_of(table.column(FEATURES).combine_chunks(), summary.n_features, dtype)
+    labels = None
+    if label_type is not None:
+        labels = table.column(LABEL).to_numpy(zero_copy_only=False)
+    return summary, X, labels
+
+
+def training_columns(df, features_col, label_col):
+    """The features (and labels) as the columns ``FEATURES`` (and ``LABEL``), the features'
+    training dtype, and the label column's Spark type name (None without labels)."""
     from pyspark.sql import types
 
     features, dtype = feature_column(df, features_col)
@@ -197,18 +232,49 @@ def summarize_dataframe(df, features_col, label_col):
             raise TypeError(f"column {label_col!r} (label_col) is {label_type}; class labels "
                             "must be numbers, strings or booleans")
         columns.append(df[label_col].alias(LABEL))
-    schema = ("partition int, n_rows long, n_features int, null_rows long, bad_lengths long, "
-              "null_values long, null_labels long, mean binary, m2 binary, minimum binary, "
-              "maximum binary" + (f", labels array<{label_type}>" if label_type else ""))
-    task = partial(_partition_statistics, label_type is not None)
-    rows = df.select(*columns).mapInArrow(task, schema).toArrow().to_pylist()
-    return _merged_summary(rows, features_col, label_col, dtype)
+    return columns, dtype, label_type
+
+
+def statistics_schema(label_type):
+    """Spark schema of the rows that ``statistics_batch`` makes."""
+    return ("partition int, n_rows long, n_features int, null_rows long, bad_lengths long, "
+            "null_values long, null_labels long, mean binary, m2 binary, minimum binary, "
+            "maximum binary" + (f", labels array<{label_type}>" if label_type else ""))
 
 
 def _partition_statistics(labelled, batches):
+    from pyspark import TaskContext
+
+    statistics = statistics_of(batches, labelled)
+    if statistics is not None:  # else an empty partition
+        yield statistics_batch({"partition": TaskContext.get().partitionId(), **statistics})
+
+
+def statistics_batch(statistics):
+    """A partition's statistics (with its ``partition`` id first) as a one-row Arrow batch.
+
+    mapInArrow matches columns to the schema by position, so the dict's order is the
+    schema's; integer figures beyond the schema's are int64 columns.
+    """
+    import pyarrow as pa
+
+    types = {"partition": pa.int32(), "n_features": pa.int32(), "mean": pa.binary(),
+             "m2": pa.binary(), "minimum": pa.binary(), "maximum": pa.binary()}
+    columns = {}
+    for name, value in statistics.items():
+        if name == "labels":
+            columns[name] = pa.ListArray.from_arrays(pa.array([0, len(value)], pa.int32()),
+                                                     value)
+        else:
+            columns[name] = pa.array([value], types.get(name, pa.int64()))
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def statistics_of(batches, labelled):
+    """Counts, moments and distinct labels of batches of ``FEATURES`` (and ``LABEL``), as a
+    dict of plain values (None for no rows at all)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    from pyspark import TaskContext
 
     moments = _Moments()
     counts = {"null_rows": 0, "bad_lengths": 0, "null_values": 0, "null_labels": 0}
@@ -233,18 +299,12 @@ def _partition_statistics(labelled, batches):
             continue  # refused on the driver; the figures no longer matter
         moments.add(values.to_numpy(zero_copy_only=False).reshape(len(column), n_features))
     if not labels and moments.n == 0 and not any(counts.values()):
-        return  # an empty partition
-    columns = {"partition": pa.array([TaskContext.get().partitionId()], pa.int32()),
-               "n_rows": pa.array([moments.n], pa.int64()),
-               "n_features": pa.array([n_features], pa.int32())}
-    columns.update({name: pa.array([count], pa.int64()) for name, count in counts.items()})
-    columns.update({name: pa.array([value], pa.binary())
-                    for name, value in moments.as_bytes().items()})
+        return None
+    statistics = {"n_rows": moments.n, "n_features": n_features, **counts,
+                  **moments.as_bytes()}
     if labelled:
-        unique = pc.unique(pa.concat_arrays(labels))
-        columns["labels"] = pa.ListArray.from_arrays(pa.array([0, len(unique)], pa.int32()),
-                                                     unique)
-    yield pa.RecordBatch.from_pydict(columns)
+        statistics["labels"] = pc.unique(pa.concat_arrays(labels))
+    return statistics
 
 
 class _Moments:
@@ -290,7 +350,7 @@ class _Moments:
         return {name: np.asarray(getattr(self, name), "<f8").tobytes() for name in names}
 
 
-def _merged_summary(rows, features_col, label_col, dtype):
+def merged_summary(rows, features_col, label_col, dtype):
     rows = sorted(rows, key=lambda row: row["partition"])
     widths = {row["n_features"] for row in rows if row["n_features"] >= 0}
     _check_rows(rows, widths, features_col, label_col)
@@ -354,11 +414,6 @@ class ShardLayout:
     # partition in every phase.
     shard_dir: str | None = None
 
-    def shard_paths(self, rank):
-        """Files of worker ``rank``'s features and labels in ``shard_dir``."""
-        return (os.path.join(self.shard_dir, f"shard-{rank}-X.npy"),
-                os.path.join(self.shard_dir, f"shard-{rank}-y.npy"))
-
 
 def frame_from_arrays(spark, X, codes, worker_rows, dtype, is_connect):
     """Numpy training data as a DataFrame with a worker and a shard position for every row.
@@ -419,9 +474,7 @@ def frame_from_dataframe(df, features_col, label_col, classes, summary, n_worker
     features, _ = feature_column(df, features_col)
     columns = [features.alias(FEATURES)]
     if label_col is not None:
-        known = functions.array(*[functions.lit(c) for c in np.asarray(classes).tolist()])
-        code = functions.array_position(known, functions.col(label_col)) - 1
-        columns.append(code.cast("int").alias(LABEL))
+        columns.append(label_codes(label_col, classes).alias(LABEL))
     partition = functions.spark_partition_id()
     counts = [summary.partition_rows.get(index, 0)
               for index in range(max(summary.partition_rows, default=0) + 1)]
@@ -434,6 +487,15 @@ def frame_from_dataframe(df, features_col, label_col, classes, summary, n_worker
     workers = functions.lit(n_workers)
     return df.select(*columns, functions.floor(row / workers).alias(POSITION),
                      functions.pmod(row, workers).cast("int").alias(_WORKER))
+
+
+def label_codes(label_col, classes):
+    """A column of each row's index into ``classes`` (-1 for a label not among them),
+    computed in the JVM."""
+    from pyspark.sql import functions
+
+    known = functions.array(*[functions.lit(c) for c in np.asarray(classes).tolist()])
+    return (functions.array_position(known, functions.col(label_col)) - 1).cast("int")
 
 
 def cache_partitions(source, n_workers):
@@ -508,141 +570,6 @@ def _codes_of(column):
         raise RuntimeError("the DataFrame gave labels on a second read that the first did not "
                            "have (a nondeterministic plan); cache it before fit")
     return codes
-
-
-def _publish_shard(rank, layout):
-    """Give worker ``rank``'s finished ``.part`` files their names; the features file comes
-    last, so a shard whose features file exists is complete."""
-    features, labels = layout.shard_paths(rank)
-    if layout.labelled:
-        os.replace(labels + ".part.npy", labels)
-    os.replace(features + ".part", features)
-
-
-def saved_shard(rank, layout):
-    """Worker ``rank``'s shard from its files in ``layout.shard_dir`` (features mapped)."""
-    features, labels = layout.shard_paths(rank)
-    try:
-        X = np.load(features, mmap_mode="r")
-        y = np.load(labels) if layout.labelled else None
-    except OSError as exc:
-        raise RuntimeError(f"worker {rank} cannot read its shard file ({exc}); was the "
-                           "temporary directory cleaned during the fit?") from exc
-    if X.shape != (layout.rows[rank], layout.n_features) or X.dtype != layout.dtype:
-        raise RuntimeError(f"worker {rank}'s shard file {features} is not the fit's shard")
-    return Shard(X, y, layout.mean, layout.scale)
-
-
-def write_array_shard(X, codes, rows, rank, layout, chunk_rows=8192):
-    """Write rows ``rows`` of X (and of ``codes``) as worker ``rank``'s shard files, in chunks
-    (the driver holds one chunk beyond X)."""
-    features, labels = layout.shard_paths(rank)
-    out = np.lib.format.open_memmap(features + ".part", mode="w+", dtype=layout.dtype,
-                                    shape=(len(rows), layout.n_features))
-    reserve_disk(features + ".part")
-    for start in range(0, len(rows), chunk_rows):
-        block = X[rows[start:start + chunk_rows]]
-        out[start:start + chunk_rows] = block.toarray() if hasattr(block, "toarray") else block
-    out.flush()
-    del out
-    if layout.labelled:
-        np.save(labels + ".part.npy", codes[rows])
-    _publish_shard(rank, layout)
-
-
-def write_frame_shards(source, n_workers, layout):
-    """Write ``source``'s rows straight into the workers' shard files, without a shuffle.
-
-    For sessions whose tasks all run on this machine (``layout.shard_dir`` is local): the
-    driver creates each worker's files at full size, every task of one Spark job over the
-    source partitions writes its rows at their positions (disjoint, memory-mapped), and the
-    driver checks that every position was written once before it publishes the files.
-    """
-    for rank in range(n_workers):
-        _create_shard_files(rank, layout)
-    task = partial(_write_rows_task, n_workers, layout)
-    counts = np.zeros(n_workers, dtype=np.int64)
-    for row in source.mapInArrow(task, "rank int, n_rows long").toArrow().to_pylist():
-        counts[row["rank"]] += row["n_rows"]
-    for rank in range(n_workers):
-        features = layout.shard_paths(rank)[0]
-        written = np.load(features + ".seen.npy", mmap_mode="r")
-        if counts[rank] != layout.rows[rank] or not written.all():
-            raise RuntimeError(
-                f"worker {rank} got {counts[rank]} rows, expected {layout.rows[rank]}: the "
-                "DataFrame gave other rows on a second read (a nondeterministic plan); cache "
-                "it before fit"
-            )
-        del written
-        os.remove(features + ".seen.npy")
-        _publish_shard(rank, layout)
-
-
-def _as_slice(index):
-    """``index`` as a slice when it is an arithmetic progression (rows dealt in turn are), so
-    that copies go through strided views instead of fancy indexing."""
-    if len(index) > 1:
-        step = index[1] - index[0]
-        if step > 0 and np.all(np.diff(index) == step):
-            return slice(int(index[0]), int(index[-1]) + 1, int(step))
-    return index
-
-
-def _create_shard_files(rank, layout):
-    features, labels = layout.shard_paths(rank)
-    n_rows = layout.rows[rank]
-    files = [(features + ".part", layout.dtype, (n_rows, layout.n_features)),
-             (features + ".seen.npy", np.uint8, (n_rows,))]
-    if layout.labelled:
-        files.append((labels + ".part.npy", np.int64, (n_rows,)))
-    for path, dtype, shape in files:
-        np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
-        reserve_disk(path)
-
-
-def reserve_disk(path):
-    """Give the file at ``path`` its disk blocks now, so that a full disk raises ``OSError``
-    here rather than killing the process that later writes to a memory map of it."""
-    with open(path, "r+b") as handle:
-        os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
-
-
-def _write_rows_task(n_workers, layout, batches):
-    import pyarrow as pa
-
-    files = {}
-
-    def shard_files(rank):
-        if rank not in files:
-            features, labels = layout.shard_paths(rank)
-            files[rank] = (np.load(features + ".part", mmap_mode="r+"),
-                           np.load(features + ".seen.npy", mmap_mode="r+"),
-                           np.load(labels + ".part.npy", mmap_mode="r+")
-                           if layout.labelled else None)
-        return files[rank]
-
-    counts = np.zeros(n_workers, dtype=np.int64)
-    for batch in batches:
-        matrix = matrix_of(batch.column(FEATURES), layout.n_features, layout.dtype)
-        place = batch.column(POSITION).to_numpy()
-        worker = batch.column(_WORKER).to_numpy()
-        codes = _codes_of(batch.column(LABEL)) if layout.labelled else None
-        for rank in np.unique(worker):
-            mine = np.flatnonzero(worker == rank)
-            rows, where = _as_slice(mine), _as_slice(place[mine])
-            X, seen, y = shard_files(int(rank))
-            X[where] = matrix[rows]
-            seen[where] = 1
-            if y is not None:
-                y[where] = codes[rows]
-            counts[rank] += len(mine)
-    for X, seen, y in files.values():
-        for array in (X, seen, y):
-            if array is not None:
-                array.flush()
-    ranks = np.flatnonzero(counts)
-    yield pa.RecordBatch.from_pydict({"rank": pa.array(ranks.astype(np.int32)),
-                                      "n_rows": pa.array(counts[ranks])})
 
 
 # ---------------------------------------------------------------------------- inference

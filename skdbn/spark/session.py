@@ -5,6 +5,7 @@ works on a Spark Connect session, where the client may run outside the cluster.
 """
 
 import os
+import re
 import sys
 import warnings
 
@@ -133,15 +134,39 @@ def task_cpus(spark):
     return int(conf_value(spark, "spark.task.cpus", "1"))
 
 
-def default_parallelism(spark):
-    """The session's default parallelism, asked of the cluster through a DataFrame.
+_LOCAL_MASTER = re.compile(r"local(?:\[(?P<threads>\*|\d+)(?:,\s*\d+)?\])?")
+_LOCAL_CLUSTER_MASTER = re.compile(r"local-cluster\[\s*(?P<workers>\d+)\s*,\s*(?P<cores>\d+)\s*,")
 
-    ``spark.range`` without a partition count splits into the default parallelism (the cores
-    of all executors, or ``spark.sql.leafNodeDefaultParallelism``), which a classic session
+
+def local_master_cores(master):
+    """Cores of a local master URL (``local``, ``local[4]``, ``local[*]``, ``local[4,2]``,
+    ``local-cluster[2,1,1024]``), or None for any other master."""
+    local = _LOCAL_MASTER.fullmatch(master.strip())
+    if local is not None:
+        threads = local.group("threads")
+        if threads is None:
+            return 1
+        return (os.cpu_count() or 1) if threads == "*" else int(threads)
+    cluster = _LOCAL_CLUSTER_MASTER.match(master.strip())
+    if cluster is not None:
+        return int(cluster.group("workers")) * int(cluster.group("cores"))
+    return None
+
+
+def default_parallelism(spark):
+    """The cores a session's tasks can use at once.
+
+    For a local master the URL says it, at no cost. Otherwise the cluster is asked through a
+    DataFrame: ``spark.range`` without a partition count splits into the default parallelism (the
+    cores of all executors, or ``spark.sql.leafNodeDefaultParallelism``), which a classic session
     reports through its SparkContext and a Connect session does not report at all; counting the
     partitions of a small range works on both, in one cheap job.
     """
     from pyspark.sql import functions
+
+    cores = local_master_cores(conf_value(spark, "spark.master", ""))
+    if cores is not None:
+        return cores
 
     probe = spark.range(_PARALLELISM_PROBE_ROWS).select(
         functions.spark_partition_id().alias("partition"))

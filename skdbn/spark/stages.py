@@ -12,7 +12,6 @@ import dataclasses
 import json
 import secrets
 import shutil
-import tempfile
 import time
 from functools import partial
 
@@ -24,14 +23,24 @@ from .._worker import PhaseResult, PhaseState, consensus
 from .data import (
     ShardLayout,
     cache_partitions,
+    feature_column,
     frame_from_arrays,
     frame_from_dataframe,
     read_shard,
-    saved_shard,
-    write_array_shard,
-    write_frame_shards,
+    summarize_dataframe,
 )
 from .session import conf_value, is_connect_session
+from .shards import (
+    ShardPlan,
+    choose_shard_dir,
+    new_shard_dirs,
+    partition_rows,
+    publish_shard,
+    saved_shard,
+    summarize_and_write,
+    write_array_shard,
+    write_label_shards,
+)
 
 # Spark configuration key choosing how a phase's tasks swap addresses:
 # - "driver": a small authenticated rendezvous served by the driver process (classic sessions
@@ -74,7 +83,9 @@ class SparkEngine:
         self.timeout = timeout
         self._secret = secrets.token_bytes(32)
         self._frame = None
-        self._layout = None  # set before the data moves, so close() finds any shard files
+        self._layout = None
+        self._shard_plan = None  # features written by summarize(), labels still to come
+        self._shard_dirs = ()  # set before any shard file is written, for close()
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
@@ -99,32 +110,61 @@ class SparkEngine:
                                    is_connect_session(self.spark))
         self._cache_partitions(source)
 
+    def summarize(self, df, features_col, label_col, counts=None):
+        """The ``FrameSummary`` of ``df``, in one pass over its features.
+
+        When every task runs on this machine, the same pass writes the features into the
+        workers' shard files, which :meth:`start_from_dataframe` then completes; ``counts``
+        are the rows of each partition (``partition_rows(df)``) if the caller has them.
+        """
+        if not self._tasks_run_here():
+            return summarize_dataframe(df, features_col, label_col)
+        counts = partition_rows(df) if counts is None else counts
+        _, dtype = feature_column(df, features_col)
+        self._shard_dirs = new_shard_dirs()
+        plan = ShardPlan(*self._shard_dirs, counts, self.n_workers, np.dtype(dtype).name)
+        summary, features_dir = summarize_and_write(df, features_col, label_col, plan)
+        if features_dir is not None:
+            self._shard_plan = dataclasses.replace(plan, features_dir=features_dir)
+        else:  # no room: the tasks will read cached partitions
+            self._remove_shard_dirs()
+        return summary
+
     def start_from_dataframe(self, df, features_col, label_col, classes, summary, mean, scale):
         """Deal the rows of ``df`` into one shard per worker, in its training dtype.
 
-        ``summary`` is the ``FrameSummary`` of ``df``; ``classes`` the sorted class labels
-        (None without ``label_col``). When every task runs on this machine the shards become
-        shard files; otherwise a cached DataFrame with one partition per worker.
+        ``summary`` is the ``FrameSummary`` of ``df``, from :meth:`summarize` when the shard
+        files are to be completed; ``classes`` the sorted class labels (None without
+        ``label_col``). Without shard files the shards are a cached DataFrame with one
+        partition per worker.
         """
-        n, workers = summary.n_samples, self.n_workers
-        rows = tuple(n // workers + (rank < n % workers) for rank in range(workers))
-        layout = self._plan_layout(rows, summary.n_features, summary.dtype,
-                                   label_col is not None, mean, scale)
-        source = frame_from_dataframe(df, features_col, label_col, classes, summary, workers)
-        if layout.shard_dir is not None:
-            write_frame_shards(source, workers, layout)
+        plan, workers = self._shard_plan, self.n_workers
+        rows = tuple(summary.n_samples // workers + (rank < summary.n_samples % workers)
+                     for rank in range(workers))
+        self._layout = ShardLayout(
+            rows=rows, n_features=summary.n_features, dtype=np.dtype(summary.dtype).name,
+            labelled=label_col is not None, mean=mean, scale=scale,
+            shard_dir=None if plan is None else plan.features_dir)
+        if plan is not None:
+            if label_col is not None:
+                write_label_shards(plan, classes, self._layout)
+            for rank in range(workers):
+                publish_shard(rank, self._layout)
             self._frame = self._one_row_per_task()
-        else:
-            self._cache_partitions(source)
+            return
+        source = frame_from_dataframe(df, features_col, label_col, classes, summary, workers)
+        self._cache_partitions(source)
 
     def _plan_layout(self, rows, n_features, dtype, labelled, mean, scale):
         """The shards to come, with a fresh shard directory when the tasks can use one."""
         shard_bytes = sum(rows) * (n_features * np.dtype(dtype).itemsize + 9)
         shard_dir = None
-        if self._tasks_run_here() and _room_for(shard_bytes):
-            shard_dir = tempfile.mkdtemp(prefix="skdbn-shards-")
+        if self._tasks_run_here():
+            self._shard_dirs = new_shard_dirs()
+            shard_dir = choose_shard_dir(*self._shard_dirs, shard_bytes)
         self._layout = ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
-                                   labelled=labelled, mean=mean, scale=scale, shard_dir=shard_dir)
+                                   labelled=labelled, mean=mean, scale=scale,
+                                   shard_dir=shard_dir)
         return self._layout
 
     def _one_row_per_task(self):
@@ -208,15 +248,13 @@ class SparkEngine:
                 with contextlib.suppress(Exception):  # see the docstring
                     frame.unpersist()
         finally:
-            if self._layout is not None and self._layout.shard_dir is not None:
-                shutil.rmtree(self._layout.shard_dir, ignore_errors=True)
+            self._remove_shard_dirs()
 
-
-def _room_for(n_bytes):
-    """Whether the temporary directory has room for ``n_bytes`` of shard files, with a
-    margin; the cached partitions (on Spark's local directories) serve otherwise."""
-    free = shutil.disk_usage(tempfile.gettempdir()).free
-    return free > 1.25 * n_bytes + (256 << 20)
+    def _remove_shard_dirs(self):
+        shard_dirs, self._shard_dirs, self._shard_plan = self._shard_dirs, (), None
+        for shard_dir in shard_dirs:
+            if shard_dir is not None:
+                shutil.rmtree(shard_dir, ignore_errors=True)
 
 
 class _DriverRendezvous(AllGatherClient):
