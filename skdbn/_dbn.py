@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engines import make_engine, trains_in_driver_process
+from ._engines import make_engine, run_phase_retrying, trains_in_driver_process
 from ._flat import FlatParams
 from ._network import forward, network_from_layers, network_layout
 from ._progress import TrainingProgress, fingerprint, load_checkpoint, save_checkpoint
@@ -133,6 +133,13 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         parameters and data resumes from the last saved phase and gives the same model as an
         uninterrupted fit; a checkpoint of another run is ignored and replaced. Warm-start
         fits and :meth:`partial_fit` do not checkpoint.
+    phase_retries : int, default=2
+        How often a phase is rerun, from the state it started from, when it fails because a
+        worker was lost: a killed or crashed worker process (local processes or a Spark task's
+        Python worker) or a lost Spark executor. A retry waits (up to two minutes) for the
+        task slots to come back. Errors of the fit itself (bad data, divergence) are never
+        retried. Losing a worker thus costs at most the phase it was in: one layer's
+        pretraining, or up to ten fine-tuning epochs on Spark (one locally).
     warm_start : bool, default=False
         Start from the weights of the previous fit. With labels, pretraining is skipped and
         fine-tuning continues from the current network (a softmax head is added if the model
@@ -188,6 +195,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Fine-tuning epochs run (0 after pretraining only).
     n_workers_ : int
         Number of workers the last fit used.
+    n_phase_retries_ : int
+        Phases the last fit reran after losing a worker (see ``phase_retries``).
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -243,6 +252,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         "sync": [StrOptions({"gossip", "average", "none"})],
         "sync_every": [Interval(Integral, 1, None, closed="left")],
         "checkpoint_dir": [str, os.PathLike, None],
+        "phase_retries": [Interval(Integral, 0, None, closed="left")],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
@@ -278,6 +288,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         sync="gossip",
         sync_every=10,
         checkpoint_dir=None,
+        phase_retries=2,
         warm_start=False,
         verbose=0,
         random_state=None,
@@ -307,6 +318,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self.sync = sync
         self.sync_every = sync_every
         self.checkpoint_dir = checkpoint_dir
+        self.phase_retries = phase_retries
         self.warm_start = warm_start
         self.verbose = verbose
         self.random_state = random_state
@@ -613,6 +625,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         """Run the phases: ``pretrain`` is "missing" (layers not trained yet), "all" (continue
         every layer) or "none"; fine-tuning follows when ``classes`` is given."""
         self._check_n_workers(data.n_samples)
+        self._phase_retries = 0
         engine = data.engine or make_engine(self.backend, self.n_workers, self.sync,
                                             self.sync_every, data.n_samples)
         try:
@@ -666,8 +679,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 history = {"reconstruction_error": []}
                 output_mean = np.full(sizes[index + 1], 0.5)  # untrained: no better guess
             else:
-                result_state, results = engine.run_phase(
-                    phase, PhaseState(initial, np.zeros_like(initial)), below)
+                result_state, results = self._run_phase(
+                    engine, phase, PhaseState(initial, np.zeros_like(initial)), below)
                 history = _mean_history(results)
                 output_mean = np.average([r.hidden_mean for r in results], axis=0,
                                          weights=[r.n_samples for r in results])
@@ -675,6 +688,13 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             self._report(f"pretrained layer {index}: {_last_figures(history)}")
             if self.checkpoint_dir is not None and key is not None:
                 save_checkpoint(self.checkpoint_dir, key, progress)
+
+    def _run_phase(self, engine, phase, state, below):
+        state, results, retries = run_phase_retrying(
+            engine, phase, state, below, self.phase_retries,
+            lambda message: self._report(f"{type(phase).__name__}: {message}"))
+        self._phase_retries += retries
+        return state, results
 
     def _pretrain_phase(self, index, sizes, epochs, seed):
         return PretrainPhase(
@@ -716,8 +736,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 momentum=self.momentum, alpha=self.alpha,
                 seed=(progress.seed, 2, progress.n_iter), slow_worker=self._slow_worker,
             )
-            state, results = engine.run_phase(
-                phase, PhaseState(progress.network, progress.velocity), [])
+            state, results = self._run_phase(
+                engine, phase, PhaseState(progress.network, progress.velocity), [])
             progress.network, progress.velocity = state.params, state.velocity
             for loss in _mean_history(results)["loss"][-phase.epochs:]:
                 progress.loss_curve.append(loss)
@@ -795,6 +815,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self.best_loss_ = (progress.best_loss if not self.early_stopping
                            and np.isfinite(progress.best_loss) else None)
         self.n_workers_ = n_workers
+        self.n_phase_retries_ = self.__dict__.pop("_phase_retries", 0)
 
     # ------------------------------------------------------------------ inference
 

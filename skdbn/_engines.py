@@ -10,10 +10,12 @@ state and the workers' results, and ``close()``.
 - ``SparkEngine`` (in ``spark.stages``): one barrier task per worker.
 """
 
+import contextlib
 import os
 import secrets
 
 from joblib import Parallel, delayed
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 
 from ._gossip import AllGatherClient, AllGatherServer
 from ._task import SyncPlan, run_worker
@@ -58,6 +60,13 @@ class LocalEngine(_InProcessData):
         """Run ``phase`` on every worker and return ``(consensus_state, results)``."""
         results = [run_phase(phase, shard, state, below) for shard in self._shards]
         return consensus(results), results
+
+    def lost_worker(self, error):
+        """Never: the worker is this process."""
+        return None
+
+    def recover(self):
+        """Nothing to do (see ``lost_worker``)."""
 
     def close(self):
         """Release the shards."""
@@ -122,12 +131,27 @@ class ProcessEngine(_InProcessData):
                 server.close()
         return consensus(results), results
 
+    def lost_worker(self, error):
+        """Why ``error`` means a worker process was lost (killed, crashed), or None."""
+        if isinstance(error, TerminatedWorkerError):
+            return "a worker process was terminated"
+        return None
+
+    def recover(self):
+        """Replace the worker pool after a lost worker (loky's old one is broken)."""
+        self._close_pool()
+        self._parallel = Parallel(n_jobs=self.n_workers, backend="loky").__enter__()
+
     def close(self):
         """Close the worker pool and release the shards."""
-        if self._parallel is not None:
-            self._parallel.__exit__(None, None, None)
-            self._parallel = None
+        self._close_pool()
         self._shards = None
+
+    def _close_pool(self):
+        parallel, self._parallel = self._parallel, None
+        if parallel is not None:
+            with contextlib.suppress(Exception):  # a broken pool may complain; it is gone
+                parallel.__exit__(None, None, None)
 
 
 # With n_workers=None a worker is added per this many samples: below it, the time to start a
@@ -163,3 +187,32 @@ def make_engine(backend, n_workers, sync, sync_every, n_samples, dataframe=None)
     spark = get_session(dataframe)
     slots = check_barrier_possible(spark, n_workers or 1)
     return SparkEngine(spark, n_workers or min(wanted, slots), sync, sync_every)
+
+
+def run_phase_retrying(engine, phase, state, below, retries, report):
+    """``engine.run_phase(phase, state, below)``, rerun from the same starting state when it
+    fails because a worker was lost, at most ``retries`` times.
+
+    ``report(message)`` is told of every retry. Errors that are not a lost worker (bad data,
+    divergence, a bug) are raised at once.
+
+    Returns
+    -------
+    consensus_state, results, n_retries
+    """
+    attempt = 0
+    while True:
+        try:
+            return (*engine.run_phase(phase, state, below), attempt)
+        except Exception as error:
+            reason = engine.lost_worker(error)
+            if reason is None:
+                raise
+            if attempt == retries:
+                error.add_note(f"skdbn: {reason}; the phase was tried {attempt + 1} times "
+                               f"(phase_retries={retries})")
+                raise
+            report(f"{reason}; rerunning the phase from its starting state "
+                   f"(retry {attempt + 1} of {retries})")
+        attempt += 1
+        engine.recover()

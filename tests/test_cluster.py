@@ -123,3 +123,76 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
     assert outcome["master"] == standalone_cluster
     assert outcome["n_workers"] == 2
     assert outcome["accuracy"] > 0.9
+
+
+def _executor_pids():
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as handle:
+                    if b"CoarseGrainedExecutorBackend" in handle.read():
+                        pids.append(int(name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_killed_executor_costs_one_phase(standalone_cluster, tmp_path):
+    # The first phase's marker tells the test when to kill; the standalone worker then
+    # launches a new executor, and the retried phase waits for its task slot.
+    marker = tmp_path / "phase-started"
+    driver = textwrap.dedent(f"""
+        import json
+        import numpy as np
+        from sklearn.datasets import load_digits
+        from skdbn import DistributedDBN, loopback_session
+        from skdbn.spark.stages import SparkEngine
+
+        original = SparkEngine.run_phase
+        def run_phase(engine, *args):
+            open({str(marker)!r}, "a").close()
+            return original(engine, *args)
+
+        spark = loopback_session({standalone_cluster!r}, app_name="skdbn-executor-loss",
+                                 config={{"spark.executor.memory": "512m"}})
+        try:
+            X, y = load_digits(return_X_y=True)
+            X, y = np.tile(X / 16.0, (3, 1)), np.tile(y, 3)
+            params = dict(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=2,
+                          n_workers=2, sync="average", random_state=0)
+            SparkEngine.run_phase = run_phase
+            faulted = DistributedDBN(verbose=1, **params).fit(X, y)
+            SparkEngine.run_phase = original
+            reference = DistributedDBN(**params).fit(X, y)
+            same = all(np.array_equal(a, b) for a, b in zip(
+                faulted.coefs_ + faulted.intercepts_, reference.coefs_ + reference.intercepts_))
+            print("RESULT", json.dumps({{"retries": faulted.n_phase_retries_, "same": same,
+                                         "accuracy": faulted.score(X, y)}}))
+        finally:
+            spark.stop()
+    """)
+    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert marker.exists(), "the fit never started a phase"
+        time.sleep(1.5)
+        executors = _executor_pids()
+        assert executors, "no executor process to kill"
+        os.kill(executors[0], 9)
+        stdout, stderr = process.communicate(timeout=400)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=STOP_TIMEOUT)
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, _failure_summary(stderr)
+    outcome = json.loads(lines[0][len("RESULT "):])
+    assert outcome["retries"] == 1 and outcome["same"], outcome
+    assert "an executor was lost; rerunning the phase" in stdout
+    assert outcome["accuracy"] > 0.9

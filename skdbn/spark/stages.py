@@ -29,7 +29,7 @@ from .data import (
     read_shard,
     summarize_dataframe,
 )
-from .session import conf_value, is_connect_session
+from .session import check_barrier_possible, conf_value, is_connect_session
 from .shards import (
     ShardPlan,
     choose_shard_dir,
@@ -51,6 +51,15 @@ from .shards import (
 #   (where the driver's rendezvous would run) may be outside the cluster.
 RENDEZVOUS_CONF = "spark.skdbn.rendezvous"
 _RENDEZVOUS_MODES = ("auto", "driver", "barrier")
+
+# Texts of Spark errors that mean a worker was lost rather than that a task failed.
+_LOST_WORKER_SIGNS = (
+    ("Python worker exited unexpectedly", "a task's Python worker died"),
+    ("ExecutorLostFailure", "an executor was lost"),
+    ("Executor heartbeat timed out", "an executor stopped answering"),
+)
+# Seconds a retried phase waits for the cluster to give back the task slots it needs.
+_RECOVERY_TIMEOUT = 120.0
 
 _RESULT_SCHEMA = ("rank int, weight double, n_samples long, samples_trained long, "
                   "params binary, velocity binary, hidden_mean binary, history string, "
@@ -235,6 +244,33 @@ class SparkEngine:
         if mode == "auto":
             return "barrier" if connect else "driver"
         return mode
+
+    def lost_worker(self, error):
+        """Why ``error`` means a task's Python worker or an executor was lost, or None.
+
+        Spark reports the first failure of a barrier stage; an exception raised by skdbn's own
+        code in a task (bad data, divergence) is a ``PythonException`` and is not a loss.
+        """
+        text = str(error)
+        if "An exception was thrown from the Python worker" in text:
+            return None
+        for sign, reason in _LOST_WORKER_SIGNS:
+            if sign in text:
+                return reason
+        return None
+
+    def recover(self):
+        """Wait (bounded) until the session has the task slots again, for a retried phase: a
+        cluster replaces a lost executor within seconds; a local master never lost any."""
+        deadline = time.monotonic() + _RECOVERY_TIMEOUT
+        while True:
+            try:
+                check_barrier_possible(self.spark, self.n_workers)
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(1.0)
 
     def close(self):
         """Drop the cached training partitions from the executors, and any shard files.
