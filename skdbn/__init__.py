@@ -1,6 +1,6 @@
 """skdbn: deep belief networks trained across Apache Spark, as scikit-learn estimators."""
 
-__all__ = ["DistributedDBN", "loopback_session"]
+__all__ = ["CheckpointWarning", "DistributedDBN", "loopback_session"]
 __version__ = "0.1.0"
 
 
@@ -11,6 +11,10 @@ def __getattr__(name):
         from ._dbn import DistributedDBN
 
         return DistributedDBN
+    if name == "CheckpointWarning":
+        from ._progress import CheckpointWarning
+
+        return CheckpointWarning
     if name == "loopback_session":
         from .spark.session import loopback_session
 

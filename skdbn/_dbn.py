@@ -24,14 +24,24 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._engines import make_engine, run_phase_retrying, trains_in_driver_process
 from ._flat import FlatParams
 from ._network import forward, network_from_layers, network_layout
-from ._progress import TrainingProgress, fingerprint, load_checkpoint, save_checkpoint
+from ._progress import (
+    TrainingProgress,
+    check_progress,
+    fingerprint,
+    frame_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ._rbm import BERNOULLI, GAUSSIAN, init_rbm, mean_hidden, rbm_layout
 from ._worker import FinetunePhase, PhaseState, PretrainPhase, standardize
 from .spark.data import (
+    HANDLE_INVALID,
     accuracy_of,
     check_feature_count,
+    feature_column,
     map_dataframe,
     read_dataframe,
+    valid_features,
 )
 from .spark.session import is_spark_dataframe
 from .spark.shards import partition_rows
@@ -131,8 +141,12 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     checkpoint_dir : str or path-like or None, default=None
         Directory where the training progress is saved after every phase. A fit with the same
         parameters and data resumes from the last saved phase and gives the same model as an
-        uninterrupted fit; a checkpoint of another run is ignored and replaced. Warm-start
-        fits and :meth:`partial_fit` do not checkpoint.
+        uninterrupted fit; a checkpoint of another run is ignored and replaced. Arrays are
+        recognised as the same data by their bytes; a DataFrame by what its statistics pass
+        sees (rows per partition, per-feature mean, variance and extremes, classes). A
+        damaged checkpoint is set aside with a ``CheckpointWarning`` and the fit resumes from
+        the one before it, or starts afresh. Warm-start fits and :meth:`partial_fit` do not
+        checkpoint.
     phase_retries : int, default=2
         How often a phase is rerun, from the state it started from, when it fails because a
         worker was lost: a killed or crashed worker process (local processes or a Spark task's
@@ -140,6 +154,11 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         task slots to come back. Errors of the fit itself (bad data, divergence) are never
         retried. Losing a worker thus costs at most the phase it was in: one layer's
         pretraining, or up to ten fine-tuning epochs on Spark (one locally).
+    network_timeout : float or None, default=None
+        Seconds any one network wait of a worker may take (a rendezvous, a delivery, a
+        synchronous average) before the peer is given up for the rest of the phase. ``None``:
+        30 for local processes, 60 on Spark. A stopped peer thus costs at most one timeout per
+        phase; raise it for very large networks on slow links.
     warm_start : bool, default=False
         Start from the weights of the previous fit. With labels, pretraining is skipped and
         fine-tuning continues from the current network (a softmax head is added if the model
@@ -156,13 +175,21 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         pyspark.ml vector column (dense or sparse), an array column of numbers, or a list of
         numeric columns. ``array<float>`` columns (and lists of float columns) train in
         float32, everything else in float64.
-    label_col : str, default="label"
+    label_col : str or None, default="label"
         Column of class labels (numbers, strings or booleans) of a DataFrame passed to
-        ``fit``; a DataFrame without it is only pretrained.
+        ``fit`` and ``score``; it must exist. ``None`` pretrains on a DataFrame without
+        labels.
     prediction_col, probability_col, transform_col : str, default="prediction", \
 "probability", "dbn_features"
         Columns added by :meth:`predict`, :meth:`predict_proba` and :meth:`transform` when they
         are given a Spark DataFrame.
+    handle_invalid : {"error", "skip", "keep"}, default="error"
+        What to do with *invalid* rows of a Spark DataFrame: features that are null, hold NaN
+        or infinity, or (at inference) have another length than ``n_features_in_``; and, at
+        fit, a null label. ``"error"`` raises an error that names the column (as
+        pyspark.ml's ``handleInvalid`` does by default); ``"skip"`` leaves such rows out;
+        ``"keep"`` keeps them at inference with a null result (at fit they are left out, as
+        with ``"skip"``). Arrays are always checked strictly.
 
     Attributes
     ----------
@@ -253,11 +280,13 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         "sync_every": [Interval(Integral, 1, None, closed="left")],
         "checkpoint_dir": [str, os.PathLike, None],
         "phase_retries": [Interval(Integral, 0, None, closed="left")],
+        "network_timeout": [Interval(Real, 0, None, closed="neither"), None],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
         "features_col": [str, list, tuple],
-        "label_col": [str],
+        "label_col": [str, None],
+        "handle_invalid": [StrOptions(set(HANDLE_INVALID))],
         "prediction_col": [str],
         "probability_col": [str],
         "transform_col": [str],
@@ -289,6 +318,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         sync_every=10,
         checkpoint_dir=None,
         phase_retries=2,
+        network_timeout=None,
         warm_start=False,
         verbose=0,
         random_state=None,
@@ -297,6 +327,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         prediction_col="prediction",
         probability_col="probability",
         transform_col="dbn_features",
+        handle_invalid="error",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.visible_units = visible_units
@@ -319,6 +350,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self.sync_every = sync_every
         self.checkpoint_dir = checkpoint_dir
         self.phase_retries = phase_retries
+        self.network_timeout = network_timeout
         self.warm_start = warm_start
         self.verbose = verbose
         self.random_state = random_state
@@ -327,6 +359,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self.prediction_col = prediction_col
         self.probability_col = probability_col
         self.transform_col = transform_col
+        self.handle_invalid = handle_invalid
 
     # ------------------------------------------------------------------ fitting
 
@@ -357,7 +390,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             else:
                 data, classes, validation, key = self._prepare_arrays(X, y, continuing, seed)
             labelled = classes is not None
-            progress = self._starting_progress(seed, key, continuing, labelled)
+            progress = self._starting_progress(seed, key, continuing, labelled, classes,
+                                               data.dtype)
             if continuing:
                 pretrain = "none" if labelled else "all"
                 max_epochs = progress.n_iter + self.max_iter
@@ -390,7 +424,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 "early_stopping is not available for Spark DataFrames yet; fit on numpy "
                 "arrays or set early_stopping=False"
             )
-        label_col = self.label_col if self.label_col in df.columns else None
+        label_col = self._checked_label_col(df, "fit")
+        if self.handle_invalid != "error":
+            df = df.filter(self._valid_training_rows(df, label_col))
         summary, X, labels, engine = self._summarize_dataframe(df, label_col, cleanup)
         if continuing and summary.n_features != self.n_features_in_:
             raise ValueError(
@@ -413,7 +449,27 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         data = _TrainingData.of_dataframe(df, label_col, summary, self, engine)
         if X is not None:
             data = data.held_here(X, labels)
-        return data, classes, None, None
+        key = None
+        if self.checkpoint_dir is not None and not continuing:
+            key = frame_fingerprint(self.get_params(), summary, classes)
+        return data, classes, None, key
+
+    def _checked_label_col(self, df, method):
+        if self.label_col is None:
+            return None
+        if self.label_col not in df.columns:
+            advice = ("name the labels' column, or set label_col=None to pretrain without "
+                      "labels" if method == "fit" else "score needs labels: name their column")
+            raise ValueError(
+                f"label_col {self.label_col!r} is not a column of the DataFrame (its columns: "
+                f"{', '.join(df.columns)}); {advice}"
+            )
+        return self.label_col
+
+    def _valid_training_rows(self, df, label_col):
+        features, _ = feature_column(df, self.features_col)
+        valid = valid_features(features)
+        return valid if label_col is None else valid & df[label_col].isNotNull()
 
     def _summarize_dataframe(self, df, label_col, cleanup):
         """Read the DataFrame once: into this process when the fit trains here, else on the
@@ -429,7 +485,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         if trains_in_driver_process(self.backend, self.n_workers, n_samples):
             return (*read_dataframe(df, self.features_col, label_col), None)
         engine = make_engine(self.backend, self.n_workers, self.sync, self.sync_every,
-                             n_samples, df)
+                             n_samples, df, timeout=self.network_timeout)
         cleanup.callback(engine.close)
         return engine.summarize(df, self.features_col, label_col, counts), None, None, engine
 
@@ -555,14 +611,15 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         if kind == BERNOULLI:
             self.mean_, self.scale_ = None, None
             return
-        if sp.issparse(X):
-            mean = np.asarray(X.mean(axis=0)).ravel()
-            variance = np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean**2
-        else:
-            mean, variance = X.mean(axis=0), X.var(axis=0)
-        scale = np.sqrt(np.maximum(variance, 0))
-        scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
-        self.mean_, self.scale_ = mean.astype(X.dtype), scale.astype(X.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if sp.issparse(X):
+                mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+                variance = np.asarray(X.multiply(X).mean(axis=0, dtype=np.float64)).ravel() \
+                    - mean**2
+            else:
+                mean = X.mean(axis=0, dtype=np.float64)
+                variance = X.var(axis=0, dtype=np.float64)
+        self.mean_, self.scale_ = _standardization(mean, variance, X.dtype)
 
     def _learn_visible_units_from_summary(self, summary):
         kind = self.visible_units
@@ -573,10 +630,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         if kind == BERNOULLI:
             self.mean_, self.scale_ = None, None
             return
-        scale = np.sqrt(np.maximum(summary.variance, 0))
-        scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
-        self.mean_ = summary.mean.astype(summary.dtype)
-        self.scale_ = scale.astype(summary.dtype)
+        self.mean_, self.scale_ = _standardization(summary.mean, summary.variance,
+                                                   summary.dtype)
 
     def _split_validation(self, X, y, classes, seed):
         if y is None or not self.early_stopping:
@@ -592,10 +647,16 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             )
         return X_train, y_train, (X_val, y_val)
 
-    def _starting_progress(self, seed, key, continuing, labelled):
+    def _starting_progress(self, seed, key, continuing, labelled, classes=None, dtype=None):
         if self.checkpoint_dir is not None and key is not None:
-            saved = load_checkpoint(self.checkpoint_dir, key)
+            sizes = [self.n_features_in_, *self._hidden_sizes()]
+            n_classes = None if classes is None else len(classes)
+            saved, path = load_checkpoint(
+                self.checkpoint_dir, key,
+                lambda progress: check_progress(progress, sizes, n_classes, dtype))
             if saved is not None:
+                self._report(f"resumed from {path}: {len(saved.layers)} of {len(sizes) - 1} "
+                             f"layers pretrained, {saved.n_iter} fine-tuning epochs done")
                 return saved
         progress = TrainingProgress(seed=int(seed))
         if not continuing:
@@ -627,7 +688,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self._check_n_workers(data.n_samples)
         self._phase_retries = 0
         engine = data.engine or make_engine(self.backend, self.n_workers, self.sync,
-                                            self.sync_every, data.n_samples)
+                                            self.sync_every, data.n_samples,
+                                            timeout=self.network_timeout)
         try:
             self._start_engine(engine, data, classes, progress.seed)
             if pretrain != "none":
@@ -660,8 +722,10 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     def _pretrain(self, engine, progress, data, key, first, epochs):
         sizes = [data.n_features, *self._hidden_sizes()]
         dtype = data.dtype
-        rng = np.random.default_rng([progress.seed, 0])
         for index in range(first, len(sizes) - 1):
+            # A stream of its own per layer: a fit resumed at this layer draws what an
+            # uninterrupted one does.
+            rng = np.random.default_rng([progress.seed, 0, index])
             below = [FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, progress.layers[i])
                      for i in range(index)]
             phase = self._pretrain_phase(index, sizes, epochs, progress.seed)
@@ -929,13 +993,19 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             if y is not None or sample_weight is not None:
                 raise ValueError("with a Spark DataFrame the labels are its label_col column; "
                                  "do not pass y or sample_weight")
-            return accuracy_of(self.predict(X), self.prediction_col, self.label_col)
+            label_col = self._checked_label_col(X, "score")
+            if label_col is None:
+                raise ValueError("score needs labels: set label_col to the DataFrame's column "
+                                 "of labels")
+            return accuracy_of(self.predict(X), self.prediction_col, label_col)
         return super().score(X, y, sample_weight=sample_weight)
 
     def _map_dataframe(self, df, compute, name, kind):
         check_is_fitted(self)
-        check_feature_count(df, self.features_col, self.n_features_in_)
-        return map_dataframe(df, self.features_col, self.n_features_in_, compute, name, kind)
+        if self.handle_invalid == "error":  # an early, clear error for a wrong width
+            check_feature_count(df, self.features_col, self.n_features_in_)
+        return map_dataframe(df, self.features_col, self.n_features_in_, compute, name, kind,
+                             self.handle_invalid)
 
     def _validate_inference_data(self, X):
         check_is_fitted(self)
@@ -1061,6 +1131,20 @@ class _TrainingData:
         """The same data, read into this process as ``X`` and labels ``y`` (or None)."""
         return _TrainingData(self.n_samples, self.n_features, self.dtype, self.input_mean,
                              X=X, y=y)
+
+
+def _standardization(mean, variance, dtype):
+    """``(mean_, scale_)`` of Gaussian visible units in ``dtype``, from float64 moments."""
+    scale = np.sqrt(np.maximum(variance, 0))
+    with np.errstate(over="ignore"):
+        mean, scale = np.asarray(mean).astype(dtype), scale.astype(dtype)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(scale))):
+        raise ValueError(
+            f"X holds values too large to standardize in {np.dtype(dtype).name} (their "
+            "variance overflows); rescale X, e.g. with StandardScaler, before fitting"
+        )
+    scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
+    return mean, scale
 
 
 def _worker_rows(n_samples, n_workers, seed):

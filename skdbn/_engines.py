@@ -17,7 +17,7 @@ import secrets
 from joblib import Parallel, delayed
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-from ._gossip import AllGatherClient, AllGatherServer
+from ._gossip import AllGatherClient, AllGatherServer, PeerLost
 from ._task import SyncPlan, run_worker
 from ._worker import Shard, consensus, run_phase
 
@@ -121,7 +121,8 @@ class ProcessEngine(_InProcessData):
         if self.sync != "none":  # independent workers need no rendezvous
             server = AllGatherServer(self._secret, self.n_workers, self.timeout).start()
         try:
-            rendezvous = server and AllGatherClient(server.address, self._secret, self.timeout)
+            rendezvous = server and AllGatherClient(server.address, self._secret, self.timeout,
+                                                     self.n_workers)
             results = self._parallel(
                 delayed(run_worker)(rank, phase, shard, state, below, plan, rendezvous)
                 for rank, shard in enumerate(self._shards)
@@ -135,6 +136,8 @@ class ProcessEngine(_InProcessData):
         """Why ``error`` means a worker process was lost (killed, crashed), or None."""
         if isinstance(error, TerminatedWorkerError):
             return "a worker process was terminated"
+        if isinstance(error, PeerLost):
+            return "a worker did not reach the phase's rendezvous in time"
         return None
 
     def recover(self):
@@ -171,22 +174,27 @@ def trains_in_driver_process(backend, n_workers, n_samples):
     return backend == "local" or (n_workers is None and wanted == 1)
 
 
-def make_engine(backend, n_workers, sync, sync_every, n_samples, dataframe=None):
+def make_engine(backend, n_workers, sync, sync_every, n_samples, dataframe=None,
+                timeout=None):
     """The engine for ``backend``, choosing the number of workers when it is None.
 
     See :func:`trains_in_driver_process` for when the workers run in this process; a
-    ``dataframe`` left to the engine is read on the executors.
+    ``dataframe`` left to the engine is read on the executors. ``timeout`` bounds every
+    network wait of the workers (None: the engine's default).
     """
     wanted = n_workers or max(1, n_samples // SAMPLES_PER_WORKER)
+    limits = {} if timeout is None else {"timeout": float(timeout)}
     if dataframe is None and trains_in_driver_process(backend, n_workers, n_samples):
         workers = n_workers or 1
-        return LocalEngine() if workers == 1 else ProcessEngine(workers, sync, sync_every)
+        if workers == 1:
+            return LocalEngine()
+        return ProcessEngine(workers, sync, sync_every, **limits)
     from .spark.session import check_barrier_possible, get_session
     from .spark.stages import SparkEngine
 
     spark = get_session(dataframe)
     slots = check_barrier_possible(spark, n_workers or 1)
-    return SparkEngine(spark, n_workers or min(wanted, slots), sync, sync_every)
+    return SparkEngine(spark, n_workers or min(wanted, slots), sync, sync_every, **limits)
 
 
 def run_phase_retrying(engine, phase, state, below, retries, report):

@@ -16,6 +16,7 @@ weighted average over workers and messages in flight is unbiased.
 
 import contextlib
 import queue
+import socket
 import struct
 import threading
 import time
@@ -49,6 +50,11 @@ _RENDEZVOUS = b"rendezvous"
 
 class WireError(ValueError):
     """A received frame that is not a valid message of this phase."""
+
+
+class PeerLost(ConnectionError):
+    """Not every worker of a phase arrived at its rendezvous in time (one was stopped or
+    lost); the phase can be run again."""
 
 
 @dataclass(frozen=True)
@@ -383,7 +389,8 @@ class AllGatherServer:
         self.n_workers = n_workers
         self.timeout = timeout
         self._listener = AuthenticatedListener(
-            secret, _RENDEZVOUS, n_workers, lambda size: TAG_SIZE < size <= _MAX_REQUEST,
+            secret, _RENDEZVOUS, n_workers,
+            lambda size: TAG_SIZE < size <= rendezvous_frame_limit(n_workers),
             self._receive, host=host, timeout=timeout)
         self.address = self._listener.address
         self._arrived = {}  # rank -> (connection, nonce, address) of this round
@@ -413,7 +420,26 @@ class AllGatherServer:
             self._arrived[rank][0].close()
         self._arrived[rank] = (conn, nonce, address)
         if len(self._arrived) == self.n_workers:
+            self._forget_the_dead()
+        if len(self._arrived) == self.n_workers:
             self._reply_to_all()
+
+    def _forget_the_dead(self):
+        """Drop the entries of workers whose connection has closed (a task that died while
+        it waited): their rank's next task will arrive in their place."""
+        for rank, (conn, _, _) in list(self._arrived.items()):
+            conn.setblocking(False)  # a socket with a timeout would wait for data first
+            try:
+                closed = conn.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                closed = False  # alive and silent, as a waiting worker is
+            except OSError:
+                closed = True
+            finally:
+                conn.settimeout(self.timeout)
+            if closed:
+                conn.close()
+                del self._arrived[rank]
 
     def _reply_to_all(self):
         arrived, self._arrived = self._arrived, {}
@@ -426,7 +452,7 @@ class AllGatherServer:
     def close(self):
         """Stop serving (bounded wait)."""
         self._listener.close()
-        for conn, _, _ in self._arrived.values():
+        for conn, _, _ in list(self._arrived.values()):
             conn.close()
 
 
@@ -434,24 +460,37 @@ class AllGatherClient:
     """Picklable worker side of ``AllGatherServer``: ``client(rank, address)`` returns the
     addresses of all workers, by rank."""
 
-    def __init__(self, server_address, secret, timeout):
+    def __init__(self, server_address, secret, timeout, n_workers):
         self.server_address = server_address
         self.secret = secret
         self.timeout = timeout
+        self.n_workers = n_workers
 
     def __repr__(self):  # never print the secret
         return f"AllGatherClient({self.server_address!r})"
 
     def __call__(self, rank, address):
-        conn, nonce = connect(parse_address(self.server_address), self.secret, _RENDEZVOUS,
-                              rank, self.timeout)
+        conn, nonce = self._connect(rank)
         with conn:
             send_frame(conn, self.secret, nonce, [f"{rank} {address}".encode()])
-            (size,) = LENGTH.unpack(recv_exactly(conn, LENGTH.size))
-            if not TAG_SIZE < size <= _MAX_REQUEST:
+            try:
+                (size,) = LENGTH.unpack(recv_exactly(conn, LENGTH.size))
+            except OSError as exc:
+                raise PeerLost(
+                    f"worker {rank} waited {self.timeout:g} s at the rendezvous, and not every "
+                    "worker arrived (one was stopped or lost)"
+                ) from exc
+            if not TAG_SIZE < size <= rendezvous_frame_limit(self.n_workers):
                 raise WireError("rendezvous reply of a wrong length")
             reply = split_frame(self.secret, nonce, recv_exactly(conn, size))
             return bytes(reply).decode().split("\n")
 
+    def _connect(self, rank):
+        return connect(parse_address(self.server_address), self.secret, _RENDEZVOUS, rank,
+                       self.timeout)
 
-_MAX_REQUEST = (1 << 16) + TAG_SIZE  # bytes of a rendezvous request or reply, tag included
+
+def rendezvous_frame_limit(n_workers):
+    """Bytes a rendezvous request or reply may have, tag included: room for every worker's
+    address (a host name may be 253 characters)."""
+    return (1 << 16) + 300 * n_workers + TAG_SIZE

@@ -1,22 +1,40 @@
 """What a fit has achieved so far, and its checkpoint on disk.
 
 The estimator records every finished phase in a ``TrainingProgress``; with ``checkpoint_dir``
-set the progress is written after each phase (atomically) and a later fit with the same
-settings and data resumes from it. Checkpoints hold arrays and JSON only and are read with
+set the progress is written after each phase and a later fit with the same settings and data
+resumes from it. Checkpoints hold arrays and JSON only and are read with
 ``allow_pickle=False``.
+
+A checkpoint is written to a temporary file, flushed to disk and then renamed over the
+previous one, which is kept beside it: a crash while writing leaves both valid. A checkpoint
+that cannot be read or does not hold what this fit needs (shapes, dtypes, finite values, the
+type of every field) is set aside with a ``CheckpointWarning`` naming the file and the reason,
+and the fit resumes from the previous checkpoint, or starts afresh.
 """
 
 import hashlib
 import json
 import os
 import tempfile
+import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
 CHECKPOINT_FILE = "skdbn-checkpoint.npz"
+PREVIOUS_FILE = "skdbn-checkpoint.previous.npz"
 _FORMAT_VERSION = 1
+_ARRAYS = ("network", "velocity", "best_network")
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint file was damaged, so it was set aside and not resumed."""
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint that does not hold a valid state of the fit that reads it."""
 
 
 @dataclass
@@ -43,22 +61,45 @@ class TrainingProgress:
         return len(self.loss_curve)
 
 
+def _settings_digest(estimator_params, classes):
+    digest = hashlib.sha256()
+    ignored = {"checkpoint_dir", "verbose", "warm_start", "phase_retries"}
+    settings = {k: repr(v) for k, v in sorted(estimator_params.items()) if k not in ignored}
+    digest.update(json.dumps(settings).encode())
+    classes = np.asarray(classes if classes is not None else [])
+    digest.update(repr(classes.tolist()).encode())
+    return digest
+
+
 def fingerprint(estimator_params, X, y, classes):
     """Digest of everything that determines a fit: parameters, data and classes.
 
     A checkpoint is only resumed by a fit with the same fingerprint, so a stale checkpoint
     of another run is never mixed into this one.
     """
-    digest = hashlib.sha256()
-    ignored = {"checkpoint_dir", "verbose", "warm_start"}
-    settings = {k: repr(v) for k, v in sorted(estimator_params.items()) if k not in ignored}
-    digest.update(json.dumps(settings).encode())
+    digest = _settings_digest(estimator_params, classes)
     parts = [X.data, X.indices, X.indptr] if sp.issparse(X) else [X]
-    parts += [y if y is not None else np.array([]), classes if classes is not None else []]
+    parts += [y if y is not None else np.array([])]
     for part in parts:
         part = np.ascontiguousarray(part)
         digest.update(str((part.shape, part.dtype.str)).encode())
         digest.update(part.tobytes() if part.dtype != object else repr(part.tolist()).encode())
+    return digest.hexdigest()
+
+
+def frame_fingerprint(estimator_params, summary, classes):
+    """Digest of a DataFrame fit: parameters, and what the statistics pass saw of the data.
+
+    A DataFrame is recognised as the same training data by its content as summarised: row
+    count, rows of each partition (which decide the workers' shards), number of features,
+    per-feature mean, variance and extremes, and the classes. Rows changed, added, removed or
+    moved to other partitions give another fingerprint.
+    """
+    digest = _settings_digest(estimator_params, classes)
+    digest.update(json.dumps([summary.n_samples, summary.n_features, str(summary.dtype),
+                              sorted(summary.partition_rows.items())]).encode())
+    for values in (summary.mean, summary.variance, summary.minimum, summary.maximum):
+        digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
     return digest.hexdigest()
 
 
@@ -76,28 +117,157 @@ def save_checkpoint(directory, key, progress):
                 n_layer_means=len(progress.layer_means))
     arrays["meta"] = np.array(json.dumps(meta, default=float))
     handle, tmp_path = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
+    current = os.path.join(directory, CHECKPOINT_FILE)
     try:
         with os.fdopen(handle, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp_path, os.path.join(directory, CHECKPOINT_FILE))
+            fh.flush()
+            os.fsync(fh.fileno())
+        if os.path.exists(current):
+            os.replace(current, os.path.join(directory, PREVIOUS_FILE))
+        os.replace(tmp_path, current)
+        _sync_directory(directory)
     except BaseException:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
 
 
-def load_checkpoint(directory, key):
-    """The progress saved under ``directory`` for fingerprint ``key``, or None."""
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    if not os.path.exists(path):
-        return None
+def _sync_directory(directory):
+    """Make the renames in ``directory`` durable (where the platform allows)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def load_checkpoint(directory, key, check):
+    """The latest valid progress saved under ``directory`` for fingerprint ``key``.
+
+    ``check(progress)`` raises ``DamagedCheckpoint`` when the progress does not fit this fit
+    (see :func:`check_progress`). A damaged file is set aside with a ``CheckpointWarning`` and
+    the previous checkpoint is tried; a checkpoint of another fit (another fingerprint) is
+    left to be replaced.
+
+    Returns
+    -------
+    progress : TrainingProgress or None
+    path : str or None
+        The file it came from.
+    """
+    for name in (CHECKPOINT_FILE, PREVIOUS_FILE):
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            saved_key, progress = _read_checkpoint(path)
+            if saved_key != key:
+                continue
+            check(progress)
+        except Exception as error:  # every way a file can be damaged: set it aside
+            _set_aside(path, error)
+            continue
+        return progress, path
+    return None, None
+
+
+def _read_checkpoint(path):
     with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-        if meta.get("version") != _FORMAT_VERSION or meta.get("key") != key:
-            return None
+        meta = json.loads(str(data["meta"][()]))
+        if not isinstance(meta, dict) or meta.get("version") != _FORMAT_VERSION:
+            raise DamagedCheckpoint("not a checkpoint of this format version")
+        key = meta.pop("key")
+        meta.pop("version")
+        _check_meta(meta)
         layers = [data[f"layer_{i}"] for i in range(meta.pop("n_layers"))]
         layer_means = [data[f"layer_mean_{i}"] for i in range(meta.pop("n_layer_means"))]
-        arrays = {name: data.get(name) for name in ("network", "velocity", "best_network")}
-    meta.pop("version")
-    meta.pop("key")
-    return TrainingProgress(layers=layers, layer_means=layer_means, **arrays, **meta)
+        arrays = {name: data[name] if name in data.files else None for name in _ARRAYS}
+    return key, TrainingProgress(layers=layers, layer_means=layer_means, **arrays, **meta)
+
+
+def _set_aside(path, error):
+    aside = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    reason = f"{type(error).__name__}: {error}"
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        aside = f"(could not be moved: {exc})"
+    warnings.warn(f"checkpoint {path} is damaged and was not resumed ({reason}); it is "
+                  f"now {aside}", CheckpointWarning, stacklevel=4)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_meta(meta):
+    """Raise ``DamagedCheckpoint`` unless every metadata field has its type."""
+    integers = ("seed", "no_improvement_count", "n_layers", "n_layer_means")
+    expected = set(integers) | {"pretraining_history", "loss_curve", "validation_scores",
+                                "best_loss", "best_validation_score", "finetune_done"}
+    if set(meta) != expected:
+        raise DamagedCheckpoint(f"fields {sorted(set(meta) ^ expected)} do not belong")
+    for name in integers:
+        if not isinstance(meta[name], int) or isinstance(meta[name], bool) or meta[name] < 0:
+            raise DamagedCheckpoint(f"{name} is not a count: {meta[name]!r}")
+    for name in ("best_loss", "best_validation_score"):
+        if not _is_number(meta[name]) or np.isnan(meta[name]):
+            raise DamagedCheckpoint(f"{name} is not a number: {meta[name]!r}")
+    if not isinstance(meta["finetune_done"], bool):
+        raise DamagedCheckpoint("finetune_done is not a boolean")
+    for name in ("loss_curve", "validation_scores"):
+        values = meta[name]
+        if not isinstance(values, list) or not all(_is_number(v) and np.isfinite(v)
+                                                   for v in values):
+            raise DamagedCheckpoint(f"{name} is not a list of finite numbers")
+    history = meta["pretraining_history"]
+    if not isinstance(history, list) or not all(
+            isinstance(h, dict) and all(isinstance(k, str) and isinstance(v, list)
+                                        and all(_is_number(x) for x in v)
+                                        for k, v in h.items()) for h in history):
+        raise DamagedCheckpoint("pretraining_history is not a list of {name: numbers}")
+
+
+def check_progress(progress, layer_sizes, n_classes, dtype):
+    """Raise ``DamagedCheckpoint`` unless ``progress`` is a state of a fit of ``layer_sizes``
+    (``[n_features, *hidden]``) with ``n_classes`` classes (None: unlabelled) in ``dtype``.
+    """
+    from ._network import network_layout
+    from ._rbm import rbm_layout
+
+    def check_array(name, array, size):
+        if array.dtype != dtype or array.shape != (size,):
+            raise DamagedCheckpoint(f"{name} is {array.dtype}{array.shape}, expected "
+                                    f"{np.dtype(dtype)}({size},)")
+        if not np.all(np.isfinite(array)):
+            raise DamagedCheckpoint(f"{name} holds NaN or infinity")
+
+    n_hidden = len(layer_sizes) - 1
+    if len(progress.layers) > n_hidden or len(progress.layer_means) != len(progress.layers) \
+            or len(progress.pretraining_history) != len(progress.layers):
+        raise DamagedCheckpoint(f"{len(progress.layers)} layers, {len(progress.layer_means)} "
+                                f"layer means and {len(progress.pretraining_history)} "
+                                f"histories for a network of {n_hidden} hidden layers")
+    for i, layer in enumerate(progress.layers):
+        size = sum(int(np.prod(s)) for s in rbm_layout(*layer_sizes[i:i + 2]).values())
+        check_array(f"layer {i}", layer, size)
+        mean = progress.layer_means[i]
+        if mean.shape != (layer_sizes[i + 1],) or not np.all(np.isfinite(mean)):
+            raise DamagedCheckpoint(f"the mean activation of layer {i} is not valid")
+    arrays = [getattr(progress, name) for name in _ARRAYS]
+    if n_classes is None or progress.network is None:
+        if any(a is not None for a in arrays) or progress.loss_curve:
+            raise DamagedCheckpoint("fine-tuning state in a fit that has none yet")
+        return
+    size = sum(int(np.prod(s)) for s in network_layout([*layer_sizes, n_classes]).values())
+    for name, array in zip(_ARRAYS, arrays, strict=True):
+        if array is not None:
+            check_array(name, array, size)
+    if progress.velocity is None or len(progress.layers) != n_hidden:
+        raise DamagedCheckpoint("a fine-tuning state without its velocity or its layers")

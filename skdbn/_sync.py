@@ -348,6 +348,7 @@ class AverageSync:
         self.minibatches = 0
         self.samples_trained = 0
         self._early = []
+        self._absent = set()  # peers that missed a deadline: not waited for again this phase
         self.state = None
 
     def begin(self, params, weight):
@@ -388,6 +389,10 @@ class AverageSync:
         self.state.params[...] = mean
 
     def _collect(self, step):
+        """The states of this sync point: every peer's, except that a peer which once
+        missed a deadline (stopped, or gone) is not waited for again in this phase, so a lost
+        peer costs one ``timeout`` per phase, not one per sync point; its states still count
+        whenever they arrive in time."""
         states = {self.rank: (self.state.params.copy(), self.state.weight)}
         deadline = time.monotonic() + self.timeout
         while True:
@@ -395,9 +400,14 @@ class AverageSync:
             for message in messages:
                 if message.kind == KIND_STATE and message.step == step:
                     states[message.sender] = (message.values, message.weight)
+                    self._absent.discard(message.sender)
                 elif message.step > step:  # a faster peer's next round
                     self._early.append(message)
-            if len(states) == self.n_workers or time.monotonic() >= deadline:
+            expected = set(range(self.n_workers)) - self._absent
+            if expected <= set(states):
+                return states
+            if time.monotonic() >= deadline:
+                self._absent |= expected - set(states)
                 return states
             self.node.wait_for(bool, deadline - time.monotonic())
 

@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 # Seconds a connection has to answer the challenge: a peer of the fit answers in
 # microseconds; anyone slower is not one.
 AUTH_TIMEOUT = 2.0
-# Connections that may wait for their answer at once.
+# Connections that may wait for their answer at once (at least twice the ranks that may
+# connect, so that a burst of the fit's own peers never pushes each other out).
 MAX_UNAUTHENTICATED = 64
+# Connections accepted at a time before the waiting ones are read again.
+_ACCEPT_BATCH = 16
 
 _CHALLENGE = struct.Struct("<4s16s")  # magic, nonce
 _HELLO = struct.Struct("<H32s")  # rank, tag
@@ -159,7 +162,7 @@ class AuthenticatedListener:
         self.on_frame = on_frame
         self.timeout = timeout
         self.auth_timeout = auth_timeout
-        self.max_unauthenticated = max_unauthenticated
+        self.max_unauthenticated = max(max_unauthenticated, 2 * n_ranks)
         self.rejected = 0  # connections dropped before handing over a frame
         self._server = socket.create_server((host, 0), backlog=256)
         self._server.setblocking(False)
@@ -199,10 +202,7 @@ class AuthenticatedListener:
         try:
             while not self._stopping.is_set():
                 for key, _ in self._selector.select(self._next_wait()):
-                    if key.fileobj is self._server:
-                        self._accept_all()
-                    elif key.fileobj is not self._wake_read:
-                        self._advance(key.fileobj)
+                    self._handle(key.fileobj)
                 self._drop_expired()
         finally:
             for conn in list(self._connections):
@@ -211,21 +211,35 @@ class AuthenticatedListener:
             self._server.close()
             self._wake_read.close()
 
+    def _handle(self, source):
+        """Serve one ready socket; whatever goes wrong with a connection ends only that
+        connection, never the listener."""
+        if source is self._server:
+            self._accept_some()
+        elif source is not self._wake_read and source in self._connections:
+            try:
+                self._advance(source)
+            except Exception:
+                if source in self._connections:
+                    self._drop(source)
+
     def _next_wait(self):
         now = time.monotonic()
         deadlines = [state.deadline - now for state in self._connections.values()]
         return max(0.0, min([0.5, *deadlines]))
 
-    def _accept_all(self):
-        while True:
+    def _accept_some(self):
+        for _ in range(_ACCEPT_BATCH):
             try:
                 conn, _ = self._server.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError:  # out of file descriptors: free the oldest waiting one
+                if not self._push_out_oldest():
+                    time.sleep(0.01)
                 return
-            conn.setblocking(False)
             self._make_room()
+            conn.setblocking(False)
             nonce = secrets.token_bytes(16)
             try:
                 # 20 bytes into a fresh socket's empty buffer: always sent whole.
@@ -238,9 +252,19 @@ class AuthenticatedListener:
             self._selector.register(conn, selectors.EVENT_READ)
 
     def _make_room(self):
-        waiting = [conn for conn, state in self._connections.items() if state.stage == "hello"]
-        for conn in waiting[:max(0, len(waiting) - self.max_unauthenticated + 1)]:
-            self._drop(conn)
+        """Let a newcomer wait to authenticate: push out the oldest waiting connection if
+        there are too many (a peer of the fit answers within a round trip, so it is never the
+        oldest unless that many connections arrived in the meantime)."""
+        waiting = sum(state.stage == "hello" for state in self._connections.values())
+        if waiting >= self.max_unauthenticated:
+            self._push_out_oldest()
+
+    def _push_out_oldest(self):
+        for conn, state in self._connections.items():  # oldest first
+            if state.stage == "hello":
+                self._drop(conn)
+                return True
+        return False
 
     def _advance(self, conn):
         state = self._connections[conn]
@@ -256,6 +280,8 @@ class AuthenticatedListener:
             self._drop(conn)
             return
         state.received += n
+        if state.stage != "hello":  # an authenticated peer has time while data keeps coming
+            state.deadline = time.monotonic() + self.timeout
         if state.received < len(state.buffer):
             return
         try:

@@ -7,83 +7,24 @@ runs in a subprocess of its own (one SparkContext per process).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 
 import pytest
+from processes import executor_pids
+from spark_cluster import running_cluster
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is a dependency; needed here")
 
-START_TIMEOUT = 90
 STOP_TIMEOUT = 20
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _master_status(web_port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/json/", timeout=5) as response:
-        return json.load(response)
-
-
-def _stop(processes):
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def standalone_cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("spark-cluster")
-    spark_home = os.path.dirname(pyspark.__file__)
-    env = {**os.environ, "SPARK_HOME": spark_home, "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_LOG_DIR": str(root), "SPARK_WORKER_DIR": str(root / "work"),
-           "PYSPARK_PYTHON": sys.executable}
-    spark_class = os.path.join(spark_home, "bin", "spark-class")
-    port, web_port = _free_port(), _free_port()
-    master_url = f"spark://127.0.0.1:{port}"
-    commands = [[spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                 "--port", str(port), "--webui-port", str(web_port)]]
-    for i in range(2):
-        commands.append([spark_class, "org.apache.spark.deploy.worker.Worker",
-                         "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-                         "--webui-port", str(_free_port()),
-                         "--work-dir", str(root / f"work{i}"), master_url])
-    processes = []
-    try:
-        for i, command in enumerate(commands):
-            log = open(root / f"process{i}.log", "w")  # noqa: SIM115 - closed with the process
-            processes.append(subprocess.Popen(command, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + START_TIMEOUT
-        alive = 0
-        while time.monotonic() < deadline:
-            try:
-                alive = _master_status(web_port).get("aliveworkers", 0)
-            except (OSError, ValueError):  # not listening yet, or an empty first answer
-                alive = 0
-            if alive == 2:
-                break
-            assert all(p.poll() is None for p in processes), "a cluster process exited early"
-            time.sleep(1)
-        assert alive == 2, f"only {alive} of 2 workers registered within {START_TIMEOUT}s"
+    with running_cluster(tmp_path_factory.mktemp("spark-cluster")) as master_url:
         yield master_url
-    finally:
-        _stop(processes)
 
 
 def _failure_summary(stderr):
@@ -123,19 +64,6 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
     assert outcome["master"] == standalone_cluster
     assert outcome["n_workers"] == 2
     assert outcome["accuracy"] > 0.9
-
-
-def _executor_pids():
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as handle:
-                    if b"CoarseGrainedExecutorBackend" in handle.read():
-                        pids.append(int(name))
-            except OSError:
-                continue
-    return pids
 
 
 @pytest.mark.slow
@@ -182,7 +110,7 @@ def test_a_killed_executor_costs_one_phase(standalone_cluster, tmp_path):
             time.sleep(0.2)
         assert marker.exists(), "the fit never started a phase"
         time.sleep(1.5)
-        executors = _executor_pids()
+        executors = executor_pids()
         assert executors, "no executor process to kill"
         os.kill(executors[0], 9)
         stdout, stderr = process.communicate(timeout=400)

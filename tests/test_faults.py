@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from processes import KillDuringFirstPhase, busiest, loky_worker, spark_python_worker
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -34,75 +35,6 @@ def digits_split():
     return np.tile(X_train, (4, 1)), X_test, np.tile(y_train, 4), y_test
 
 
-def _processes():
-    """``{pid: (parent pid, command line, cpu ticks)}`` of every process we can read."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{name}/cmdline", "rb") as handle:
-                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            table[int(name)] = (int(fields[1]), command, int(fields[11]) + int(fields[12]))
-    return table
-
-
-def _busiest(is_worker):
-    """The pid of the worker process (``is_worker(pid, table)``) that used most CPU over the
-    last 0.3 s: one that is running a task, not an idle one."""
-    before = _processes()
-    time.sleep(0.3)
-    after = _processes()
-    busy = {pid: after[pid][2] - before[pid][2] for pid in after
-            if pid in before and is_worker(pid, after)}
-    return max(busy, key=busy.get) if busy else None
-
-
-def _loky_worker(pid, table):
-    parent, command, _ = table[pid]
-    return (parent == os.getpid() and "loky" in command
-            and "resource_tracker" not in command and "semaphore" not in command)
-
-
-def _spark_python_worker(pid, table):
-    # Spark's Python daemon forks one worker per task; kill a forked worker, not the daemon.
-    parent, command, _ = table[pid]
-    return "pyspark.daemon" in command and parent in table and \
-        "pyspark.daemon" in table[parent][1]
-
-
-class _KillDuringFirstPhase:
-    """Wraps ``engine_class.run_phase``: once the fit's first phase has run for ``delay``
-    seconds, SIGKILL the busiest worker process."""
-
-    def __init__(self, monkeypatch, engine_class, is_worker, delay=1.0):
-        self.killed = []
-        self._started = threading.Event()
-        original = engine_class.run_phase
-
-        def run_phase(engine, *args):
-            self._started.set()
-            return original(engine, *args)
-
-        monkeypatch.setattr(engine_class, "run_phase", run_phase)
-        self._thread = threading.Thread(target=self._kill, args=(is_worker, delay), daemon=True)
-        self._thread.start()
-
-    def _kill(self, is_worker, delay):
-        if not self._started.wait(120):
-            return
-        time.sleep(delay)
-        pid = _busiest(is_worker)
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            self.killed.append(pid)
-
-    def join(self):
-        self._thread.join(10)
-
-
 def _assert_same_model(faulted, reference):
     for a, b in zip(faulted.coefs_ + faulted.intercepts_,
                     reference.coefs_ + reference.intercepts_, strict=True):
@@ -112,7 +44,7 @@ def _assert_same_model(faulted, reference):
 def test_a_killed_local_worker_process_costs_one_phase(digits_split, monkeypatch, capsys):
     X_train, X_test, y_train, y_test = digits_split
     reference = DistributedDBN(backend="local", **PARAMS).fit(X_train, y_train)
-    killer = _KillDuringFirstPhase(monkeypatch, ProcessEngine, _loky_worker)
+    killer = KillDuringFirstPhase(monkeypatch.setattr, ProcessEngine, loky_worker)
     model = DistributedDBN(backend="local", verbose=1, **PARAMS).fit(X_train, y_train)
     killer.join()
     assert killer.killed, "no worker process was running a task"
@@ -128,7 +60,8 @@ def test_a_killed_spark_python_worker_costs_one_phase(spark, digits_split, monke
 
     X_train, X_test, y_train, y_test = digits_split
     reference = DistributedDBN(**PARAMS).fit(X_train, y_train)
-    killer = _KillDuringFirstPhase(monkeypatch, SparkEngine, _spark_python_worker, delay=2.0)
+    killer = KillDuringFirstPhase(monkeypatch.setattr, SparkEngine, spark_python_worker,
+                                  delay=2.0)
     model = DistributedDBN(verbose=1, **PARAMS).fit(X_train, y_train)
     killer.join()
     assert killer.killed, "no Python worker was running a task"
@@ -173,3 +106,48 @@ def test_the_retry_policy():
     with pytest.raises(ValueError, match="bad data"):  # never retried
         run_phase_retrying(own_error, None, "state", [], 2, reports.append)
     assert own_error.recovered == 0
+
+
+@pytest.mark.parametrize("sync", ["gossip", "average"])
+def test_a_stopped_worker_costs_at_most_a_timeout(digits_split, monkeypatch, sync):
+    # SIGSTOP for longer than the network timeout, then SIGCONT: the other worker gives the
+    # stopped one up for the rest of the phase (once, not at every sync point) and the fit
+    # completes; nothing waits without a bound.
+    X_train, X_test, y_train, y_test = digits_split
+    params = dict(PARAMS, sync=sync, network_timeout=2.0, pretrain_epochs=10,
+                  phase_retries=5)
+    stopped = []
+    started = threading.Event()
+    original = ProcessEngine.run_phase
+
+    def run_phase(engine, *args):
+        started.set()
+        return original(engine, *args)
+
+    def stop_one():
+        if started.wait(60):
+            time.sleep(0.5)
+            pid = busiest(loky_worker)
+            if pid is not None:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+                time.sleep(5.0)
+                os.kill(pid, signal.SIGCONT)
+
+    monkeypatch.setattr(ProcessEngine, "run_phase", run_phase)
+    stopper = threading.Thread(target=stop_one, daemon=True)
+    stopper.start()
+    begun = time.monotonic()
+    try:
+        model = DistributedDBN(backend="local", **params).fit(X_train, y_train)
+    finally:
+        stopper.join(30)
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert stopped, "no worker process was running a task"
+    # Stopped in a phase, the worker is given up until the phase ends; stopped at a phase's
+    # start, it misses the rendezvous, and the phase is run again once it is back.
+    assert model.n_phase_retries_ <= 3
+    assert model.score(X_test, y_test) > 0.85
+    assert time.monotonic() - begun < 60  # not a speed figure: the bound on every wait

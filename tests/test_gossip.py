@@ -97,7 +97,7 @@ def test_authenticated_but_invalid_content_is_rejected():
 def test_secret_is_never_in_reprs():
     spec = _spec(secret=b"SECRET-SECRET-SECRET-SECRET-1234")
     assert "SECRET" not in repr(spec)
-    assert "SECRET" not in repr(AllGatherClient("127.0.0.1:1", spec.secret, 1.0))
+    assert "SECRET" not in repr(AllGatherClient("127.0.0.1:1", spec.secret, 1.0, 3))
 
 
 def test_push_sum_conserves_weight_and_the_weighted_average():
@@ -179,7 +179,7 @@ def test_a_silent_peer_is_skipped_after_the_timeout():
 def test_rendezvous_gathers_addresses_and_times_out():
     secret = secrets.token_bytes(32)
     server = AllGatherServer(secret, 2, timeout=5.0).start()
-    client = AllGatherClient(server.address, secret, 5.0)
+    client = AllGatherClient(server.address, secret, 5.0, 2)
     results = {}
     threads = [threading.Thread(target=lambda r=r: results.update({r: client(r, f"h:{r}")}))
                for r in (1, 0)]
@@ -193,7 +193,7 @@ def test_rendezvous_gathers_addresses_and_times_out():
     lonely = AllGatherServer(secret, 2, timeout=0.5).start()
     start = time.monotonic()
     with pytest.raises(OSError):
-        AllGatherClient(lonely.address, secret, 1.0)(0, "h:0")
+        AllGatherClient(lonely.address, secret, 1.0, 2)(0, "h:0")
     assert time.monotonic() - start < 5
     lonely.close()
     assert not lonely._listener._thread.is_alive()
@@ -214,10 +214,10 @@ def test_rendezvous_survives_forged_requests_and_serves_a_retried_stage():
     secret = secrets.token_bytes(32)
     server = AllGatherServer(secret, 2, timeout=5.0).start()
     try:
-        forged = AllGatherClient(server.address, secrets.token_bytes(32), 1.0)
+        forged = AllGatherClient(server.address, secrets.token_bytes(32), 1.0, 2)
         with pytest.raises((OSError, ValueError)):
             forged(0, "evil:1")
-        client = AllGatherClient(server.address, secret, 5.0)
+        client = AllGatherClient(server.address, secret, 5.0, 2)
         # Rank 0 of a first attempt arrives and dies; the retried stage's rank 0 replaces it.
         dead, nonce = connect(parse_address(server.address), secret, b"rendezvous", 0, 5.0)
         send_frame(dead, secret, nonce, [b"0 stale:1"])

@@ -201,7 +201,7 @@ def test_the_rendezvous_serves_its_workers_beside_idle_connections():
     server = AllGatherServer(secret, 2, timeout=5.0).start()
     try:
         with _idle_connections(server.address, 200):
-            client = AllGatherClient(server.address, secret, 5.0)
+            client = AllGatherClient(server.address, secret, 5.0, 2)
             results = {}
             threads = [threading.Thread(target=lambda r=r: results.update({r: client(r, f"h:{r}")}))
                        for r in (0, 1)]
@@ -262,3 +262,89 @@ def test_a_local_fit_completes_beside_hostile_connections(monkeypatch):
     assert model.score(X_test, y_test) > 0.9
     # Not a speed figure: a stalled fit would have waited out a 30 s network timeout.
     assert seconds < 30
+
+
+def test_the_listener_survives_connections_pushed_out_while_they_speak():
+    # At the limit of waiting connections a newcomer pushes out the oldest; when the oldest
+    # speaks in the same instant, the listener must drop it quietly, not die.
+    from skdbn._transport import AuthenticatedListener
+
+    received = []
+
+    def on_frame(conn, sender, nonce, frame):
+        received.append(sender)
+        conn.close()
+
+    listener = AuthenticatedListener(b"s" * 32, b"test", 4, lambda size: size < 1000,
+                                     on_frame, max_unauthenticated=8).start()
+    address = parse_address(listener.address)
+    waiting = []
+    try:
+        for _ in range(200):
+            while len(waiting) < 8:
+                waiting.append(socket.create_connection(address, timeout=5))
+            time.sleep(0.005)
+            newcomer = socket.create_connection(address, timeout=5)
+            waiting[0].send(b"x")
+            waiting.pop(0).close()
+            waiting.append(newcomer)
+        assert listener._thread.is_alive()
+        conn, nonce = connect(address, b"s" * 32, b"test", 3, 5)
+        with conn:
+            send_frame(conn, b"s" * 32, nonce, [b"hello"])
+        assert _wait_until(lambda: received == [3], 5)
+    finally:
+        for conn in waiting:
+            conn.close()
+        listener.close()
+
+
+def test_a_burst_of_many_workers_meets_at_the_rendezvous():
+    from skdbn._gossip import AllGatherClient
+
+    n = 150  # more workers than connections may wait to authenticate by default
+    secret = secrets.token_bytes(32)
+    server = AllGatherServer(secret, n, timeout=10.0).start()
+    client = AllGatherClient(server.address, secret, 10.0, n)
+    results, errors = {}, []
+    go = threading.Event()
+
+    def arrive(rank):
+        go.wait()
+        try:
+            results[rank] = client(rank, f"127.0.0.{rank % 250 + 1}:1")
+        except Exception as error:
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=arrive, args=(rank,)) for rank in range(n)]
+    try:
+        for thread in threads:
+            thread.start()
+        go.set()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        server.close()
+    assert not errors and len(results) == n and server.rounds == 1
+
+
+def test_a_dead_worker_waiting_at_the_rendezvous_is_replaced_by_its_retry():
+    from skdbn._gossip import AllGatherClient
+
+    secret = secrets.token_bytes(32)
+    server = AllGatherServer(secret, 2, timeout=5.0).start()
+    client = AllGatherClient(server.address, secret, 5.0, 2)
+    try:
+        dead, nonce = connect(parse_address(server.address), secret, b"rendezvous", 1, 5.0)
+        send_frame(dead, secret, nonce, [b"1 stale:1"])
+        dead.close()
+        time.sleep(0.2)
+        results = {}
+        first = threading.Thread(target=lambda: results.update({0: client(0, "new:0")}))
+        first.start()  # rank 0 completes the round with the dead rank 1's entry...
+        time.sleep(0.3)
+        results[1] = client(1, "new:1")  # ...unless that entry is dropped as dead
+        first.join(10)
+    finally:
+        server.close()
+    assert results == {0: ["new:0", "new:1"], 1: ["new:0", "new:1"]}

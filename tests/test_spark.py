@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -150,7 +151,7 @@ def test_float_arrays_train_in_float32(spark, digits_split):
 def test_unlabelled_frames_pretrain_and_gaussian_statistics_match_numpy(spark, digits_split):
     X_train, _, _, _ = digits_split
     X = X_train * 16.0 - 3.0  # outside [0, 1]: Gaussian visible units, standardized
-    model = DistributedDBN(n_workers=2, **QUICK).fit(_frame(spark, X, partitions=4))
+    model = DistributedDBN(n_workers=2, label_col=None, **QUICK).fit(_frame(spark, X, partitions=4))
     assert not hasattr(model, "classes_") and model.n_iter_ == 0
     assert model.visible_units_ == "gaussian"
     reference = DistributedDBN(backend="local", **QUICK).fit(X)
@@ -358,3 +359,91 @@ def test_small_integer_labels(spark, digits_split):
     frame = frame.withColumn("label", frame["label"].cast("tinyint"))
     model = DistributedDBN(n_workers=2, **QUICK).fit(frame)
     np.testing.assert_array_equal(model.classes_, np.arange(10))
+
+
+@pytest.mark.slow
+def test_a_dataframe_fit_whose_driver_is_killed_resumes(spark, digits_split, tmp_path, capsys):
+    # The same parquet file read by a driver that is killed (with its JVM and Python
+    # workers: the whole process group) after its first saved phase, then fitted again here.
+    import signal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X_train, _, y_train, _ = digits_split
+    path = str(tmp_path / "digits.parquet")
+    offsets = pa.array(np.arange(len(X_train) + 1, dtype=np.int32) * X_train.shape[1])
+    pq.write_table(pa.table({"features": pa.ListArray.from_arrays(offsets, pa.array(
+        X_train.ravel())), "label": pa.array(y_train)}), path)
+    checkpoints = tmp_path / "checkpoints"
+    params = dict(hidden_layer_sizes=(32, 16), pretrain_epochs=3, max_iter=3, n_workers=2,
+                  sync="average", random_state=0)
+    script = textwrap.dedent(f"""
+        from skdbn import DistributedDBN, loopback_session
+        spark = loopback_session("local[2]")
+        DistributedDBN(checkpoint_dir={str(checkpoints)!r}, verbose=1,
+                       **{params!r}).fit(spark.read.parquet({path!r}))
+        print("FINISHED", flush=True)
+    """)
+    # A classic driver of its own, whatever this process runs (pyspark marks a Connect
+    # session in the environment, which a child would inherit).
+    connect_marks = {"SPARK_REMOTE", "SPARK_LOCAL_REMOTE", "SPARK_CONNECT_MODE_ENABLED"}
+    env = {k: v for k, v in os.environ.items() if k not in connect_marks}
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                               env={**env, "SPARK_LOCAL_IP": "127.0.0.1"})
+    try:
+        for line in process.stdout:
+            if "pretrained layer 0" in line:
+                break
+        deadline = time.monotonic() + 30
+        while not (checkpoints / "skdbn-checkpoint.npz").exists() and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        process.stdout.close()
+    assert (checkpoints / "skdbn-checkpoint.npz").exists()
+    reference = DistributedDBN(**params).fit(spark.read.parquet(path))
+    capsys.readouterr()
+    resumed = DistributedDBN(checkpoint_dir=str(checkpoints), verbose=1,
+                             **params).fit(spark.read.parquet(path))
+    assert "resumed from" in capsys.readouterr().out
+    for a, b in zip(resumed.coefs_ + resumed.intercepts_,
+                    reference.coefs_ + reference.intercepts_, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_invalid_rows_follow_handle_invalid(spark, digits_split):
+    X_train, X_test, y_train, y_test = digits_split
+    model = DistributedDBN(**QUICK).fit(X_train, y_train)
+    rows = [(x.tolist(), int(c)) for x, c in zip(X_test[:6], y_test[:6], strict=True)]
+    rows[1], rows[3], rows[4] = (None, 1), ([float("nan")] * 64, 2), ([0.5], 3)
+    frame = spark.createDataFrame(rows, "features array<double>, label bigint")
+    valid = [0, 2, 5]
+
+    keep = model.set_params(handle_invalid="keep").predict(frame).toPandas()
+    assert keep["prediction"].isna().tolist() == [False, True, False, True, True, False]
+    np.testing.assert_array_equal(keep["prediction"][valid].astype(int),
+                                  model.predict(X_test[valid]))
+    proba = model.predict_proba(frame).toPandas()["probability"]
+    assert proba.isna().tolist() == [False, True, False, True, True, False]
+    np.testing.assert_allclose(np.stack(proba[valid]), model.predict_proba(X_test[valid]),
+                               rtol=1e-10)
+    assert model.score(frame) == pytest.approx(model.score(X_test[valid], y_test[valid]))
+
+    skip = model.set_params(handle_invalid="skip").predict(frame).toPandas()
+    assert skip["label"].tolist() == [int(c) for c in y_test[valid]]
+
+    # At fit, "skip" leaves invalid rows (and null labels) out: the model of the clean rows.
+    clean = _frame(spark, X_train[:300], y_train[:300], "array")
+    dirty = clean.unionByName(spark.createDataFrame(
+        [(None, 1), ([float("inf")] * 64, 2), (X_train[0].tolist(), None)],
+        "features array<double>, label bigint"))
+    with pytest.raises(ValueError, match="null rows"):
+        DistributedDBN(**QUICK).fit(dirty)
+    skipped = DistributedDBN(handle_invalid="skip", **QUICK).fit(dirty)
+    reference = DistributedDBN(**QUICK).fit(clean)
+    for a, b in zip(skipped.coefs_, reference.coefs_, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)

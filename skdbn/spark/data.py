@@ -24,6 +24,7 @@ _WORKER = "_skdbn_worker"
 # in every query's plan, so on Connect a chunk is never smaller than that threshold.
 ARRAY_CHUNK_BYTES = 64 << 20
 _CONNECT_CACHE_THRESHOLD = "spark.sql.session.localRelationCacheThreshold"
+_SKIP_HINT = "handle_invalid='skip' to leave such rows out"
 
 
 # ---------------------------------------------------------------------------- feature columns
@@ -209,7 +210,11 @@ def read_dataframe(df, features_col, label_col):
         statistics["labels"] = statistics["labels"].to_pylist()
     summary = merged_summary([{"partition": 0, **statistics}] if statistics else [],
                               features_col, label_col, dtype)
-    X = matrix_of(table.column(FEATURES).combine_chunks(), summary.n_features, dtype)
+    X = np.empty((summary.n_samples, summary.n_features), dtype=dtype)
+    start = 0
+    for chunk in table.column(FEATURES).chunks:  # chunk by chunk: 32-bit list offsets
+        X[start:start + len(chunk)] = matrix_of(chunk, summary.n_features, dtype)
+        start += len(chunk)
     labels = None
     if label_type is not None:
         labels = table.column(LABEL).to_numpy(zero_copy_only=False)
@@ -317,6 +322,10 @@ class _Moments:
         self._scratch = None  # reused between batches: fresh temporaries cost page faults
 
     def add(self, X):
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow: refused by the caller
+            self._add(X)
+
+    def _add(self, X):
         n = X.shape[0]
         # Sums accumulate in float64 without a float64 copy of a float32 batch. Deviations are
         # taken from the batch mean (rounded to X's dtype), and the small remaining offset is
@@ -331,6 +340,10 @@ class _Moments:
                    X.max(axis=0).astype(np.float64))
 
     def merge(self, n, mean, m2, minimum, maximum):
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow: refused by the caller
+            self._merge(n, mean, m2, minimum, maximum)
+
+    def _merge(self, n, mean, m2, minimum, maximum):
         if self.mean is None:
             self.n = n
             self.mean, self.m2, self.minimum, self.maximum = mean, m2, minimum, maximum
@@ -360,7 +373,8 @@ def merged_summary(rows, features_col, label_col, dtype):
              for row in rows if row["mean"]]
     if not all(np.isfinite(low).all() and np.isfinite(high).all()
                for *_, low, high in parts):
-        raise ValueError("Input X contains NaN or infinity.")
+        raise ValueError(f"column {features_col!r} (features_col) holds NaN or infinity; "
+                         f"drop or fix those rows, or set {_SKIP_HINT}")
     moments = _Moments()
     for part in parts:
         moments.merge(*part)
@@ -381,10 +395,10 @@ def _check_rows(rows, widths, features_col, label_col):
 
     if total("null_rows"):
         raise ValueError(f"column {features_col!r} (features_col) has {total('null_rows')} "
-                         "null rows; drop or fill them")
+                         f"null rows; drop or fill them, or set {_SKIP_HINT}")
     if total("null_values"):
         raise ValueError(f"column {features_col!r} (features_col) holds null values; "
-                         "drop or fill them")
+                         f"drop or fill them, or set {_SKIP_HINT}")
     if total("bad_lengths") or len(widths) > 1:
         raise ValueError(f"feature vectors of different lengths in column {features_col!r}; "
                          "every row needs the same number of features")
@@ -394,7 +408,8 @@ def _check_rows(rows, widths, features_col, label_col):
         raise ValueError("0 feature(s) (shape=(n, 0)) while a minimum of 1 is required.")
     if total("null_labels"):
         raise ValueError(f"column {label_col!r} (label_col) has {total('null_labels')} null "
-                         "labels; drop those rows or fit without labels")
+                         f"labels; drop those rows, set {_SKIP_HINT}, or fit without labels "
+                         "(label_col=None)")
 
 
 # ---------------------------------------------------------------------------- training data
@@ -592,7 +607,23 @@ def check_feature_count(df, features_col, n_features):
         )
 
 
-def map_dataframe(df, features_col, n_features, compute, name, kind):
+HANDLE_INVALID = ("error", "skip", "keep")
+
+
+def valid_features(features, n_features=None):
+    """A boolean Spark column: the row's features (an array column) are there, finite, and
+    ``n_features`` long (when given). Computed in the JVM."""
+    from pyspark.sql import functions
+
+    finite = functions.forall(features, lambda x: x.isNotNull() & ~functions.isnan(x)
+                              & (functions.abs(x) != float("inf")))
+    valid = features.isNotNull() & finite
+    if n_features is not None:
+        valid = valid & (functions.size(features) == n_features)
+    return valid
+
+
+def map_dataframe(df, features_col, n_features, compute, name, kind, handle_invalid="error"):
     """``df`` with a column ``name`` holding ``compute(X)`` per row, computed on the executors.
 
     ``compute`` maps an ``(n_rows, n_features)`` array of features to one value or one array
@@ -600,19 +631,69 @@ def map_dataframe(df, features_col, n_features, compute, name, kind):
     cluster). An Arrow UDF carries the batches: only the features go through Python, and no
     Python object is made per row. ``kind`` is the new column's type: "double", "long",
     "string" or "array" (of doubles).
+
+    Rows whose features are null, of another length or hold NaN or infinity are *invalid*:
+    ``handle_invalid="error"`` fails the job with an error that says so, ``"skip"`` leaves
+    them out of the result, ``"keep"`` keeps them with a null in ``name``.
     """
     import pyarrow as pa
     from pyspark.sql.functions import arrow_udf
 
     features, dtype = feature_column(df, features_col)
+    if handle_invalid == "skip":
+        df = df.filter(valid_features(features, n_features))
+    where = features_col if isinstance(features_col, str) else list(features_col)
 
     def apply(batch: pa.Array) -> pa.Array:
-        values = compute(matrix_of(batch, n_features, dtype))
-        if kind == "array":
-            return arrow_matrix(np.asarray(values, dtype=np.float64))
-        return pa.array(np.asarray(values))
+        valid = _valid_rows(batch, n_features)
+        if valid.all():
+            return _result_array(compute(matrix_of(batch, n_features, dtype)), kind)
+        if handle_invalid == "error":
+            raise ValueError(
+                f"features_col {where!r} has {np.count_nonzero(~valid)} invalid rows in a "
+                f"batch (null, not {n_features} values long, or holding NaN or infinity); "
+                "drop or fix them, or set handle_invalid='skip' (leave them out) or 'keep' "
+                "(null results)"
+            )
+        kept = np.flatnonzero(valid)
+        values = compute(matrix_of(batch.take(pa.array(kept)), n_features, dtype))
+        return _result_array(values, kind, rows=len(batch), at=kept)
 
     return df.withColumn(name, arrow_udf(apply, _RESULT_TYPES[kind])(features))
+
+
+def _valid_rows(lists, n_features):
+    """Which rows of an Arrow list array are valid feature vectors (see ``map_dataframe``)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(lists).fill_null(-1).to_numpy(zero_copy_only=False)
+    valid = lengths == n_features
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False)  # nulls become NaN
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    bad = np.bincount(parents[~np.isfinite(values)], minlength=len(lists)) > 0
+    return valid & ~bad
+
+
+def _result_array(values, kind, rows=None, at=None):
+    """``values`` (one per row, or rows of an array) as an Arrow array; with ``at``, placed
+    at those of ``rows`` rows, the others null."""
+    import pyarrow as pa
+
+    values = np.asarray(values, dtype=np.float64 if kind in ("array", "double") else None)
+    if at is None:
+        return arrow_matrix(values) if kind == "array" else pa.array(values)
+    missing = np.ones(rows, dtype=bool)
+    missing[at] = False
+    if kind == "array":
+        width = values.shape[1]
+        lengths = np.zeros(rows, dtype=np.int32)
+        lengths[at] = width
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)),
+                                        mask=pa.array(missing))
+    full = np.empty(rows, dtype=values.dtype)
+    full[at] = values
+    return pa.array(full, mask=missing)
 
 
 def accuracy_of(df, prediction_col, label_col):

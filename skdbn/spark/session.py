@@ -146,11 +146,28 @@ def local_master_cores(master):
         threads = local.group("threads")
         if threads is None:
             return 1
-        return (os.cpu_count() or 1) if threads == "*" else int(threads)
+        return usable_cpus() if threads == "*" else int(threads)
     cluster = _LOCAL_CLUSTER_MASTER.match(master.strip())
     if cluster is not None:
         return int(cluster.group("workers")) * int(cluster.group("cores"))
     return None
+
+
+def usable_cpus():
+    """Cores this process may use, as the JVM counts them for ``local[*]``: the CPUs it may
+    run on, capped by a container's CPU quota (cgroup v2 ``cpu.max``)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as handle:
+            quota, period = handle.read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def default_parallelism(spark):

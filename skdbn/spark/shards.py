@@ -33,6 +33,8 @@ from .data import (
 _STATE_FILE = "shards.state"  # "ready <n_features> <directory>" once created, else "no-room"
 _LOCK_FILE = "shards.lock"
 _SHARED_MEMORY = "/dev/shm"
+_PREFIX = "skdbn-shards-"
+_OWNER_FILE = "owner.pid"
 
 
 def shard_paths(shard_dir, rank):
@@ -62,23 +64,44 @@ def new_shard_dirs():
     The first is in the temporary directory (``TMPDIR``); the second in shared memory
     (``/dev/shm``), or None where the machine has none.
     """
-    on_disk = tempfile.mkdtemp(prefix="skdbn-shards-")
+    on_disk = tempfile.mkdtemp(prefix=_PREFIX)
     in_memory = None
     if os.path.isdir(_SHARED_MEMORY) and os.access(_SHARED_MEMORY, os.W_OK):
+        _remove_orphans(_SHARED_MEMORY)
         with contextlib.suppress(OSError):
-            in_memory = tempfile.mkdtemp(prefix="skdbn-shards-", dir=_SHARED_MEMORY)
+            in_memory = tempfile.mkdtemp(prefix=_PREFIX, dir=_SHARED_MEMORY)
+            with open(os.path.join(in_memory, _OWNER_FILE), "w") as owner:
+                owner.write(str(os.getpid()))
     return on_disk, in_memory
+
+
+def _remove_orphans(directory):
+    """Remove shard directories in shared memory whose fit's process is gone (killed before
+    it could clean up): unlike a disk's, that memory is not given back until reboot."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if not name.startswith(_PREFIX):
+            continue
+        try:
+            with open(os.path.join(path, _OWNER_FILE)) as owner:
+                pid = int(owner.read())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # another user's, or being created: not ours to judge
 
 
 def choose_shard_dir(on_disk, in_memory, n_bytes):
     """Where ``n_bytes`` of shard files go, or None where there is no room.
 
-    Shared memory when it has room and the shards take at most half of the machine's
-    available memory: writing there never waits for a disk's writeback, and the phases map
-    the shards from memory anyway. Else the disk, when it has room.
+    Shared memory when it has room and the shards take at most a quarter of the machine's
+    available memory (the JVM and the workers need the rest): writing there never waits for
+    a disk's writeback, and the phases map the shards from memory anyway. Else the disk,
+    when it has room.
     """
     if (in_memory is not None and room_for(in_memory, n_bytes)
-            and n_bytes <= available_memory() // 2):
+            and n_bytes <= available_memory() // 4):
         return in_memory
     return on_disk if room_for(on_disk, n_bytes) else None
 
@@ -186,20 +209,15 @@ def summarize_and_write(df, features_col, label_col, plan):
     task = partial(write_shards_task, label_type is not None, plan)
     rows = df.select(*columns).mapInArrow(task, schema).toArrow().to_pylist()
     summary = merged_summary(rows, features_col, label_col, dtype)
-    _check_same_rows(summary.partition_rows, plan.partition_rows)
     state = read_state(plan)
-    if state is None or not all(row["written"] == row["n_rows"] for row in rows):
+    # Other partitions than the count saw: adaptive execution may coalesce a shuffle's
+    # output differently when other columns cross it, or the plan is not deterministic. The
+    # rows are then not where the plan put them: the cached partitions take over (and refuse
+    # a DataFrame that changes between reads).
+    if (state is None or summary.partition_rows != plan.partition_rows
+            or not all(row["written"] == row["n_rows"] for row in rows)):
         return summary, None
     return summary, state[1]
-
-
-def _check_same_rows(read, counted):
-    if read != counted:
-        raise RuntimeError(
-            f"the DataFrame gave {sum(read.values())} rows on one read and "
-            f"{sum(counted.values())} on another, or in other partitions (a nondeterministic "
-            "plan); cache it before fit"
-        )
 
 
 def write_shards_task(labelled, plan, batches):
@@ -249,9 +267,12 @@ class _RowWriter:
         if self._labels is None or not self.written:
             return
         table = pa.Table.from_arrays([pa.chunked_array(self._labels)], names=["label"])
-        with pa.OSFile(path + ".tmp", "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+        # A name of its own: Spark may run two attempts of one partition at once.
+        handle, part = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
+        os.close(handle)
+        with pa.OSFile(part, "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
             out.write_table(table)
-        os.replace(path + ".tmp", path)
+        os.replace(part, path)
 
     def _write(self, column):
         """Write one batch's feature vectors; False when writing must stop (a bad batch, a

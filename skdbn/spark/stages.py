@@ -228,7 +228,8 @@ class SparkEngine:
         bind = conf_value(self.spark, "spark.driver.bindAddress", host)
         server = AllGatherServer(self._secret, self.n_workers, self.timeout, host=bind).start()
         port = server.address.rsplit(":", 1)[1]
-        return server, _DriverRendezvous(f"{host}:{port}", self._secret, self.timeout)
+        return server, _DriverRendezvous(f"{host}:{port}", self._secret, self.timeout,
+                                         self.n_workers)
 
     def _rendezvous_mode(self):
         mode = conf_value(self.spark, RENDEZVOUS_CONF, "auto")
@@ -252,6 +253,8 @@ class SparkEngine:
         code in a task (bad data, divergence) is a ``PythonException`` and is not a loss.
         """
         text = str(error)
+        if "PeerLost" in text:
+            return "a worker did not reach the phase's rendezvous in time"
         if "An exception was thrown from the Python worker" in text:
             return None
         for sign, reason in _LOST_WORKER_SIGNS:
@@ -296,9 +299,9 @@ class SparkEngine:
 class _DriverRendezvous(AllGatherClient):
     """``AllGatherClient`` whose connection failure says what to do on a cluster."""
 
-    def __call__(self, rank, address):
+    def _connect(self, rank):
         try:
-            return super().__call__(rank, address)
+            return super()._connect(rank)
         except OSError as exc:
             raise ConnectionError(
                 f"worker {rank} could not reach the driver's rendezvous at "

@@ -1,0 +1,477 @@
+"""Fault matrix: real faults injected into real fits, and what each costs.
+
+Every fault is real: worker processes and executor JVMs are killed with SIGKILL or stopped
+with SIGSTOP, drivers are killed in the middle of a fit, checkpoint files are damaged on
+disk, and hostile TCP connections are opened to the fit's listeners. Each row compares the
+faulted fit with the same fit undisturbed, measured in the same run: wall time, test
+accuracy, phases rerun, and whether the model is bit for bit the undisturbed one (with
+``sync="average"`` it must be). Prints a Markdown table (kept in ``docs/reliability.md``)::
+
+    python benchmarks/fault_matrix.py            # about 10 minutes on 2 cores
+    python benchmarks/fault_matrix.py --only local,hostile
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import pathlib
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+from processes import KillDuringFirstPhase, busiest, executor_pids, loky_worker, spark_python_worker
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from spark_cluster import running_cluster
+
+from skdbn import DistributedDBN, loopback_session
+from skdbn._gossip import AllGatherServer, parse_address
+from skdbn._progress import CHECKPOINT_FILE
+
+# Phases of a few seconds on two cores, long enough to be hit in the middle.
+PARAMS = dict(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=2, n_workers=2,
+              sync="average", random_state=0)
+RESUME = dict(hidden_layer_sizes=(64, 32), pretrain_epochs=10, max_iter=6, n_workers=2,
+              sync="average", random_state=0)
+
+
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.25,
+                                                        random_state=0, stratify=y)
+    return np.tile(X_train, (4, 1)), X_test, np.tile(y_train, 4), y_test
+
+
+class Patches:
+    """``setattr`` that remembers, so that ``undo()`` restores every patched attribute."""
+
+    def __init__(self):
+        self._saved = []
+
+    def __call__(self, owner, name, value):
+        self._saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    def undo(self):
+        while self._saved:
+            owner, name, value = self._saved.pop()
+            setattr(owner, name, value)
+
+
+def same_model(a, b):
+    return all(np.array_equal(x, z) for x, z in zip(a.coefs_ + a.intercepts_,
+                                                    b.coefs_ + b.intercepts_, strict=True))
+
+
+def timed(fit):
+    started = time.perf_counter()
+    model = fit()
+    return model, time.perf_counter() - started
+
+
+class Matrix:
+    """The rows of the table, printed as they come."""
+
+    def __init__(self, data):
+        self.X, self.X_test, self.y, self.y_test = data
+        self.rows = []
+
+    def add(self, fault, where, outcome, seconds=None, clean_seconds=None, model=None,
+            clean=None, reruns=None, same=None):
+        accuracy = lambda m: "" if m is None else f"{m.score(self.X_test, self.y_test):.4f}"  # noqa: E731
+        row = {"fault": fault, "where": where, "outcome": outcome,
+               "time": "" if seconds is None else f"{seconds:.1f} s",
+               "clean time": "" if clean_seconds is None else f"{clean_seconds:.1f} s",
+               "accuracy": accuracy(model), "clean accuracy": accuracy(clean),
+               "phases rerun": "" if reruns is None else str(reruns),
+               "same model": "" if same is None else ("yes" if same else "no")}
+        self.rows.append(row)
+        print("  " + " | ".join(f"{v}" for v in row.values()), flush=True)
+
+    def table(self):
+        names = list(self.rows[0])
+        lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+        lines += ["| " + " | ".join(row[n] for n in names) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- killed workers
+
+def killed_local_worker(matrix):
+    from skdbn._engines import ProcessEngine
+
+    clean, clean_s = timed(lambda: DistributedDBN(backend="local", **PARAMS).fit(matrix.X,
+                                                                                  matrix.y))
+    patches = Patches()
+    killer = KillDuringFirstPhase(patches, ProcessEngine, loky_worker)
+    try:
+        model, seconds = timed(lambda: DistributedDBN(backend="local", **PARAMS).fit(
+            matrix.X, matrix.y))
+    finally:
+        killer.join()
+        patches.undo()
+    matrix.add("worker process killed (SIGKILL) mid-phase", "backend='local'",
+               "completes" if killer.killed else "not hit", seconds, clean_s, model, clean,
+               model.n_phase_retries_, same_model(model, clean))
+
+
+def killed_spark_worker(matrix, spark, connect):
+    from skdbn.spark.stages import SparkEngine
+
+    clean, clean_s = timed(lambda: DistributedDBN(**PARAMS).fit(matrix.X, matrix.y))
+    patches = Patches()
+    killer = KillDuringFirstPhase(patches, SparkEngine, spark_python_worker, delay=2.0)
+    try:
+        model, seconds = timed(lambda: DistributedDBN(**PARAMS).fit(matrix.X, matrix.y))
+    finally:
+        killer.join()
+        patches.undo()
+    where = "Spark Connect local[2]" if connect else "Spark local[2]"
+    matrix.add("task's Python worker killed mid-phase", where,
+               "completes" if killer.killed else "not hit", seconds, clean_s, model, clean,
+               model.n_phase_retries_, same_model(model, clean))
+
+
+EXECUTOR_DRIVER = '''
+import json, time
+import numpy as np
+from sklearn.datasets import load_digits
+from skdbn import DistributedDBN, loopback_session
+from skdbn.spark.stages import SparkEngine
+spark = loopback_session({master!r}, app_name="fault-matrix",
+                         config={{"spark.executor.memory": "512m"}})
+X, y = load_digits(return_X_y=True)
+X, y = np.tile(X / 16.0, (3, 1)), np.tile(y, 3)
+started = time.perf_counter()
+clean = DistributedDBN(**{params!r}).fit(X, y)
+clean_s = time.perf_counter() - started
+original = SparkEngine.run_phase
+def run_phase(engine, *args):
+    open({marker!r}, "a").close()
+    return original(engine, *args)
+SparkEngine.run_phase = run_phase
+started = time.perf_counter()
+model = DistributedDBN(**{params!r}).fit(X, y)
+seconds = time.perf_counter() - started
+same = all(np.array_equal(a, b) for a, b in zip(model.coefs_ + model.intercepts_,
+                                                 clean.coefs_ + clean.intercepts_))
+print("RESULT", json.dumps({{"seconds": seconds, "clean": clean_s, "same": same,
+                             "reruns": model.n_phase_retries_,
+                             "accuracy": model.score(X, y), "clean_accuracy": clean.score(X, y)}}))
+spark.stop()
+'''
+
+
+def killed_executor(matrix):
+    params = dict(PARAMS, hidden_layer_sizes=(256,))
+    with tempfile.TemporaryDirectory() as root, running_cluster(pathlib.Path(root)) as master:
+        marker = os.path.join(root, "phase-started")
+        process = subprocess.Popen(
+            [sys.executable, "-c", EXECUTOR_DRIVER.format(master=master, params=params,
+                                                          marker=marker)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+        try:
+            deadline = time.monotonic() + 300
+            while not os.path.exists(marker) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.5)
+            victims = executor_pids()
+            if victims:
+                os.kill(victims[0], signal.SIGKILL)
+            stdout, _ = process.communicate(timeout=600)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=30)
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        matrix.add("executor JVM killed mid-phase", "standalone cluster, 2 executors", "FAILED")
+        return
+    result = json.loads(lines[0][len("RESULT "):])
+    matrix.add("executor JVM killed mid-phase", "standalone cluster, 2 executors",
+               f"completes (held-in accuracy {result['accuracy']:.4f} vs "
+               f"{result['clean_accuracy']:.4f})", result["seconds"], result["clean"],
+               reruns=result["reruns"], same=result["same"])
+
+
+def stopped_worker(matrix, sync, seconds_stopped=35.0):
+    from skdbn._engines import ProcessEngine
+
+    params = dict(PARAMS, sync=sync, pretrain_epochs=20)
+    clean, clean_s = timed(lambda: DistributedDBN(backend="local", **params).fit(matrix.X,
+                                                                                 matrix.y))
+    patches, started, stopped = Patches(), threading.Event(), []
+    original = ProcessEngine.run_phase
+
+    def run_phase(engine, *args):
+        started.set()
+        return original(engine, *args)
+
+    def stop_one():
+        if started.wait(60):
+            time.sleep(0.5)
+            pid = busiest(loky_worker)
+            if pid is not None:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+                time.sleep(seconds_stopped)
+                os.kill(pid, signal.SIGCONT)
+
+    patches(ProcessEngine, "run_phase", run_phase)
+    stopper = threading.Thread(target=stop_one, daemon=True)
+    stopper.start()
+    try:
+        model, seconds = timed(lambda: DistributedDBN(backend="local", **params).fit(
+            matrix.X, matrix.y))
+    except Exception as error:
+        matrix.add(f"worker stopped (SIGSTOP) {seconds_stopped:.0f} s, sync={sync!r}",
+                   "backend='local', 30 s timeout", f"fails: {error}")
+        return
+    finally:
+        stopper.join(seconds_stopped + 10)
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        patches.undo()
+    matrix.add(f"worker stopped (SIGSTOP) {seconds_stopped:.0f} s, sync={sync!r}",
+               "backend='local', 30 s timeout", "completes" if stopped else "not hit",
+               seconds, clean_s, model, clean, model.n_phase_retries_)
+
+
+# ---------------------------------------------------------------------------- killed driver
+
+RESUME_DRIVER = '''
+import numpy as np
+from skdbn import DistributedDBN, loopback_session
+X = np.load({data!r})
+y = X[:, -1].astype(int)
+X = X[:, :-1]
+if {frame!r}:
+    spark = loopback_session("local[2]")
+    data = (spark.read.parquet({frame!r}),)
+else:
+    data = (X, y)
+DistributedDBN(checkpoint_dir={checkpoints!r}, verbose=1, **{params!r}).fit(*data)
+print("FINISHED", flush=True)
+'''
+
+
+def killed_driver(matrix, spark, frame):
+    """Kill a driver (its whole process group: JVM and workers too) after its second saved
+    phase, then fit again with the same checkpoint directory."""
+    with tempfile.TemporaryDirectory() as root:
+        X, y = matrix.X[:2000], matrix.y[:2000]
+        data = os.path.join(root, "data.npy")
+        np.save(data, np.column_stack([X, y]))
+        parquet = ""
+        params = dict(RESUME, backend="spark") if frame else dict(RESUME, backend="local")
+        if frame:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            parquet = os.path.join(root, "data.parquet")
+            offsets = pa.array(np.arange(len(X) + 1, dtype=np.int32) * X.shape[1])
+            pq.write_table(pa.table({"features": pa.ListArray.from_arrays(
+                offsets, pa.array(X.ravel())), "label": pa.array(y)}), parquet)
+        checkpoints = os.path.join(root, "checkpoints")
+        fit_input = (lambda: (spark.read.parquet(parquet),)) if frame else (lambda: (X, y))
+        clean, clean_s = timed(lambda: DistributedDBN(**params).fit(*fit_input()))
+        process = subprocess.Popen(
+            [sys.executable, "-c", RESUME_DRIVER.format(data=data, frame=parquet, params=params,
+                                                        checkpoints=checkpoints)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+        try:
+            for line in process.stdout:
+                if "pretrained layer 1" in line:
+                    break
+            deadline = time.monotonic() + 30
+            checkpoint = os.path.join(checkpoints, CHECKPOINT_FILE)
+            while not os.path.exists(checkpoint) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            process.stdout.close()
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            model, seconds = timed(lambda: DistributedDBN(checkpoint_dir=checkpoints, verbose=1,
+                                                          **params).fit(*fit_input()))
+        resumed = "resumed" if "resumed from" in output.getvalue() else "started afresh"
+        where = "DataFrame on Spark local[2]" if frame else "numpy, backend='local'"
+        matrix.add("driver killed (SIGKILL) after 2 of 8 phases, then rerun", where,
+                   f"{resumed}; rerun takes", seconds, clean_s, model, clean,
+                   same=same_model(model, clean))
+
+
+def damaged_checkpoints(matrix):
+    from bad_checkpoints import damage, interrupted_fit
+
+    params = dict(RESUME, backend="local")
+    X, y = matrix.X[:2000], matrix.y[:2000]
+    clean, clean_s = timed(lambda: DistributedDBN(**params).fit(X, y))
+    for kind in ("truncated", "empty", "garbage", "NaN arrays", "wrong metadata"):
+        with tempfile.TemporaryDirectory() as root:
+            interrupted_fit(root, params, X, y, phases=2)
+            damage(kind, pathlib.Path(root) / CHECKPOINT_FILE)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model, seconds = timed(lambda: DistributedDBN(
+                    checkpoint_dir=root, **params).fit(X, y))
+            warned = any("was not resumed" in str(w.message) for w in caught)
+            matrix.add(f"checkpoint damaged: {kind}", "numpy, backend='local'",
+                       "set aside with a warning, resumed from the previous one" if warned
+                       else "NOT WARNED", seconds, clean_s, model, clean,
+                       same=same_model(model, clean))
+
+
+# ---------------------------------------------------------------------------- hostile peers
+
+class HostileRendezvous(AllGatherServer):
+    """The engine's rendezvous, with an attacker beside it (see ``ATTACKS``)."""
+
+    attack = None
+    opened = []
+
+    def start(self):
+        self.attack(self.address, self.opened)
+        return super().start()
+
+    def _reply_to_all(self):
+        for _, (_, _, address) in sorted(self._arrived.items()):
+            self.attack(address, self.opened)
+        super()._reply_to_all()
+
+    def close(self):
+        super().close()
+        while self.opened:
+            self.opened.pop().close()
+
+
+def idle(count):
+    def attack(address, opened):
+        for _ in range(count):
+            opened.append(socket.create_connection(parse_address(address), 5))
+    return attack
+
+
+def garbage(address, opened):
+    for _ in range(20):
+        with contextlib.suppress(OSError), \
+                socket.create_connection(parse_address(address), 5) as conn:
+            conn.sendall(secrets.token_bytes(4096))
+
+
+def forged(address, opened):
+    from skdbn._transport import connect, send_frame
+
+    for _ in range(20):
+        with contextlib.suppress(OSError, ValueError):
+            conn, nonce = connect(parse_address(address), secrets.token_bytes(32),
+                                  b"rendezvous", 0, 5)
+            with conn:
+                send_frame(conn, secrets.token_bytes(32), nonce, [b"0 evil:1"])
+
+
+def oversized(address, opened):
+    for _ in range(20):
+        with contextlib.suppress(OSError), \
+                socket.create_connection(parse_address(address), 5) as conn:
+            conn.recv(20)
+            conn.sendall((2**40).to_bytes(8, "little") * 8)
+
+
+ATTACKS = {"3 idle connections": idle(3), "200 idle connections": idle(200),
+           "garbage bytes": garbage, "forged answers and tags": forged,
+           "oversized lengths": oversized}
+
+
+def hostile_peers(matrix):
+    import skdbn._engines as engines
+
+    params = dict(PARAMS, sync="gossip", pretrain_epochs=10)
+    clean, clean_s = timed(lambda: DistributedDBN(backend="local", **params).fit(matrix.X,
+                                                                                 matrix.y))
+    for name, attack in ATTACKS.items():
+        patches = Patches()
+        HostileRendezvous.attack = staticmethod(attack)
+        patches(engines, "AllGatherServer", HostileRendezvous)
+        try:
+            model, seconds = timed(lambda: DistributedDBN(backend="local", **params).fit(
+                matrix.X, matrix.y))
+            outcome = f"completes, {seconds / clean_s:.2f}x the clean time"
+        except Exception as error:
+            model, seconds, outcome = None, None, f"FAILS: {error}"
+        finally:
+            patches.undo()
+        matrix.add(f"hostile: {name} at the rendezvous and every worker",
+                   "backend='local', gossip", outcome, seconds, clean_s, model, clean)
+
+
+# ---------------------------------------------------------------------------- main
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="local,spark,connect,executor,stop,driver,checkpoint,"
+                        "hostile", help="comma-separated parts to run")
+    args = parser.parse_args()
+    parts = set(args.only.split(","))
+    print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}", flush=True)
+    matrix = Matrix(digits())
+    if "local" in parts:
+        killed_local_worker(matrix)
+    if "stop" in parts:
+        for sync in ("gossip", "average"):
+            stopped_worker(matrix, sync)
+    if "checkpoint" in parts:
+        damaged_checkpoints(matrix)
+    if "hostile" in parts:
+        hostile_peers(matrix)
+    if "driver" in parts:
+        killed_driver(matrix, None, frame=False)
+    if parts & {"spark", "driver"}:
+        spark = loopback_session("local[2]", app_name="fault-matrix")
+        try:
+            if "spark" in parts:
+                killed_spark_worker(matrix, spark, connect=False)
+            if "driver" in parts:
+                killed_driver(matrix, spark, frame=True)
+        finally:
+            spark.stop()
+    if "executor" in parts:
+        killed_executor(matrix)
+    if "connect" in parts:  # a process holds classic or Connect sessions, not both
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--only",
+                                "connect-child"], capture_output=True, text=True, timeout=900)
+        rows = [line for line in child.stdout.splitlines() if line.startswith("ROWS ")]
+        for row in json.loads(rows[0][len("ROWS "):]) if rows else []:
+            matrix.rows.append(row)
+            print("  " + " | ".join(row.values()), flush=True)
+    if "connect-child" in parts:
+        spark = loopback_session("local[2]", app_name="fault-matrix", connect=True)
+        try:
+            killed_spark_worker(matrix, spark, connect=True)
+        finally:
+            spark.stop()
+        print("ROWS " + json.dumps(matrix.rows))
+        return
+    if matrix.rows:
+        print()
+        print(matrix.table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Finding the processes of a fit, to kill them for real in fault tests and the fault matrix
+(``benchmarks/fault_matrix.py``). Linux only: it reads ``/proc``."""
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+
+def processes():
+    """``{pid: (parent pid, command line, cpu ticks)}`` of every process we can read."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            table[int(name)] = (int(fields[1]), command, int(fields[11]) + int(fields[12]))
+    return table
+
+
+def busiest(is_worker):
+    """The pid of the worker process (``is_worker(pid, table)``) that used most CPU over the
+    last 0.3 s: one that is running a task, not an idle one."""
+    before = processes()
+    time.sleep(0.3)
+    after = processes()
+    busy = {pid: after[pid][2] - before[pid][2] for pid in after
+            if pid in before and is_worker(pid, after)}
+    return max(busy, key=busy.get) if busy else None
+
+
+def loky_worker(pid, table):
+    parent, command, _ = table[pid]
+    return (parent == os.getpid() and "loky" in command
+            and "resource_tracker" not in command and "semaphore" not in command)
+
+
+def spark_python_worker(pid, table):
+    # Spark's Python daemon forks one worker per task; kill a forked worker, not the daemon.
+    parent, command, _ = table[pid]
+    return "pyspark.daemon" in command and parent in table and \
+        "pyspark.daemon" in table[parent][1]
+
+
+class KillDuringFirstPhase:
+    """Wraps ``engine_class.run_phase`` (through ``patch(object, name, value)``, e.g.
+    pytest's ``monkeypatch.setattr``): once the fit's first phase has run for ``delay``
+    seconds, SIGKILL the busiest worker process."""
+
+    def __init__(self, patch, engine_class, is_worker, delay=1.0):
+        self.killed = []
+        self._started = threading.Event()
+        original = engine_class.run_phase
+
+        def run_phase(engine, *args):
+            self._started.set()
+            return original(engine, *args)
+
+        patch(engine_class, "run_phase", run_phase)
+        self._thread = threading.Thread(target=self._kill, args=(is_worker, delay), daemon=True)
+        self._thread.start()
+
+    def _kill(self, is_worker, delay):
+        if not self._started.wait(120):
+            return
+        time.sleep(delay)
+        pid = busiest(is_worker)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            self.killed.append(pid)
+
+    def join(self):
+        self._thread.join(10)
+
+
+
+
+def executor_pids():
+    """Process ids of Spark executor JVMs (of a standalone cluster) on this machine."""
+    pids = []
+    for pid, (_, command, _) in processes().items():
+        if "CoarseGrainedExecutorBackend" in command:
+            pids.append(pid)
+    return pids
