@@ -210,7 +210,7 @@ def killed_executor(matrix):
 def stopped_worker(matrix, sync, seconds_stopped=35.0):
     from skdbn._engines import ProcessEngine
 
-    params = dict(PARAMS, sync=sync, pretrain_epochs=20)
+    params = dict(PARAMS, sync=sync, pretrain_epochs=80)  # phases of several seconds
     clean, clean_s = timed(lambda: DistributedDBN(backend="local", **params).fit(matrix.X,
                                                                                  matrix.y))
     patches, started, stopped = Patches(), threading.Event(), []
@@ -226,7 +226,7 @@ def stopped_worker(matrix, sync, seconds_stopped=35.0):
             pid = busiest(loky_worker)
             if pid is not None:
                 os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
+                stopped.append((pid, time.monotonic()))
                 time.sleep(seconds_stopped)
                 os.kill(pid, signal.SIGCONT)
 
@@ -241,13 +241,15 @@ def stopped_worker(matrix, sync, seconds_stopped=35.0):
                    "backend='local', 30 s timeout", f"fails: {error}")
         return
     finally:
+        ended = time.monotonic()
         stopper.join(seconds_stopped + 10)
-        for pid in stopped:
+        for pid, _ in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         patches.undo()
+    hit = bool(stopped) and stopped[0][1] < ended
     matrix.add(f"worker stopped (SIGSTOP) {seconds_stopped:.0f} s, sync={sync!r}",
-               "backend='local', 30 s timeout", "completes" if stopped else "not hit",
+               "backend='local', 30 s timeout", "completes" if hit else "not hit",
                seconds, clean_s, model, clean, model.n_phase_retries_)
 
 
@@ -341,22 +343,34 @@ def damaged_checkpoints(matrix):
 # ---------------------------------------------------------------------------- hostile peers
 
 class HostileRendezvous(AllGatherServer):
-    """The engine's rendezvous, with an attacker beside it (see ``ATTACKS``)."""
+    """The engine's rendezvous, with an attacker beside it (see ``ATTACKS``): it attacks the
+    rendezvous as soon as it listens, and every worker as soon as its address is known, from
+    threads of its own, as another process would."""
 
     attack = None
     opened = []
+    attackers = []
 
     def start(self):
-        self.attack(self.address, self.opened)
-        return super().start()
+        server = super().start()
+        self._attack(self.address)
+        return server
 
     def _reply_to_all(self):
         for _, (_, _, address) in sorted(self._arrived.items()):
-            self.attack(address, self.opened)
+            self._attack(address)
         super()._reply_to_all()
+
+    def _attack(self, address):
+        attacker = threading.Thread(target=self.attack, args=(address, self.opened),
+                                    daemon=True)
+        attacker.start()
+        self.attackers.append(attacker)
 
     def close(self):
         super().close()
+        while self.attackers:
+            self.attackers.pop().join(30)
         while self.opened:
             self.opened.pop().close()
 
@@ -403,6 +417,7 @@ def hostile_peers(matrix):
     import skdbn._engines as engines
 
     params = dict(PARAMS, sync="gossip", pretrain_epochs=10)
+    DistributedDBN(backend="local", **params).fit(matrix.X, matrix.y)  # warm the worker pool
     clean, clean_s = timed(lambda: DistributedDBN(backend="local", **params).fit(matrix.X,
                                                                                  matrix.y))
     for name, attack in ATTACKS.items():

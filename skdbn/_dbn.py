@@ -467,9 +467,17 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         return self.label_col
 
     def _valid_training_rows(self, df, label_col):
+        from pyspark.sql import functions, types
+
         features, _ = feature_column(df, self.features_col)
         valid = valid_features(features)
-        return valid if label_col is None else valid & df[label_col].isNotNull()
+        if label_col is None:
+            return valid
+        label = df[label_col]
+        valid = valid & label.isNotNull()
+        if isinstance(df.schema[label_col].dataType, (types.FloatType, types.DoubleType)):
+            valid = valid & ~functions.isnan(label)
+        return valid
 
     def _summarize_dataframe(self, df, label_col, cleanup):
         """Read the DataFrame once: into this process when the fit trains here, else on the
@@ -845,7 +853,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             improved = loss < progress.best_loss - self.tol
             progress.best_loss = min(progress.best_loss, loss)
         progress.no_improvement_count = 0 if improved else progress.no_improvement_count + 1
-        return progress.no_improvement_count >= self.n_iter_no_change
+        return bool(progress.no_improvement_count >= self.n_iter_no_change)
 
     def _store_fitted(self, progress, classes, n_workers):
         sizes = [self.n_features_in_, *self._hidden_sizes()]

@@ -15,6 +15,7 @@ weighted average over workers and messages in flight is unbiased.
 """
 
 import contextlib
+import itertools
 import queue
 import socket
 import struct
@@ -231,14 +232,16 @@ class GossipNode:
         self._mailbox = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self._outbox = queue.Queue()
+        # One queue and one sending thread per peer: a peer that stops answering delays only
+        # the messages meant for it.
+        self._outboxes = [queue.Queue() for _ in range(spec.n_workers)]
+        self._senders = {}
         self._ready = set()
         self._last_sequence = [0] * spec.n_workers  # of the messages taken from each sender
-        self._sequence = 0  # of the last message this worker sent
+        self._sequences = itertools.count(1)  # of the messages this worker sends
         self.accepted = 0
         self.failed_sends = 0
         self._rejected = 0
-        self._sender = threading.Thread(target=self._send_loop, daemon=True)
 
     @property
     def rejected(self):
@@ -254,7 +257,6 @@ class GossipNode:
         """
         self.peers = list(peer_addresses)
         self._listener.start()
-        self._sender.start()
         ready = encode(self.spec, KIND_READY, self.rank, 0, 1.0,
                        np.zeros(self.spec.n_workers, dtype=np.uint64))
         for peer in range(len(self.peers)):
@@ -323,37 +325,43 @@ class GossipNode:
     # -- sending ----------------------------------------------------------------------
 
     def send(self, peer, message, on_failure=None):
-        """Queue ``message`` (``encode``'s parts) for ``peer``; ``on_failure()`` runs on the
-        sender thread if it is not delivered and acknowledged in time."""
-        self._outbox.put((peer, message, on_failure))
+        """Queue ``message`` (``encode``'s parts) for ``peer``; ``on_failure()`` runs on a
+        sending thread if it is not delivered and acknowledged in time."""
+        with self._lock:
+            if peer not in self._senders:
+                sender = threading.Thread(target=self._send_loop, args=(peer,), daemon=True)
+                self._senders[peer] = sender
+                sender.start()
+        self._outboxes[peer].put((message, on_failure))
 
     def pending(self):
         """Number of queued or in-flight sends."""
-        return self._outbox.unfinished_tasks
+        return sum(outbox.unfinished_tasks for outbox in self._outboxes)
 
     def flush(self, timeout):
         """Wait (bounded) until every queued message is delivered or given up."""
         deadline = time.monotonic() + timeout
-        while self._outbox.unfinished_tasks and time.monotonic() < deadline:
+        while self.pending() and time.monotonic() < deadline:
             time.sleep(0.002)
-        return self._outbox.unfinished_tasks == 0
+        return self.pending() == 0
 
-    def _send_loop(self):
+    def _send_loop(self, peer):
+        outbox = self._outboxes[peer]
         while True:
-            item = self._outbox.get()
+            item = outbox.get()
             if item is None:
-                self._outbox.task_done()
+                outbox.task_done()
                 return
-            peer, message, on_failure = item
+            message, on_failure = item
             if not self._deliver(peer, message):
                 self.failed_sends += 1
                 if on_failure is not None:
                     on_failure()
-            self._outbox.task_done()
+            outbox.task_done()
 
     def _deliver(self, peer, message):
-        self._sequence += 1
-        message = with_sequence(message, self._sequence)
+        # Taken when sent: every receiver sees this worker's numbers increase.
+        message = with_sequence(message, next(self._sequences))
         try:
             conn, nonce = connect(parse_address(self.peers[peer]), self.spec.secret,
                                   self.spec.context, self.rank, self.timeout)
@@ -364,10 +372,22 @@ class GossipNode:
             return False
 
     def close(self):
-        """Stop the sender and the listener (bounded waits)."""
-        self._outbox.put(None)
-        if self._sender.is_alive():
-            self._sender.join(timeout=self.timeout + 1)
+        """Stop the senders and the listener (bounded waits); messages still queued are
+        dropped (the phase is over)."""
+        for outbox in self._outboxes:
+            while True:
+                try:
+                    outbox.get_nowait()
+                except queue.Empty:
+                    break
+                outbox.task_done()
+        with self._lock:
+            senders = dict(self._senders)
+        for peer in senders:
+            self._outboxes[peer].put(None)
+        deadline = time.monotonic() + self.timeout + 1
+        for sender in senders.values():
+            sender.join(timeout=max(0.0, deadline - time.monotonic()))
         self._listener.close()
 
 

@@ -63,7 +63,9 @@ class TrainingProgress:
 
 def _settings_digest(estimator_params, classes):
     digest = hashlib.sha256()
-    ignored = {"checkpoint_dir", "verbose", "warm_start", "phase_retries"}
+    # Settings that do not change the model: changing them must not orphan a checkpoint.
+    ignored = {"checkpoint_dir", "verbose", "warm_start", "phase_retries", "network_timeout",
+               "prediction_col", "probability_col", "transform_col"}
     settings = {k: repr(v) for k, v in sorted(estimator_params.items()) if k not in ignored}
     digest.update(json.dumps(settings).encode())
     classes = np.asarray(classes if classes is not None else [])
@@ -115,7 +117,7 @@ def save_checkpoint(directory, key, progress):
             if k not in {"layers", "layer_means", "network", "velocity", "best_network"}}
     meta.update(version=_FORMAT_VERSION, key=key, n_layers=len(progress.layers),
                 n_layer_means=len(progress.layer_means))
-    arrays["meta"] = np.array(json.dumps(meta, default=float))
+    arrays["meta"] = np.array(json.dumps(meta, default=_plain))
     handle, tmp_path = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
     current = os.path.join(directory, CHECKPOINT_FILE)
     try:
@@ -131,6 +133,13 @@ def save_checkpoint(directory, key, progress):
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
+
+
+def _plain(value):
+    """Numpy scalars as the JSON values of their Python types (a ``np.bool_`` as a bool)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} cannot go into a checkpoint")
 
 
 def _sync_directory(directory):
@@ -178,6 +187,7 @@ def load_checkpoint(directory, key, check):
 
 
 def _read_checkpoint(path):
+    _check_members(path)
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"][()]))
         if not isinstance(meta, dict) or meta.get("version") != _FORMAT_VERSION:
@@ -189,6 +199,18 @@ def _read_checkpoint(path):
         layer_means = [data[f"layer_mean_{i}"] for i in range(meta.pop("n_layer_means"))]
         arrays = {name: data[name] if name in data.files else None for name in _ARRAYS}
     return key, TrainingProgress(layers=layers, layer_means=layer_means, **arrays, **meta)
+
+
+def _check_members(path):
+    """Refuse an archive whose members would inflate when read: checkpoints are written
+    uncompressed, so a compressed member is not one of ours (and could be a zip bomb)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if member.compress_type != zipfile.ZIP_STORED or \
+                    member.file_size != member.compress_size:
+                raise DamagedCheckpoint(f"member {member.filename} is compressed")
 
 
 def _set_aside(path, error):
@@ -258,11 +280,20 @@ def check_progress(progress, layer_sizes, n_classes, dtype):
         size = sum(int(np.prod(s)) for s in rbm_layout(*layer_sizes[i:i + 2]).values())
         check_array(f"layer {i}", layer, size)
         mean = progress.layer_means[i]
-        if mean.shape != (layer_sizes[i + 1],) or not np.all(np.isfinite(mean)):
+        if mean.dtype.kind != "f" or mean.shape != (layer_sizes[i + 1],) or \
+                not np.all((mean >= 0) & (mean <= 1)):
             raise DamagedCheckpoint(f"the mean activation of layer {i} is not valid")
+    for i, history in enumerate(progress.pretraining_history):
+        if not all(np.all(np.isfinite(values)) for values in history.values()):
+            raise DamagedCheckpoint(f"the history of layer {i} holds NaN or infinity")
+    scores = progress.validation_scores
+    best_is_lost = bool(scores) and not np.isfinite(progress.best_validation_score)
+    if len(scores) > progress.n_iter or best_is_lost or \
+            progress.no_improvement_count > progress.n_iter:
+        raise DamagedCheckpoint("the fine-tuning figures do not add up")
     arrays = [getattr(progress, name) for name in _ARRAYS]
     if n_classes is None or progress.network is None:
-        if any(a is not None for a in arrays) or progress.loss_curve:
+        if any(a is not None for a in arrays) or progress.loss_curve or progress.finetune_done:
             raise DamagedCheckpoint("fine-tuning state in a fit that has none yet")
         return
     size = sum(int(np.prod(s)) for s in network_layout([*layer_sizes, n_classes]).values())

@@ -378,7 +378,7 @@ class AverageSync:
         frame = encode(self.node.spec, KIND_STATE, self.rank, step, self.state.weight,
                        np.zeros(self.n_workers, dtype=np.uint64), self.state.params)
         for peer in range(self.n_workers):
-            if peer != self.rank:
+            if peer != self.rank and peer not in self._absent:  # see _collect
                 self.node.send(peer, frame)
         states = self._collect(step)
         total = sum(weight for _, weight in states.values())

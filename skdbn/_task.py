@@ -39,8 +39,11 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
     ----------
     rank : int
         This worker's index in ``range(plan.n_workers)``.
-    phase, shard, state, below
+    phase, state, below
         As for ``run_phase``.
+    shard : Shard or callable
+        As for ``run_phase``, or a function that reads it, called after the rendezvous: a
+        worker that is slow to read its shard then does not make its peers give it up.
     plan : SyncPlan
         The phase's synchronisation settings and secret.
     all_gather : callable
@@ -48,15 +51,19 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
     host : str, default="127.0.0.1"
         Address this worker listens on (its own host).
     """
+    read = shard if callable(shard) else (lambda: shard)
     with threadpool_limits(plan.blas_threads):
         if plan.n_workers == 1 or plan.mode == "none":
+            shard = read()
             budget = LocalBudget(phase.epochs, shard.n_samples)
             return run_phase(phase, shard, state, below, budget, rank)
         spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
                         state.params.dtype.name)
         node = GossipNode(spec, rank, host, plan.timeout)
         try:
-            node.start(all_gather(rank, node.address))
+            peers = all_gather(rank, node.address)
+            shard = read()
+            node.start(peers)
             return run_phase(phase, shard, state, below, _synchronizer(plan, phase, node), rank)
         finally:
             node.close()

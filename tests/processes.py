@@ -31,7 +31,8 @@ def busiest(is_worker):
     after = processes()
     busy = {pid: after[pid][2] - before[pid][2] for pid in after
             if pid in before and is_worker(pid, after)}
-    return max(busy, key=busy.get) if busy else None
+    pid = max(busy, key=busy.get, default=None)
+    return pid if pid is not None and busy[pid] > 0 else None
 
 
 def loky_worker(pid, table):

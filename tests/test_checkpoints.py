@@ -51,8 +51,9 @@ def test_a_killed_driver_resumes_at_its_last_phase(digits, reference, tmp_path):
         DistributedDBN(checkpoint_dir={str(tmp_path)!r}, verbose=1, **{PARAMS!r}).fit(X / 16.0, y)
         print("FINISHED", flush=True)
     """)
+    # A session of its own, so that killing its process group kills its worker processes too.
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for line in process.stdout:  # one line per phase at verbose=1
             if "pretrained layer 0" in line:
@@ -60,12 +61,9 @@ def test_a_killed_driver_resumes_at_its_last_phase(digits, reference, tmp_path):
         deadline = time.monotonic() + 30
         while not (tmp_path / CHECKPOINT_FILE).exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
         process.stdout.close()
         process.stderr.close()
     assert (tmp_path / CHECKPOINT_FILE).exists()

@@ -23,7 +23,7 @@ from skdbn._engines import LocalEngine, ProcessEngine, run_phase_retrying
 pytestmark = pytest.mark.slow
 
 # Long enough phases (a few seconds each on two cores) to be killed in the middle of one.
-PARAMS = dict(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=2, n_workers=2,
+PARAMS = dict(hidden_layer_sizes=(256,), pretrain_epochs=80, max_iter=2, n_workers=2,
               sync="average", random_state=0)
 
 
@@ -61,7 +61,7 @@ def test_a_killed_spark_python_worker_costs_one_phase(spark, digits_split, monke
     X_train, X_test, y_train, y_test = digits_split
     reference = DistributedDBN(**PARAMS).fit(X_train, y_train)
     killer = KillDuringFirstPhase(monkeypatch.setattr, SparkEngine, spark_python_worker,
-                                  delay=2.0)
+                                  delay=1.5)
     model = DistributedDBN(verbose=1, **PARAMS).fit(X_train, y_train)
     killer.join()
     assert killer.killed, "no Python worker was running a task"
@@ -114,7 +114,7 @@ def test_a_stopped_worker_costs_at_most_a_timeout(digits_split, monkeypatch, syn
     # stopped one up for the rest of the phase (once, not at every sync point) and the fit
     # completes; nothing waits without a bound.
     X_train, X_test, y_train, y_test = digits_split
-    params = dict(PARAMS, sync=sync, network_timeout=2.0, pretrain_epochs=10,
+    params = dict(PARAMS, sync=sync, network_timeout=2.0, pretrain_epochs=20,
                   phase_retries=5)
     stopped = []
     started = threading.Event()

@@ -668,9 +668,13 @@ def _valid_rows(lists, n_features):
 
     lengths = pc.list_value_length(lists).fill_null(-1).to_numpy(zero_copy_only=False)
     valid = lengths == n_features
-    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False)  # nulls become NaN
-    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-    bad = np.bincount(parents[~np.isfinite(values)], minlength=len(lists)) > 0
+    # Values of the non-null rows, in order (nulls inside a vector become NaN).
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+    if valid.all():  # the usual batch: one check per row, no index array
+        return np.isfinite(values.reshape(len(lists), n_features)).all(axis=1)
+    # Owner of each value, from the lengths (a null row owns none, whatever its offsets).
+    owners = np.repeat(np.arange(len(lists)), np.maximum(lengths, 0))
+    bad = np.bincount(owners[~np.isfinite(values)], minlength=len(lists)) > 0
     return valid & ~bad
 
 

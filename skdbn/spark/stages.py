@@ -314,24 +314,31 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
     """One barrier task: read the partition, train the phase, return one result row."""
     from pyspark import BarrierTaskContext
 
-    started = time.perf_counter()
     context = BarrierTaskContext.get()
     rank = context.partitionId()
-    if layout.shard_dir is None:
-        shard = read_shard(batches, rank, layout)
-    else:
-        for _ in batches:  # one row; read so that Spark can reuse this Python worker
-            pass
-        shard = saved_shard(rank, layout)
-    read = time.perf_counter()
+    seconds = {}
+
+    def read():  # after the rendezvous (see run_worker)
+        started = time.perf_counter()
+        if layout.shard_dir is None:
+            shard = read_shard(batches, rank, layout)
+        else:
+            for _ in batches:  # one row; read so that Spark can reuse this Python worker
+                pass
+            shard = saved_shard(rank, layout)
+        seconds["read"] = time.perf_counter() - started
+        return shard
+
     host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
     # The task's cores follow spark.task.cpus, or the stage's resource profile.
     plan = dataclasses.replace(plan, blas_threads=max(1, int(context.cpus())))
     if rendezvous is None:
         def rendezvous(_rank, address):
             return context.allGather(address)
-    result = run_worker(rank, phase, shard, state, below, plan, rendezvous, host=host)
-    result.seconds = {"read": read - started, "train": time.perf_counter() - read}
+    started = time.perf_counter()
+    result = run_worker(rank, phase, read, state, below, plan, rendezvous, host=host)
+    seconds["train"] = time.perf_counter() - started - seconds["read"]
+    result.seconds = seconds
     yield _result_batch(rank, result)
 
 
