@@ -1,6 +1,9 @@
 """Checkpoints: a driver killed mid-fit resumes; damaged checkpoints never load silently."""
 
+import contextlib
+import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +68,13 @@ def test_a_killed_driver_resumes_at_its_last_phase(digits, reference, tmp_path):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         process.stdout.close()
+        # What the killed driver (and its worker pool's resource tracker) could not clean
+        # up: joblib's folders for its workers' data, and loky's semaphores.
+        for folder in glob.glob(f"/dev/shm/joblib_memmapping_folder_{process.pid}_*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        for semaphore in glob.glob(f"/dev/shm/sem.loky-{process.pid}-*"):
+            with contextlib.suppress(OSError):
+                os.remove(semaphore)
         process.stderr.close()
     assert (tmp_path / CHECKPOINT_FILE).exists()
     resumed = _fit_and_capture(tmp_path, digits)

@@ -64,20 +64,27 @@ def new_shard_dirs():
     The first is in the temporary directory (``TMPDIR``); the second in shared memory
     (``/dev/shm``), or None where the machine has none.
     """
-    on_disk = tempfile.mkdtemp(prefix=_PREFIX)
+    _remove_orphans(tempfile.gettempdir())
+    on_disk = _owned(tempfile.mkdtemp(prefix=_PREFIX))
     in_memory = None
     if os.path.isdir(_SHARED_MEMORY) and os.access(_SHARED_MEMORY, os.W_OK):
         _remove_orphans(_SHARED_MEMORY)
         with contextlib.suppress(OSError):
-            in_memory = tempfile.mkdtemp(prefix=_PREFIX, dir=_SHARED_MEMORY)
-            with open(os.path.join(in_memory, _OWNER_FILE), "w") as owner:
-                owner.write(str(os.getpid()))
+            in_memory = _owned(tempfile.mkdtemp(prefix=_PREFIX, dir=_SHARED_MEMORY))
     return on_disk, in_memory
 
 
+def _owned(directory):
+    """``directory``, marked with this process's id (see ``_remove_orphans``)."""
+    with open(os.path.join(directory, _OWNER_FILE), "w") as owner:
+        owner.write(str(os.getpid()))
+    return directory
+
+
 def _remove_orphans(directory):
-    """Remove shard directories in shared memory whose fit's process is gone (killed before
-    it could clean up): unlike a disk's, that memory is not given back until reboot."""
+    """Remove shard directories under ``directory`` whose fit's process is gone (killed
+    before it could clean up); in shared memory that memory is not given back until reboot
+    otherwise."""
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
         if not name.startswith(_PREFIX):
