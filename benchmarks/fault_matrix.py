@@ -31,7 +31,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from processes import KillDuringFirstPhase, busiest, executor_pids, loky_worker, spark_python_worker
+from processes import (
+    KillDuringFirstPhase,
+    StopDuringFirstPhase,
+    executor_pids,
+    loky_worker,
+    spark_python_worker,
+)
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from spark_cluster import running_cluster
@@ -90,7 +96,9 @@ class Matrix:
 
     def add(self, fault, where, outcome, seconds=None, clean_seconds=None, model=None,
             clean=None, reruns=None, same=None):
-        accuracy = lambda m: "" if m is None else f"{m.score(self.X_test, self.y_test):.4f}"  # noqa: E731
+        def accuracy(model):
+            return "" if model is None else f"{model.score(self.X_test, self.y_test):.4f}"
+
         row = {"fault": fault, "where": where, "outcome": outcome,
                "time": "" if seconds is None else f"{seconds:.1f} s",
                "clean time": "" if clean_seconds is None else f"{clean_seconds:.1f} s",
@@ -213,26 +221,8 @@ def stopped_worker(matrix, sync, seconds_stopped=35.0):
     params = dict(PARAMS, sync=sync, pretrain_epochs=80)  # phases of several seconds
     clean, clean_s = timed(lambda: DistributedDBN(backend="local", **params).fit(matrix.X,
                                                                                  matrix.y))
-    patches, started, stopped = Patches(), threading.Event(), []
-    original = ProcessEngine.run_phase
-
-    def run_phase(engine, *args):
-        started.set()
-        return original(engine, *args)
-
-    def stop_one():
-        if started.wait(60):
-            time.sleep(0.5)
-            pid = busiest(loky_worker)
-            if pid is not None:
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append((pid, time.monotonic()))
-                time.sleep(seconds_stopped)
-                os.kill(pid, signal.SIGCONT)
-
-    patches(ProcessEngine, "run_phase", run_phase)
-    stopper = threading.Thread(target=stop_one, daemon=True)
-    stopper.start()
+    patches = Patches()
+    stopper = StopDuringFirstPhase(patches, ProcessEngine, loky_worker, seconds_stopped)
     try:
         model, seconds = timed(lambda: DistributedDBN(backend="local", **params).fit(
             matrix.X, matrix.y))
@@ -242,12 +232,9 @@ def stopped_worker(matrix, sync, seconds_stopped=35.0):
         return
     finally:
         ended = time.monotonic()
-        stopper.join(seconds_stopped + 10)
-        for pid, _ in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        stopper.join()
         patches.undo()
-    hit = bool(stopped) and stopped[0][1] < ended
+    hit = bool(stopper.stopped) and stopper.stopped[0][1] < ended
     matrix.add(f"worker stopped (SIGSTOP) {seconds_stopped:.0f} s, sync={sync!r}",
                "backend='local', 30 s timeout", "completes" if hit else "not hit",
                seconds, clean_s, model, clean, model.n_phase_retries_)

@@ -48,13 +48,12 @@ def spark_python_worker(pid, table):
         "pyspark.daemon" in table[parent][1]
 
 
-class KillDuringFirstPhase:
+class _DuringFirstPhase:
     """Wraps ``engine_class.run_phase`` (through ``patch(object, name, value)``, e.g.
     pytest's ``monkeypatch.setattr``): once the fit's first phase has run for ``delay``
-    seconds, SIGKILL the busiest worker process."""
+    seconds, ``self._hit(pid)`` runs on the busiest worker process, from a thread."""
 
-    def __init__(self, patch, engine_class, is_worker, delay=1.0):
-        self.killed = []
+    def __init__(self, patch, engine_class, is_worker, delay):
         self._started = threading.Event()
         original = engine_class.run_phase
 
@@ -63,22 +62,56 @@ class KillDuringFirstPhase:
             return original(engine, *args)
 
         patch(engine_class, "run_phase", run_phase)
-        self._thread = threading.Thread(target=self._kill, args=(is_worker, delay), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(is_worker, delay), daemon=True)
         self._thread.start()
 
-    def _kill(self, is_worker, delay):
+    def _run(self, is_worker, delay):
         if not self._started.wait(120):
             return
         time.sleep(delay)
         pid = busiest(is_worker)
         if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            self.killed.append(pid)
+            self._hit(pid)
+
+
+class KillDuringFirstPhase(_DuringFirstPhase):
+    """SIGKILL the busiest worker process once the first phase has run ``delay`` seconds;
+    ``killed`` lists its pid."""
+
+    def __init__(self, patch, engine_class, is_worker, delay=1.0):
+        self.killed = []
+        super().__init__(patch, engine_class, is_worker, delay)
+
+    def _hit(self, pid):
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(pid)
 
     def join(self):
         self._thread.join(10)
 
 
+class StopDuringFirstPhase(_DuringFirstPhase):
+    """SIGSTOP the busiest worker process once the first phase has run ``delay`` seconds,
+    and SIGCONT it ``seconds`` later; ``stopped`` lists ``(pid, time.monotonic())`` of the
+    stop."""
+
+    def __init__(self, patch, engine_class, is_worker, seconds, delay=0.5):
+        self.stopped = []
+        self.seconds = seconds
+        super().__init__(patch, engine_class, is_worker, delay)
+
+    def _hit(self, pid):
+        os.kill(pid, signal.SIGSTOP)
+        self.stopped.append((pid, time.monotonic()))
+        time.sleep(self.seconds)
+        os.kill(pid, signal.SIGCONT)
+
+    def join(self):
+        """Wait for the stop to end (bounded); whatever happens, leave no process stopped."""
+        self._thread.join(self.seconds + 10)
+        for pid, _ in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def executor_pids():

@@ -5,15 +5,11 @@ loss must give exactly the model of a fit that lost nothing; each test checks th
 loss cost exactly one phase rerun, and that ``verbose=1`` said so.
 """
 
-import contextlib
-import os
-import signal
-import threading
 import time
 
 import numpy as np
 import pytest
-from processes import KillDuringFirstPhase, busiest, loky_worker, spark_python_worker
+from processes import KillDuringFirstPhase, StopDuringFirstPhase, loky_worker, spark_python_worker
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -116,36 +112,13 @@ def test_a_stopped_worker_costs_at_most_a_timeout(digits_split, monkeypatch, syn
     X_train, X_test, y_train, y_test = digits_split
     params = dict(PARAMS, sync=sync, network_timeout=2.0, pretrain_epochs=20,
                   phase_retries=5)
-    stopped = []
-    started = threading.Event()
-    original = ProcessEngine.run_phase
-
-    def run_phase(engine, *args):
-        started.set()
-        return original(engine, *args)
-
-    def stop_one():
-        if started.wait(60):
-            time.sleep(0.5)
-            pid = busiest(loky_worker)
-            if pid is not None:
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-                time.sleep(5.0)
-                os.kill(pid, signal.SIGCONT)
-
-    monkeypatch.setattr(ProcessEngine, "run_phase", run_phase)
-    stopper = threading.Thread(target=stop_one, daemon=True)
-    stopper.start()
+    stopper = StopDuringFirstPhase(monkeypatch.setattr, ProcessEngine, loky_worker, seconds=5.0)
     begun = time.monotonic()
     try:
         model = DistributedDBN(backend="local", **params).fit(X_train, y_train)
     finally:
-        stopper.join(30)
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-    assert stopped, "no worker process was running a task"
+        stopper.join()
+    assert stopper.stopped, "no worker process was running a task"
     # Stopped in a phase, the worker is given up until the phase ends; stopped at a phase's
     # start, it misses the rendezvous, and the phase is run again once it is back.
     assert model.n_phase_retries_ <= 3

@@ -240,11 +240,19 @@ def training_columns(df, features_col, label_col):
     return columns, dtype, label_type
 
 
-def statistics_schema(label_type):
-    """Spark schema of the rows that ``statistics_batch`` makes."""
-    return ("partition int, n_rows long, n_features int, null_rows long, bad_lengths long, "
+def statistics_schema(label_type, extra=""):
+    """Spark schema of the rows that ``statistics_batch`` makes; ``extra`` columns (e.g.
+    ``"written long"``) come right after the partition id."""
+    return ("partition int, " + (f"{extra}, " if extra else "")
+            + "n_rows long, n_features int, null_rows long, bad_lengths long, "
             "null_values long, null_labels long, mean binary, m2 binary, minimum binary, "
             "maximum binary" + (f", labels array<{label_type}>" if label_type else ""))
+
+
+def dealt_rows(n_samples, n_workers):
+    """Rows of each worker's shard when ``n_samples`` rows are dealt to workers in turn."""
+    return tuple(n_samples // n_workers + (rank < n_samples % n_workers)
+                 for rank in range(n_workers))
 
 
 def _partition_statistics(labelled, batches):

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._worker import Shard
 from .data import (
+    dealt_rows,
     matrix_of,
     merged_summary,
     statistics_batch,
@@ -190,8 +191,7 @@ class ShardPlan:
     @property
     def worker_rows(self):
         """Rows of each worker's shard."""
-        n, workers = sum(self.partition_rows.values()), self.n_workers
-        return tuple(n // workers + (w < n % workers) for w in range(workers))
+        return dealt_rows(sum(self.partition_rows.values()), self.n_workers)
 
     def first_row(self, partition):
         """Global index of the first row of ``partition`` (None if it was counted empty)."""
@@ -212,7 +212,7 @@ def summarize_and_write(df, features_col, label_col, plan):
         no room for them (any files are then incomplete and must be dropped).
     """
     columns, dtype, label_type = training_columns(df, features_col, label_col)
-    schema = statistics_schema(label_type).replace("partition int,", "partition int, written long,")
+    schema = statistics_schema(label_type, extra="written long")
     task = partial(write_shards_task, label_type is not None, plan)
     rows = df.select(*columns).mapInArrow(task, schema).toArrow().to_pylist()
     summary = merged_summary(rows, features_col, label_col, dtype)
@@ -251,6 +251,7 @@ class _RowWriter:
 
     def __init__(self, plan, first_row, labelled):
         self.plan = plan
+        self._worker_rows = plan.worker_rows
         self.next_row = first_row  # global index of the next row to arrive
         self.written = 0
         self.writing_rows = first_row is not None
@@ -303,7 +304,7 @@ class _RowWriter:
             position = (first + start) // n
             if not len(block):
                 continue
-            if position + len(block) > self.plan.worker_rows[rank]:
+            if position + len(block) > self._worker_rows[rank]:
                 return False  # more rows than counted: refused on the driver
             _write_all(handle, memoryview(block).cast("B"),
                        self._header_bytes[rank] + position * row_bytes)
@@ -316,7 +317,7 @@ class _RowWriter:
         if features_dir is None:
             return False
         self._header_bytes = [len(_npy_header(self.plan.dtype, (n_rows, n_features)))
-                              for n_rows in self.plan.worker_rows]
+                              for n_rows in self._worker_rows]
         paths = [shard_paths(features_dir, rank)[0] + ".part"
                  for rank in range(self.plan.n_workers)]
         self._files = [os.open(path, os.O_WRONLY) for path in paths]

@@ -23,6 +23,7 @@ from .._worker import PhaseResult, PhaseState, consensus
 from .data import (
     ShardLayout,
     cache_partitions,
+    dealt_rows,
     feature_column,
     frame_from_arrays,
     frame_from_dataframe,
@@ -148,8 +149,7 @@ class SparkEngine:
         partition per worker.
         """
         plan, workers = self._shard_plan, self.n_workers
-        rows = tuple(summary.n_samples // workers + (rank < summary.n_samples % workers)
-                     for rank in range(workers))
+        rows = dealt_rows(summary.n_samples, workers)
         self._layout = ShardLayout(
             rows=rows, n_features=summary.n_features, dtype=np.dtype(summary.dtype).name,
             labelled=label_col is not None, mean=mean, scale=scale,
