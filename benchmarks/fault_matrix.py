@@ -35,6 +35,7 @@ from processes import (
     KillDuringFirstPhase,
     StopDuringFirstPhase,
     executor_pids,
+    kill_standalone_worker,
     loky_worker,
     spark_python_worker,
 )
@@ -182,8 +183,19 @@ spark.stop()
 '''
 
 
-def killed_executor(matrix):
-    params = dict(PARAMS, hidden_layer_sizes=(256,))
+def kill_an_executor(root):
+    victims = executor_pids()
+    if victims:
+        os.kill(victims[0], signal.SIGKILL)
+
+
+def lose_a_machine(root):
+    kill_standalone_worker(os.path.join(root, "work0"))
+
+
+def killed_executor(matrix, kill, fault):
+    params = dict(PARAMS, hidden_layer_sizes=(256,), network_timeout=10.0)
+    where = "standalone cluster, 2 executors"
     with tempfile.TemporaryDirectory() as root, running_cluster(pathlib.Path(root)) as master:
         marker = os.path.join(root, "phase-started")
         process = subprocess.Popen(
@@ -196,9 +208,7 @@ def killed_executor(matrix):
             while not os.path.exists(marker) and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(1.5)
-            victims = executor_pids()
-            if victims:
-                os.kill(victims[0], signal.SIGKILL)
+            kill(root)
             stdout, _ = process.communicate(timeout=600)
         finally:
             if process.poll() is None:
@@ -206,13 +216,30 @@ def killed_executor(matrix):
                 process.communicate(timeout=30)
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
-        matrix.add("executor JVM killed mid-phase", "standalone cluster, 2 executors", "FAILED")
+        matrix.add(fault, where, "FAILED")
         return
     result = json.loads(lines[0][len("RESULT "):])
-    matrix.add("executor JVM killed mid-phase", "standalone cluster, 2 executors",
+    matrix.add(fault, where,
                f"completes (held-in accuracy {result['accuracy']:.4f} vs "
                f"{result['clean_accuracy']:.4f})", result["seconds"], result["clean"],
                reruns=result["reruns"], same=result["same"])
+
+
+def stopped_spark_worker(matrix, spark):
+    from skdbn.spark.stages import SparkEngine
+
+    params = dict(PARAMS, network_timeout=5.0)
+    clean, clean_s = timed(lambda: DistributedDBN(**params).fit(matrix.X, matrix.y))
+    patches = Patches()
+    stopper = StopDuringFirstPhase(patches, SparkEngine, spark_python_worker, 600.0, delay=2.0)
+    try:
+        model, seconds = timed(lambda: DistributedDBN(**params).fit(matrix.X, matrix.y))
+    finally:
+        stopper.join()
+        patches.undo()
+    matrix.add("task's Python worker stopped (SIGSTOP) for good", "Spark local[2], 5 s timeout",
+               "completes" if stopper.stopped else "not hit", seconds, clean_s, model, clean,
+               model.n_phase_retries_, same_model(model, clean))
 
 
 def stopped_worker(matrix, sync, seconds_stopped=35.0):
@@ -427,8 +454,8 @@ def hostile_peers(matrix):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="local,spark,connect,executor,stop,driver,checkpoint,"
-                        "hostile", help="comma-separated parts to run")
+    parser.add_argument("--only", default="local,spark,connect,executor,machine,stop,sparkstop,"
+                        "driver,checkpoint,hostile", help="comma-separated parts to run")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}", flush=True)
@@ -444,17 +471,22 @@ def main():
         hostile_peers(matrix)
     if "driver" in parts:
         killed_driver(matrix, None, frame=False)
-    if parts & {"spark", "driver"}:
+    if parts & {"spark", "sparkstop", "driver"}:
         spark = loopback_session("local[2]", app_name="fault-matrix")
         try:
             if "spark" in parts:
                 killed_spark_worker(matrix, spark, connect=False)
+            if "sparkstop" in parts:
+                stopped_spark_worker(matrix, spark)
             if "driver" in parts:
                 killed_driver(matrix, spark, frame=True)
         finally:
             spark.stop()
     if "executor" in parts:
-        killed_executor(matrix)
+        killed_executor(matrix, kill_an_executor, "executor JVM killed mid-phase")
+    if "machine" in parts:
+        killed_executor(matrix, lose_a_machine,
+                        "worker daemon and its executor killed (a machine lost)")
     if "connect" in parts:  # a process holds classic or Connect sessions, not both
         child = subprocess.run([sys.executable, os.path.abspath(__file__), "--only",
                                 "connect-child"], capture_output=True, text=True, timeout=900)

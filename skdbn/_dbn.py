@@ -150,15 +150,19 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     phase_retries : int, default=2
         How often a phase is rerun, from the state it started from, when it fails because a
         worker was lost: a killed or crashed worker process (local processes or a Spark task's
-        Python worker) or a lost Spark executor. A retry waits (up to two minutes) for the
-        task slots to come back. Errors of the fit itself (bad data, divergence) are never
-        retried. Losing a worker thus costs at most the phase it was in: one layer's
+        Python worker), a lost Spark executor, or (classic Spark sessions) a task that stopped
+        making progress. On Spark a retry waits up to ``network_timeout`` for the task slots
+        to come back, then runs on those that are left. Errors of the fit itself (bad data,
+        divergence) are never retried. Losing a worker thus costs at most the phase it was in: one layer's
         pretraining, or up to ten fine-tuning epochs on Spark (one locally).
     network_timeout : float or None, default=None
         Seconds any one network wait of a worker may take (a rendezvous, a delivery, a
         synchronous average) before the peer is given up for the rest of the phase. ``None``:
         30 for local processes, 60 on Spark. A stopped peer thus costs at most one timeout per
-        phase; raise it for very large networks on slow links.
+        phase; raise it for very large networks on slow links. On Spark it also bounds how
+        long a retried phase waits for lost task slots to come back (then it runs on the slots
+        that are left) and, on classic sessions, how far (at least) the last task of a phase
+        may fall behind the first before the phase is cancelled and rerun.
     warm_start : bool, default=False
         Start from the weights of the previous fit. With labels, pretraining is skipped and
         fine-tuning continues from the current network (a softmax head is added if the model

@@ -201,8 +201,9 @@ def run_phase_retrying(engine, phase, state, below, retries, report):
     """``engine.run_phase(phase, state, below)``, rerun from the same starting state when it
     fails because a worker was lost, at most ``retries`` times.
 
-    ``report(message)`` is told of every retry. Errors that are not a lost worker (bad data,
-    divergence, a bug) are raised at once.
+    ``report(message)`` is told of every retry, and of what ``engine.recover()`` changed
+    (fewer workers). Errors that are not a lost worker (bad data, divergence, a bug) are
+    raised at once.
 
     Returns
     -------
@@ -223,4 +224,6 @@ def run_phase_retrying(engine, phase, state, below, retries, report):
             report(f"{reason}; rerunning the phase from its starting state "
                    f"(retry {attempt + 1} of {retries})")
         attempt += 1
-        engine.recover()
+        change = engine.recover()
+        if change:
+            report(change)

@@ -12,6 +12,7 @@ type of every field) is set aside with a ``CheckpointWarning`` naming the file a
 and the fit resumes from the previous checkpoint, or starts afresh.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -118,7 +119,8 @@ def save_checkpoint(directory, key, progress):
     meta.update(version=_FORMAT_VERSION, key=key, n_layers=len(progress.layers),
                 n_layer_means=len(progress.layer_means))
     arrays["meta"] = np.array(json.dumps(meta, default=_plain))
-    handle, tmp_path = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
+    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=f"{_TMP_PREFIX}{os.getpid()}.",
+                                        suffix=_TMP_SUFFIX)
     current = os.path.join(directory, CHECKPOINT_FILE)
     try:
         with os.fdopen(handle, "wb") as fh:
@@ -156,6 +158,33 @@ def _sync_directory(directory):
         os.close(handle)
 
 
+# A checkpoint being written is "<prefix><writer's pid>.<random><suffix>" until it is complete.
+_TMP_PREFIX = "skdbn-checkpoint.writing."
+_TMP_SUFFIX = ".tmp.npz"
+
+
+def _remove_abandoned_writes(directory):
+    """Delete the half-written checkpoints of writers that died (their pid is gone)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if not (name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX)):
+                continue
+            pid = name[len(_TMP_PREFIX):].split(".", 1)[0]
+            if pid.isdigit() and not _process_exists(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def load_checkpoint(directory, key, check):
     """The latest valid progress saved under ``directory`` for fingerprint ``key``.
 
@@ -170,6 +199,7 @@ def load_checkpoint(directory, key, check):
     path : str or None
         The file it came from.
     """
+    _remove_abandoned_writes(directory)
     for name in (CHECKPOINT_FILE, PREVIOUS_FILE):
         path = os.path.join(directory, name)
         if not os.path.exists(path):

@@ -98,17 +98,20 @@ class StopDuringFirstPhase(_DuringFirstPhase):
     def __init__(self, patch, engine_class, is_worker, seconds, delay=0.5):
         self.stopped = []
         self.seconds = seconds
+        self._released = threading.Event()
         super().__init__(patch, engine_class, is_worker, delay)
 
     def _hit(self, pid):
         os.kill(pid, signal.SIGSTOP)
         self.stopped.append((pid, time.monotonic()))
-        time.sleep(self.seconds)
-        os.kill(pid, signal.SIGCONT)
+        self._released.wait(self.seconds)
+        with contextlib.suppress(ProcessLookupError):  # Spark may have killed it
+            os.kill(pid, signal.SIGCONT)
 
     def join(self):
-        """Wait for the stop to end (bounded); whatever happens, leave no process stopped."""
-        self._thread.join(self.seconds + 10)
+        """End the stop now if it still lasts (the fit is over); leave no process stopped."""
+        self._released.set()
+        self._thread.join(10)
         for pid, _ in self.stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
@@ -121,3 +124,17 @@ def executor_pids():
         if "CoarseGrainedExecutorBackend" in command:
             pids.append(pid)
     return pids
+
+
+def kill_standalone_worker(work_dir):
+    """SIGKILL the standalone Worker daemon started with ``--work-dir work_dir`` and the
+    executors it launched: its cores leave the cluster for good. Returns the pids killed."""
+    table = processes()
+    workers = [pid for pid, (_, command, _) in table.items()
+               if "deploy.worker.Worker" in command and str(work_dir) in command]
+    executors = [pid for pid, (parent, command, _) in table.items()
+                 if parent in workers and "CoarseGrainedExecutorBackend" in command]
+    for pid in executors + workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return executors + workers

@@ -127,3 +127,21 @@ def test_a_checkpoint_of_other_shapes_is_not_loaded(digits, tmp_path):
              lambda arrays, meta: arrays.update(layer_0=np.zeros(10)))
     with pytest.warns(CheckpointWarning, match=r"layer 0 is float64\(10,\)"):
         _fit_and_capture(tmp_path, digits)
+
+
+def test_half_written_checkpoints_of_dead_writers_are_removed(digits, tmp_path):
+    # A driver killed while writing leaves its temporary file; the next fit removes it, but
+    # not the file a live process is still writing.
+    dead = tmp_path / f"skdbn-checkpoint.writing.{_dead_pid()}.x1.tmp.npz"
+    live = tmp_path / f"skdbn-checkpoint.writing.{os.getppid()}.x2.tmp.npz"
+    dead.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
+    DistributedDBN(checkpoint_dir=str(tmp_path), **PARAMS).fit(*digits)
+    assert not dead.exists() and live.exists()
+    assert (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def _dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(timeout=60)
+    return process.pid

@@ -13,7 +13,7 @@ import textwrap
 import time
 
 import pytest
-from processes import executor_pids
+from processes import executor_pids, kill_standalone_worker
 from spark_cluster import running_cluster
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is a dependency; needed here")
@@ -123,4 +123,62 @@ def test_a_killed_executor_costs_one_phase(standalone_cluster, tmp_path):
     outcome = json.loads(lines[0][len("RESULT "):])
     assert outcome["retries"] == 1 and outcome["same"], outcome
     assert "an executor was lost; rerunning the phase" in stdout
+    assert outcome["accuracy"] > 0.9
+
+
+@pytest.mark.slow
+def test_a_phase_reruns_on_the_workers_left_when_a_machine_is_lost(tmp_path):
+    # A worker daemon and its executor are killed for good in the first phase (a machine
+    # lost): the phase reruns on the one task slot left, that task training both workers'
+    # shards, and the fit completes. Its own cluster: the module's keeps both workers.
+    marker = tmp_path / "phase-started"
+    driver = textwrap.dedent(f"""
+        import json
+        import numpy as np
+        from sklearn.datasets import load_digits
+        from skdbn import DistributedDBN, loopback_session
+        from skdbn.spark.stages import SparkEngine
+
+        original = SparkEngine.run_phase
+        def run_phase(engine, *args):
+            open({str(marker)!r}, "a").close()
+            return original(engine, *args)
+        SparkEngine.run_phase = run_phase
+
+        spark = loopback_session(MASTER, app_name="skdbn-machine-loss",
+                                 config={{"spark.executor.memory": "512m"}})
+        try:
+            X, y = load_digits(return_X_y=True)
+            X, y = np.tile(X / 16.0, (3, 1)), np.tile(y, 3)
+            model = DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=5,
+                                   n_workers=2, sync="gossip", network_timeout=5.0,
+                                   random_state=0, verbose=1).fit(X, y)
+            print("RESULT", json.dumps({{"retries": model.n_phase_retries_,
+                                         "accuracy": model.score(X, y)}}))
+        finally:
+            spark.stop()
+    """)
+    (tmp_path / "cluster").mkdir()
+    with running_cluster(tmp_path / "cluster") as master_url:
+        process = subprocess.Popen(
+            [sys.executable, "-c", driver.replace("MASTER", repr(master_url))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+        try:
+            deadline = time.monotonic() + 180
+            while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.2)
+            assert marker.exists(), "the fit never started a phase"
+            time.sleep(2.0)
+            assert kill_standalone_worker(tmp_path / "cluster" / "work0"), "no worker killed"
+            stdout, stderr = process.communicate(timeout=400)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=STOP_TIMEOUT)
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, _failure_summary(stderr)
+    outcome = json.loads(lines[0][len("RESULT "):])
+    assert outcome["retries"] == 1, outcome
+    assert "1 of the 2 task slots are left" in stdout, stdout
     assert outcome["accuracy"] > 0.9

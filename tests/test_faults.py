@@ -124,3 +124,30 @@ def test_a_stopped_worker_costs_at_most_a_timeout(digits_split, monkeypatch, syn
     assert model.n_phase_retries_ <= 3
     assert model.score(X_test, y_test) > 0.85
     assert time.monotonic() - begun < 60  # not a speed figure: the bound on every wait
+
+
+def test_a_stopped_spark_task_costs_one_phase(spark, digits_split, monkeypatch, capsys):
+    # A stopped Python worker would hold its barrier stage for as long as it stays stopped.
+    # On a classic session the stage is cancelled once the task is far behind the first to
+    # finish, and the phase reruns; on Connect (no scheduler status) the phase waits for it
+    # (stopped for 8 s here, as a pause; not for ever).
+    from skdbn.spark.session import is_connect_session
+    from skdbn.spark.stages import SparkEngine
+
+    X_train, X_test, y_train, y_test = digits_split
+    params = dict(PARAMS, pretrain_epochs=30, network_timeout=3.0)
+    reference = DistributedDBN(**params).fit(X_train, y_train)
+    connect = is_connect_session(spark)
+    stopper = StopDuringFirstPhase(monkeypatch.setattr, SparkEngine, spark_python_worker,
+                                   seconds=8.0 if connect else 300.0, delay=1.0)
+    try:
+        model = DistributedDBN(verbose=1, **params).fit(X_train, y_train)
+    finally:
+        stopper.join()
+    assert stopper.stopped, "no Python worker was running a task"
+    if not connect:  # rerun from the phase's start: nothing of the stopped worker is kept
+        assert model.n_phase_retries_ == 1
+        assert "a worker stopped making progress; rerunning" in capsys.readouterr().out
+        _assert_same_model(model, reference)
+    # On Connect the other worker gave the stopped one up for the rest of the phase.
+    assert model.score(X_test, y_test) > 0.9

@@ -269,9 +269,11 @@ def test_bad_dataframes_get_clear_errors(spark, digits_split):
 def test_no_rdd_or_spark_context_in_the_package():
     # Spark Connect has neither; the Connect run of this suite would fail on them, and this
     # keeps them out of code paths the suite does not reach.
+    # skdbn/spark/classic.py alone reads the scheduler, on classic sessions only.
     source = pathlib.Path(__file__).parents[1] / "skdbn"
     pattern = re.compile(r"sparkContext|\.rdd\b|parallelize\(|treeReduce|\.barrier\(\)")
     offenders = [f"{path.name}:{number}" for path in source.rglob("*.py")
+                 if path.name != "classic.py"
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if pattern.search(line)]
     assert not offenders

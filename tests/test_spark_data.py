@@ -142,3 +142,52 @@ def test_shards_go_to_shared_memory_when_it_has_room(tmp_path, monkeypatch):
     assert shards.choose_shard_dir(on_disk, in_memory, 1 << 30) == on_disk
     room[on_disk] = False
     assert shards.choose_shard_dir(on_disk, in_memory, 1 << 30) is None
+
+
+def _training_batches(X, codes, worker, position, size=3):
+    from skdbn.spark.data import _WORKER, FEATURES, LABEL, POSITION
+
+    return [pa.record_batch(
+        [arrow_matrix(X[i:i + size]), pa.array(codes[i:i + size]),
+         pa.array(position[i:i + size]), pa.array(worker[i:i + size].astype(np.int32))],
+        names=[FEATURES, LABEL, POSITION, _WORKER]) for i in range(0, len(X), size)]
+
+
+@pytest.mark.parametrize("n_tasks", [1, 2, 3])
+def test_a_task_reads_the_shards_of_every_worker_it_stands_in_for(tmp_path, n_tasks):
+    # After a lost executor a phase may run on fewer tasks than workers: task t trains the
+    # shards of workers t, t + n_tasks, ... one after another, in both storage layouts.
+    from skdbn.spark.data import read_shard, task_ranks
+
+    rng = np.random.default_rng(1)
+    n_workers, rows = 3, (4, 4, 3)
+    X = rng.random((sum(rows), 5)).astype(np.float32)
+    codes = rng.integers(0, 3, sum(rows))
+    worker = np.arange(sum(rows)) % n_workers
+    position = np.arange(sum(rows)) // n_workers
+    layout = ShardLayout(rows=rows, n_features=5, dtype="float32", labelled=True,
+                         mean=None, scale=None, shard_dir=str(tmp_path))
+    for rank in range(n_workers):
+        shards.write_array_shard(X, codes, np.flatnonzero(worker == rank), rank, layout)
+    order = rng.permutation(sum(rows))  # rows of a shuffle arrive in any order
+    for task in range(n_tasks):
+        ranks = task_ranks(task, n_tasks, n_workers)
+        expected = np.concatenate([np.flatnonzero(worker == rank) for rank in ranks])
+        mine = order[np.isin(worker[order], list(ranks))]
+        read = read_shard(_training_batches(X[mine], codes[mine], worker[mine],
+                                            position[mine]), ranks, layout)
+        saved = shards.saved_shards(ranks, layout)
+        for shard in (read, saved):
+            np.testing.assert_array_equal(shard.X, X[expected])
+            np.testing.assert_array_equal(shard.y, codes[expected])
+
+
+def test_a_task_refuses_rows_of_a_worker_it_does_not_stand_in_for():
+    from skdbn.spark.data import read_shard
+
+    X, codes = np.ones((4, 2), np.float32), np.zeros(4, np.int64)
+    layout = ShardLayout(rows=(2, 2), n_features=2, dtype="float32", labelled=True,
+                         mean=None, scale=None, shard_dir=None)
+    batches = _training_batches(X, codes, np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]))
+    with pytest.raises(RuntimeError, match="rows outside its shard"):
+        read_shard(batches, range(0, 2, 2), layout)

@@ -527,17 +527,17 @@ def cache_partitions(source, n_workers):
     Returns
     -------
     frame : pyspark.sql.DataFrame
-        Features (and label codes) and each row's position in its shard, partition ``w``
-        holding worker ``w``'s rows; cached on the executors' local disks. The
-        rows of a partition may arrive in any order (a shuffle's blocks do): the position
-        puts each row in its place when a task reads the partition.
+        Features (and label codes), each row's worker and its position in the worker's
+        shard, partition ``w`` holding worker ``w``'s rows; cached on the executors' local
+        disks. The rows of a partition may arrive in any order (a shuffle's blocks do): the
+        position puts each row in its place when a task reads the partition.
     rows : tuple of int
         Rows of each partition.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions
 
-    kept = [c for c in (FEATURES, LABEL, POSITION) if c in source.columns]
+    kept = [c for c in (FEATURES, LABEL, POSITION, _WORKER) if c in source.columns]
     # On the executors' local disks, not in the JVM heap: building an in-memory cache of a
     # shard larger than the storage memory spills anyway, costs more, and can exhaust a small
     # heap (Spark's default 1 GB); the operating system's page cache still serves the reads.
@@ -553,6 +553,22 @@ def cache_partitions(source, n_workers):
     return frame, tuple(int(rows.get(rank, 0)) for rank in range(n_workers))
 
 
+def regroup_partitions(frame, n_tasks):
+    """The cached training partitions of ``cache_partitions`` regrouped for ``n_tasks``
+    tasks, task ``t`` holding the rows of workers ``t, t + n_tasks, ...``; cached on disk
+    like them (a phase rerun on fewer workers than the fit started with reads it)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions
+
+    task = functions.pmod(functions.col(_WORKER), functions.lit(n_tasks))
+    return frame.repartitionById(n_tasks, task).persist(StorageLevel.DISK_ONLY)
+
+
+def task_ranks(task, n_tasks, n_workers):
+    """The workers' shards (ranks) that task ``task`` of ``n_tasks`` trains on."""
+    return range(task, n_workers, n_tasks)
+
+
 def _features_of(column, layout):
     import pyarrow as pa
 
@@ -561,21 +577,26 @@ def _features_of(column, layout):
     return matrix_of(column, layout.n_features, layout.dtype)
 
 
-def read_shard(batches, rank, layout):
+def read_shard(batches, ranks, layout):
     """Read this task's Arrow batches into one contiguous array (runs on an executor).
 
-    Every row goes to the place its position column gives, so the shard is the same whatever
-    order the rows arrive in.
+    ``ranks`` are the workers whose rows the task trains on (one, unless a phase is rerun on
+    fewer workers), kept one after another. Every row goes to the place its worker and
+    position columns give, so the shard is the same whatever order the rows arrive in.
     """
-    n_rows = layout.rows[rank]
+    ranks = list(ranks)
+    rows = np.asarray(layout.rows, dtype=np.int64)
+    start = np.full(len(rows), -1, dtype=np.int64)  # where each of our ranks' rows begin
+    start[ranks] = np.concatenate([[0], np.cumsum(rows[ranks])[:-1]])
+    n_rows = int(rows[ranks].sum())
     X = np.empty((n_rows, layout.n_features), dtype=layout.dtype)
     y = np.empty(n_rows, dtype=np.int64) if layout.labelled else None
     seen = np.zeros(n_rows, dtype=bool)
     for batch in batches:
-        place = batch.column(POSITION).to_numpy()
-        if place.size and (place.min() < 0 or place.max() >= n_rows or seen[place].any()):
+        place = _places(batch, ranks, start, rows)
+        if place is None or seen[place].any():
             raise RuntimeError(
-                f"worker {rank} got rows outside its shard of {n_rows}: the DataFrame gave "
+                f"worker {ranks[0]} got rows outside its shard of {n_rows}: the DataFrame gave "
                 "other rows on a second read (a nondeterministic plan); cache it before fit"
             )
         seen[place] = True
@@ -583,8 +604,24 @@ def read_shard(batches, rank, layout):
         if y is not None:
             y[place] = _codes_of(batch.column(LABEL))
     if not seen.all():
-        raise RuntimeError(f"worker {rank} got {np.count_nonzero(seen)} rows, expected {n_rows}")
+        raise RuntimeError(f"worker {ranks[0]} got {np.count_nonzero(seen)} rows, expected "
+                           f"{n_rows}")
     return Shard(X, y, layout.mean, layout.scale)
+
+
+def _places(batch, ranks, start, rows):
+    """Each row's index in the task's shard, or None if a row belongs to no rank of it."""
+    position = batch.column(POSITION).to_numpy()
+    if not position.size:
+        return position
+    names = batch.schema.names
+    worker = (batch.column(_WORKER).to_numpy() if _WORKER in names
+              else np.full(position.size, ranks[0]))
+    if worker.min() < 0 or worker.max() >= len(rows):
+        return None
+    if (start[worker] < 0).any() or position.min() < 0 or (position >= rows[worker]).any():
+        return None
+    return start[worker] + position
 
 
 def _codes_of(column):

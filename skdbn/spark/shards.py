@@ -445,3 +445,13 @@ def saved_shard(rank, layout):
     if X.shape != (layout.rows[rank], layout.n_features) or X.dtype != layout.dtype:
         raise RuntimeError(f"worker {rank}'s shard file {features} is not the fit's shard")
     return Shard(X, y, layout.mean, layout.scale)
+
+
+def saved_shards(ranks, layout):
+    """The shards of workers ``ranks`` as one (a copy when there are several: a phase rerun
+    on fewer workers than the fit started with)."""
+    shards = [saved_shard(rank, layout) for rank in ranks]
+    if len(shards) == 1:
+        return shards[0]
+    y = None if not layout.labelled else np.concatenate([shard.y for shard in shards])
+    return Shard(np.concatenate([shard.X for shard in shards]), y, layout.mean, layout.scale)

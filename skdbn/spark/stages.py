@@ -20,6 +20,7 @@ import numpy as np
 from .._gossip import AllGatherClient, AllGatherServer
 from .._task import SyncPlan, run_worker
 from .._worker import PhaseResult, PhaseState, consensus
+from .classic import PhaseStalled, StragglerWatch
 from .data import (
     ShardLayout,
     cache_partitions,
@@ -28,16 +29,18 @@ from .data import (
     frame_from_arrays,
     frame_from_dataframe,
     read_shard,
+    regroup_partitions,
     summarize_dataframe,
+    task_ranks,
 )
-from .session import check_barrier_possible, conf_value, is_connect_session
+from .session import conf_value, is_connect_session, task_slots_now
 from .shards import (
     ShardPlan,
     choose_shard_dir,
     new_shard_dirs,
     partition_rows,
     publish_shard,
-    saved_shard,
+    saved_shards,
     summarize_and_write,
     write_array_shard,
     write_label_shards,
@@ -59,8 +62,6 @@ _LOST_WORKER_SIGNS = (
     ("ExecutorLostFailure", "an executor was lost"),
     ("Executor heartbeat timed out", "an executor stopped answering"),
 )
-# Seconds a retried phase waits for the cluster to give back the task slots it needs.
-_RECOVERY_TIMEOUT = 120.0
 
 _RESULT_SCHEMA = ("rank int, weight double, n_samples long, samples_trained long, "
                   "params binary, velocity binary, hidden_mean binary, history string, "
@@ -80,7 +81,9 @@ class SparkEngine:
     sync, sync_every
         Synchronisation within a phase, as for ``ProcessEngine``.
     timeout : float, default=60.0
-        Seconds any single network wait of a phase may take.
+        Seconds any single network wait of a phase may take; also how long a retried phase
+        waits for lost task slots to come back before it runs on the slots that are left,
+        and how long (at least) the last tasks of a phase may take after the first finished.
     """
 
     epochs_per_phase = 10  # each barrier stage has a fixed cost; group fine-tuning epochs
@@ -92,7 +95,9 @@ class SparkEngine:
         self.sync_every = sync_every
         self.timeout = timeout
         self._secret = secrets.token_bytes(32)
-        self._frame = None
+        self._tasks = n_workers  # fewer after a phase reran on the slots that were left
+        self._frame = None  # what the phases' stage maps: one partition per task
+        self._cached = None  # the cached training partitions, one per worker
         self._layout = None
         self._shard_plan = None  # features written by summarize(), labels still to come
         self._shard_dirs = ()  # set before any shard file is written, for close()
@@ -177,11 +182,12 @@ class SparkEngine:
         return self._layout
 
     def _one_row_per_task(self):
-        # The phases' stage needs only one partition per task: each task maps its shard file.
-        return self.spark.range(0, self.n_workers, 1, self.n_workers)
+        # The phases' stage needs only one partition per task: each task maps its shard files.
+        return self.spark.range(0, self._tasks, 1, self._tasks)
 
     def _cache_partitions(self, source):
-        self._frame, rows = cache_partitions(source, self.n_workers)
+        self._cached, rows = cache_partitions(source, self.n_workers)
+        self._frame = self._cached
         if rows != self._layout.rows:
             raise RuntimeError(
                 f"the training partitions hold {list(rows)} rows, expected "
@@ -204,14 +210,23 @@ class SparkEngine:
     def run_phase(self, phase, state, below):
         """Run ``phase`` as a barrier stage and return ``(consensus_state, results)``."""
         plan = SyncPlan(
-            mode=self.sync, n_workers=self.n_workers, sync_every=self.sync_every,
+            mode=self.sync, n_workers=self._tasks, sync_every=self.sync_every,
             secret=self._secret, phase_key=secrets.randbits(63),
             total_samples=self.total_samples, timeout=self.timeout, blas_threads=1,
         )
         server, rendezvous = self._start_rendezvous()
+        watch = StragglerWatch(self.spark, self._tasks, self.timeout)
         try:
             task = partial(_phase_task, phase, state, below, plan, self._layout, rendezvous)
-            table = self._frame.mapInArrow(task, _RESULT_SCHEMA, barrier=True).toArrow()
+            with watch:
+                table = self._frame.mapInArrow(task, _RESULT_SCHEMA, barrier=True).toArrow()
+        except Exception as error:
+            if watch.cancelled:
+                raise PhaseStalled(
+                    f"{self._tasks - watch.finished} of {self._tasks} tasks had not finished "
+                    f"the phase {watch.allowance:.0f}s after the first did (a stopped or "
+                    "hung worker); the phase's stage was cancelled") from error
+            raise
         finally:
             if server is not None:
                 server.close()
@@ -222,14 +237,14 @@ class SparkEngine:
         """The driver's rendezvous server and the tasks' client, or ``(None, None)`` when the
         tasks use Spark's allGather or need no rendezvous."""
         mode = self._rendezvous_mode()
-        if self.n_workers == 1 or self.sync == "none" or mode == "barrier":
+        if self._tasks == 1 or self.sync == "none" or mode == "barrier":
             return None, None
         host = conf_value(self.spark, "spark.driver.host", "127.0.0.1")
         bind = conf_value(self.spark, "spark.driver.bindAddress", host)
-        server = AllGatherServer(self._secret, self.n_workers, self.timeout, host=bind).start()
+        server = AllGatherServer(self._secret, self._tasks, self.timeout, host=bind).start()
         port = server.address.rsplit(":", 1)[1]
         return server, _DriverRendezvous(f"{host}:{port}", self._secret, self.timeout,
-                                         self.n_workers)
+                                         self._tasks)
 
     def _rendezvous_mode(self):
         mode = conf_value(self.spark, RENDEZVOUS_CONF, "auto")
@@ -252,6 +267,8 @@ class SparkEngine:
         Spark reports the first failure of a barrier stage; an exception raised by skdbn's own
         code in a task (bad data, divergence) is a ``PythonException`` and is not a loss.
         """
+        if isinstance(error, PhaseStalled):
+            return "a worker stopped making progress"
         text = str(error)
         if "PeerLost" in text:
             return "a worker did not reach the phase's rendezvous in time"
@@ -263,17 +280,39 @@ class SparkEngine:
         return None
 
     def recover(self):
-        """Wait (bounded) until the session has the task slots again, for a retried phase: a
-        cluster replaces a lost executor within seconds; a local master never lost any."""
-        deadline = time.monotonic() + _RECOVERY_TIMEOUT
+        """Prepare a retried phase: wait (at most ``timeout`` seconds) until the session has
+        the phase's task slots again, as a cluster that replaces a lost executor does within
+        seconds; if fewer come back, run the phases from now on with one task per slot left,
+        each training the shards of several workers.
+
+        Returns
+        -------
+        message : str or None
+            What changed, when the phases now run on fewer tasks.
+        """
+        deadline = time.monotonic() + self.timeout
         while True:
-            try:
-                check_barrier_possible(self.spark, self.n_workers)
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
+            slots = task_slots_now(self.spark, max(1.0, deadline - time.monotonic()))
+            if slots >= self._tasks:
+                return None
+            if time.monotonic() >= deadline:
+                break
             time.sleep(1.0)
+        if slots < 1:
+            raise RuntimeError(
+                f"the Spark session has no task slots left {self.timeout:.0f}s after losing a "
+                "worker (no executor is registered); the fit cannot go on")
+        before, self._tasks = self._tasks, slots
+        if self._cached is not None:
+            regrouped = regroup_partitions(self._cached, slots)
+            if self._frame is not self._cached:
+                self._frame.unpersist()
+            self._frame = regrouped
+        else:
+            self._frame = self._one_row_per_task()
+        return (f"{slots} of the {before} task slots are left after {self.timeout:.0f}s: "
+                f"the phases now run on {slots} task(s) training the {self.n_workers} "
+                "workers' shards")
 
     def close(self):
         """Drop the cached training partitions from the executors, and any shard files.
@@ -281,9 +320,10 @@ class SparkEngine:
         Never raises: it runs when a fit ends, also after a failure, whose error it must not
         hide (a stopped session cannot unpersist; its cache is gone anyway).
         """
-        frame, self._frame = self._frame, None
+        frames = {id(f): f for f in (self._frame, self._cached) if f is not None}
+        self._frame = self._cached = None
         try:
-            if frame is not None:
+            for frame in frames.values():
                 with contextlib.suppress(Exception):  # see the docstring
                     frame.unpersist()
         finally:
@@ -316,16 +356,17 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
 
     context = BarrierTaskContext.get()
     rank = context.partitionId()
+    ranks = task_ranks(rank, plan.n_workers, len(layout.rows))
     seconds = {}
 
     def read():  # after the rendezvous (see run_worker)
         started = time.perf_counter()
         if layout.shard_dir is None:
-            shard = read_shard(batches, rank, layout)
+            shard = read_shard(batches, ranks, layout)
         else:
             for _ in batches:  # one row; read so that Spark can reuse this Python worker
                 pass
-            shard = saved_shard(rank, layout)
+            shard = saved_shards(ranks, layout)
         seconds["read"] = time.perf_counter() - started
         return shard
 

@@ -1,0 +1,89 @@
+"""What only a classic SparkSession can tell: the scheduler's slots and task status.
+
+The one module that touches the SparkContext. Spark Connect has none, so every function
+here is called on classic sessions only, and the callers fall back to plain DataFrame jobs
+(or do without) on Connect.
+"""
+
+import contextlib
+import secrets
+import threading
+import time
+
+from .session import is_connect_session
+
+
+class PhaseStalled(RuntimeError):
+    """A phase's stage was cancelled because some of its tasks made no progress."""
+
+
+def scheduler_slots(spark):
+    """Task slots of the executors registered now, as the scheduler counts them for barrier
+    stages (``spark.task.cpus`` taken into account); never waits for executors to come."""
+    context = spark.sparkContext._jsc.sc()
+    profile = context.resourceProfileManager().defaultResourceProfile()
+    return int(context.maxNumConcurrentTasks(profile))
+
+
+class StragglerWatch:
+    """Cancels a phase's stage when its last tasks have not finished ``allowance`` seconds
+    after the first one did: ``max(timeout, twice the time the first took)``.
+
+    A stopped or hung task would otherwise hold the barrier stage for ever (Spark has no
+    task timeout). This needs the scheduler's status, so it watches on classic sessions
+    only; on Connect a stopped task's executor is lost when it stops heartbeating.
+    """
+
+    def __init__(self, spark, n_tasks, timeout):
+        self._context = None
+        if n_tasks > 1 and not is_connect_session(spark):
+            self._context = spark.sparkContext
+        self._n_tasks = n_tasks
+        self._timeout = timeout
+        self._tag = f"skdbn-phase-{secrets.token_hex(8)}"
+        self._done = threading.Event()
+        self._thread = None
+        self.cancelled = False
+        self.finished = 0
+        self.allowance = timeout
+
+    def __enter__(self):
+        if self._context is not None:
+            self._context.addJobTag(self._tag)  # a tag of this thread's jobs
+            self._thread = threading.Thread(target=self._watch, name="skdbn-straggler-watch",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+            self._context.removeJobTag(self._tag)
+
+    def _watch(self):
+        started = first = None
+        while not self._done.wait(0.5):
+            running, finished = self._phase_tasks()
+            now = time.monotonic()
+            if started is None and running + finished:
+                started = now
+            if first is None and finished:
+                first = now
+                self.allowance = max(self._timeout, 2.0 * (now - started))
+            self.finished = finished
+            if first is not None and now - first > self.allowance:
+                self.cancelled = True
+                self._context.cancelJobsWithTag(self._tag)
+                return
+
+    def _phase_tasks(self):
+        """Running and finished tasks of the phase's barrier stage (the job's last)."""
+        with contextlib.suppress(Exception):  # a job that just ended, or a stopped session
+            tracker = self._context.statusTracker()
+            for job in self._context._jsc.sc().statusTracker().getJobIdsForTag(self._tag):
+                info = tracker.getJobInfo(job)
+                stage = info and tracker.getStageInfo(max(info.stageIds))
+                if stage and stage.numTasks == self._n_tasks:
+                    return stage.numActiveTasks, stage.numCompletedTasks
+        return 0, 0
