@@ -1,6 +1,6 @@
 """skdbn: deep belief networks trained across Apache Spark, as scikit-learn estimators."""
 
-__all__ = ["CheckpointWarning", "DistributedDBN", "loopback_session"]
+__all__ = ["CheckpointWarning", "DistributedDBN", "loopback_session", "release_workers"]
 __version__ = "0.1.0"
 
 
@@ -15,6 +15,10 @@ def __getattr__(name):
         from ._progress import CheckpointWarning
 
         return CheckpointWarning
+    if name == "release_workers":
+        from ._pool import release_workers
+
+        return release_workers
     if name == "loopback_session":
         from .spark.session import loopback_session
 

@@ -21,7 +21,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engines import make_engine, run_phase_retrying, trains_in_driver_process
+from ._engines import (
+    make_engine,
+    resolve_backend,
+    run_phase_retrying,
+    trains_in_driver_process,
+)
 from ._flat import FlatParams
 from ._network import forward, network_from_layers, network_layout
 from ._progress import (
@@ -114,18 +119,22 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     tol : float, default=1e-4
         Smallest improvement of the training loss (or, with early stopping, of the validation
         accuracy) that counts as progress.
-    backend : {"spark", "local"}, default="spark"
+    backend : {"auto", "local", "spark"}, default="auto"
         Where the workers run. ``"spark"``: one task per worker in a barrier stage of the
         SparkSession (the input DataFrame's, else the active one, else an embedded
         ``local[*]`` session created once per process); with ``n_workers=None`` and fewer than
         10,000 samples (arrays, or a DataFrame read here in one pass), the single worker
         trains in this process without Spark tasks. ``"local"``: one worker in this process,
-        or ``n_workers`` local processes that gossip over loopback with the same protocol
-        (a DataFrame is read into this process).
+        or worker processes on this machine that gossip over loopback with the same protocol
+        (a DataFrame is read into this process); they are kept warm between fits, and map the
+        data from shared memory. ``"auto"``: Spark for a DataFrame or when a SparkSession is
+        active, else local processes (measured faster on one machine: no JVM to start).
     n_workers : int or None, default=None
         Number of workers, each holding a full copy of the network and training on its own
-        shard of the data. ``None``: one worker per 5,000 samples, at most the session's free
-        task slots (one worker for the local backend).
+        shard of the data. ``None``: one worker per 5,000 samples, at most one per core for
+        local processes (each with one BLAS thread, measured the fastest split of the cores)
+        and at most the session's free task slots on Spark. One worker trains in this
+        process with all the cores' BLAS threads.
     sync : {"gossip", "average", "none"}, default="gossip"
         How workers keep their copies together within a phase. ``"gossip"``: asynchronous
         push-sum; a phase's work is a global budget, so a slow worker does less and nobody
@@ -153,8 +162,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Python worker), a lost Spark executor, or (classic Spark sessions) a task that stopped
         making progress. On Spark a retry waits up to ``network_timeout`` for the task slots
         to come back, then runs on those that are left. Errors of the fit itself (bad data,
-        divergence) are never retried. Losing a worker thus costs at most the phase it was in: one layer's
-        pretraining, or up to ten fine-tuning epochs on Spark (one locally).
+        divergence) are never retried. Losing a worker thus costs at most the phase it was
+        in: one layer's pretraining, or up to ten fine-tuning epochs on Spark (one locally).
     network_timeout : float or None, default=None
         Seconds any one network wait of a worker may take (a rendezvous, a delivery, a
         synchronous average) before the peer is given up for the rest of the phase. ``None``:
@@ -240,7 +249,10 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     Notes
     -----
-    Every fit is deterministic for a fixed ``random_state`` on the local backend. Input of
+    A fit is deterministic for a fixed ``random_state`` and worker count with one worker or
+    ``sync="average"`` (or ``"none"``); gossip is asynchronous, so its models differ a little
+    from run to run. With ``n_workers=None`` the worker count follows the data size and the
+    machine's cores: set ``n_workers`` for the same model on other machines. Input of
     dtype float32 is trained and transformed in float32 (about twice as fast as float64).
     The fitted model holds numpy arrays only: it pickles, and predicts without Spark.
 
@@ -278,7 +290,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
-        "backend": [StrOptions({"local", "spark"})],
+        "backend": [StrOptions({"auto", "local", "spark"})],
         "n_workers": [Interval(Integral, 1, None, closed="left"), None],
         "sync": [StrOptions({"gossip", "average", "none"})],
         "sync_every": [Interval(Integral, 1, None, closed="left")],
@@ -316,7 +328,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         validation_fraction=0.1,
         n_iter_no_change=10,
         tol=1e-4,
-        backend="spark",
+        backend="auto",
         n_workers=None,
         sync="gossip",
         sync_every=10,
@@ -490,13 +502,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Returns ``(summary, X, labels, engine)``: the arrays when read here, else the engine.
         Choosing the number of workers needs the row count, a cheap JVM-only job.
         """
+        backend = resolve_backend(self.backend, dataframe_input=True)
         counts = None
-        if self.backend != "local" and self.n_workers is None:
+        if backend != "local" and self.n_workers is None:
             counts = partition_rows(df)
         n_samples = 0 if counts is None else sum(counts.values())
-        if trains_in_driver_process(self.backend, self.n_workers, n_samples):
+        if trains_in_driver_process(backend, self.n_workers, n_samples):
             return (*read_dataframe(df, self.features_col, label_col), None)
-        engine = make_engine(self.backend, self.n_workers, self.sync, self.sync_every,
+        engine = make_engine(backend, self.n_workers, self.sync, self.sync_every,
                              n_samples, df, timeout=self.network_timeout)
         cleanup.callback(engine.close)
         return engine.summarize(df, self.features_col, label_col, counts), None, None, engine
@@ -699,7 +712,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         every layer) or "none"; fine-tuning follows when ``classes`` is given."""
         self._check_n_workers(data.n_samples)
         self._phase_retries = 0
-        engine = data.engine or make_engine(self.backend, self.n_workers, self.sync,
+        backend = resolve_backend(self.backend, dataframe_input=data.dataframe is not None)
+        engine = data.engine or make_engine(backend, self.n_workers, self.sync,
                                             self.sync_every, data.n_samples,
                                             timeout=self.network_timeout)
         try:

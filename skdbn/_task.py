@@ -5,6 +5,7 @@ train the phase with the chosen synchronizer, and close everything, with every w
 """
 
 import math
+import time
 from dataclasses import dataclass
 
 from threadpoolctl import threadpool_limits
@@ -12,6 +13,17 @@ from threadpoolctl import threadpool_limits
 from ._gossip import GossipNode, WireSpec
 from ._sync import AverageSync, GossipSync, LocalBudget
 from ._worker import run_phase
+
+
+class PhaseStalled(RuntimeError):
+    """A phase was stopped because some of its workers made no progress: they had not
+    finished long after the first one did (a stopped or hung process)."""
+
+
+def straggler_allowance(first_finished_after, timeout):
+    """Seconds the other workers of a phase may take after the first has finished, which
+    took ``first_finished_after`` seconds: twice that, and at least ``timeout``."""
+    return max(timeout, 2.0 * first_finished_after)
 
 
 @dataclass(frozen=True)
@@ -52,21 +64,46 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
         Address this worker listens on (its own host).
     """
     read = shard if callable(shard) else (lambda: shard)
+    clock = _Stopwatch()
     with threadpool_limits(plan.blas_threads):
         if plan.n_workers == 1 or plan.mode == "none":
-            shard = read()
+            shard = clock.lap("read", read)
             budget = LocalBudget(phase.epochs, shard.n_samples)
-            return run_phase(phase, shard, state, below, budget, rank)
+            result = clock.lap("train", run_phase, phase, shard, state, below, budget, rank)
+            return clock.stamped(result)
         spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
                         state.params.dtype.name)
         node = GossipNode(spec, rank, host, plan.timeout)
         try:
-            peers = all_gather(rank, node.address)
-            shard = read()
+            peers = clock.lap("rendezvous", all_gather, rank, node.address)
+            shard = clock.lap("read", read)
             node.start(peers)
-            return run_phase(phase, shard, state, below, _synchronizer(plan, phase, node), rank)
+            sync = _synchronizer(plan, phase, node)
+            result = clock.lap("train", run_phase, phase, shard, state, below, sync, rank)
         finally:
-            node.close()
+            clock.lap("close", node.close)
+        return clock.stamped(result)
+
+
+class _Stopwatch:
+    """Wall time of a worker's steps, kept in its result's ``seconds`` (``started``: when
+    training began, as ``time.time()``, to line workers up)."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def lap(self, step, function, *args):
+        started = time.perf_counter()
+        if step == "train":
+            self.seconds["started"] = time.time()
+        try:
+            return function(*args)
+        finally:
+            self.seconds[step] = time.perf_counter() - started
+
+    def stamped(self, result):
+        result.seconds = {**self.seconds, **result.seconds}
+        return result
 
 
 def _synchronizer(plan, phase, node):

@@ -151,3 +151,22 @@ def test_a_stopped_spark_task_costs_one_phase(spark, digits_split, monkeypatch, 
         _assert_same_model(model, reference)
     # On Connect the other worker gave the stopped one up for the rest of the phase.
     assert model.score(X_test, y_test) > 0.9
+
+
+def test_a_local_worker_stopped_for_good_costs_one_phase(digits_split, monkeypatch, capsys):
+    # Its peer gives it up after the timeout and finishes; once it is far behind, the pool
+    # is replaced (the stopped process killed) and the phase reruns from its start.
+    X_train, X_test, y_train, y_test = digits_split
+    params = dict(PARAMS, pretrain_epochs=30, network_timeout=2.0)
+    reference = DistributedDBN(backend="local", **params).fit(X_train, y_train)
+    stopper = StopDuringFirstPhase(monkeypatch.setattr, ProcessEngine, loky_worker,
+                                   seconds=300.0, delay=1.0)
+    try:
+        model = DistributedDBN(backend="local", verbose=1, **params).fit(X_train, y_train)
+    finally:
+        stopper.join()
+    assert stopper.stopped, "no worker process was running a task"
+    assert model.n_phase_retries_ == 1
+    assert "a worker stopped making progress; rerunning" in capsys.readouterr().out
+    _assert_same_model(model, reference)
+    assert model.score(X_test, y_test) > 0.9

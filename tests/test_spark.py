@@ -315,7 +315,8 @@ def test_missing_java_is_reported_with_advice():
         from skdbn import DistributedDBN, loopback_session
         X, y = load_digits(return_X_y=True)
         try:
-            DistributedDBN(n_workers=2, max_iter=1, pretrain_epochs=1).fit(X / 16, y)
+            DistributedDBN(backend="spark", n_workers=2, max_iter=1,
+                           pretrain_epochs=1).fit(X / 16, y)
         except RuntimeError as exc:
             print("ERROR:", exc)
     """, {"JAVA_HOME": "/nonexistent-java", "SPARK_LOCAL_IP": "127.0.0.1"}, timeout=120)
@@ -408,11 +409,11 @@ def test_a_dataframe_fit_whose_driver_is_killed_resumes(spark, digits_split, tmp
         process.wait(timeout=30)
         process.stdout.close()
         # The killed driver's shard directories (a Connect fit here would not sweep them).
-        from skdbn.spark import shards
+        from skdbn import _scratch
 
         for root in (tempfile.gettempdir(), "/dev/shm"):
             if os.path.isdir(root):
-                shards._remove_orphans(root)
+                _scratch._remove_orphans(root)
     assert (checkpoints / "skdbn-checkpoint.npz").exists()
     reference = DistributedDBN(**params).fit(spark.read.parquet(path))
     capsys.readouterr()

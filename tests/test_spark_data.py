@@ -4,6 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from skdbn import _scratch
+from skdbn._scratch import usable_cpus
 from skdbn.spark import shards
 from skdbn.spark.data import (
     ShardLayout,
@@ -13,7 +15,7 @@ from skdbn.spark.data import (
     matrix_of,
     matrix_of_rows,
 )
-from skdbn.spark.session import local_master_cores, usable_cpus
+from skdbn.spark.session import local_master_cores
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -123,7 +125,7 @@ def test_shard_files_are_not_written_without_room_or_with_other_widths(tmp_path,
 
     full = tmp_path / "full"
     full.mkdir()
-    monkeypatch.setattr(shards, "room_for", lambda directory, n_bytes: False)
+    monkeypatch.setattr(_scratch, "room_for", lambda directory, n_bytes: False)
     plan = shards.ShardPlan(str(full), None, {0: 4}, 1, "float64")
     writer = shards._RowWriter(plan, 0, labelled=False)
     list(writer.writing([pa.record_batch([wide], names=["features"])]))
@@ -133,15 +135,15 @@ def test_shard_files_are_not_written_without_room_or_with_other_widths(tmp_path,
 def test_shards_go_to_shared_memory_when_it_has_room(tmp_path, monkeypatch):
     on_disk, in_memory = str(tmp_path / "disk"), str(tmp_path / "memory")
     room = {on_disk: True, in_memory: True}
-    monkeypatch.setattr(shards, "room_for", lambda directory, n_bytes: room[directory])
-    monkeypatch.setattr(shards, "available_memory", lambda: 10 << 30)
-    assert shards.choose_shard_dir(on_disk, in_memory, 2 << 30) == in_memory
-    assert shards.choose_shard_dir(on_disk, in_memory, 3 << 30) == on_disk  # > a quarter
-    assert shards.choose_shard_dir(on_disk, None, 1 << 30) == on_disk
+    monkeypatch.setattr(_scratch, "room_for", lambda directory, n_bytes: room[directory])
+    monkeypatch.setattr(_scratch, "available_memory", lambda: 10 << 30)
+    assert _scratch.choose_scratch_dir(on_disk, in_memory, 2 << 30) == in_memory
+    assert _scratch.choose_scratch_dir(on_disk, in_memory, 3 << 30) == on_disk  # > a quarter
+    assert _scratch.choose_scratch_dir(on_disk, None, 1 << 30) == on_disk
     room[in_memory] = False
-    assert shards.choose_shard_dir(on_disk, in_memory, 1 << 30) == on_disk
+    assert _scratch.choose_scratch_dir(on_disk, in_memory, 1 << 30) == on_disk
     room[on_disk] = False
-    assert shards.choose_shard_dir(on_disk, in_memory, 1 << 30) is None
+    assert _scratch.choose_scratch_dir(on_disk, in_memory, 1 << 30) is None
 
 
 def _training_batches(X, codes, worker, position, size=3):

@@ -10,11 +10,8 @@ import secrets
 import threading
 import time
 
+from .._task import straggler_allowance
 from .session import is_connect_session
-
-
-class PhaseStalled(RuntimeError):
-    """A phase's stage was cancelled because some of its tasks made no progress."""
 
 
 def scheduler_slots(spark):
@@ -70,7 +67,7 @@ class StragglerWatch:
                 started = now
             if first is None and finished:
                 first = now
-                self.allowance = max(self._timeout, 2.0 * (now - started))
+                self.allowance = straggler_allowance(now - started, self._timeout)
             self.finished = finished
             if first is not None and now - first > self.allowance:
                 self.cancelled = True

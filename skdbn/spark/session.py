@@ -11,6 +11,8 @@ import sys
 import threading
 import warnings
 
+from .._scratch import usable_cpus
+
 _EMBEDDED_SESSION = None
 
 # Rows of the probe that counts a session's default parallelism: more than any cluster's cores,
@@ -153,23 +155,6 @@ def local_master_cores(master):
     if cluster is not None:
         return int(cluster.group("workers")) * int(cluster.group("cores"))
     return None
-
-
-def usable_cpus():
-    """Cores this process may use, as the JVM counts them for ``local[*]``: the CPUs it may
-    run on, capped by a container's CPU quota (cgroup v2 ``cpu.max``)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as handle:
-            quota, period = handle.read().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
 
 
 def default_parallelism(spark):

@@ -13,13 +13,13 @@ functions on the driver.
 import contextlib
 import io
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
+from .._scratch import choose_scratch_dir
 from .._worker import Shard
 from .data import (
     dealt_rows,
@@ -33,21 +33,12 @@ from .data import (
 
 _STATE_FILE = "shards.state"  # "ready <n_features> <directory>" once created, else "no-room"
 _LOCK_FILE = "shards.lock"
-_SHARED_MEMORY = "/dev/shm"
-_PREFIX = "skdbn-shards-"
-_OWNER_FILE = "owner.pid"
 
 
 def shard_paths(shard_dir, rank):
     """Files of worker ``rank``'s features and labels in ``shard_dir``."""
     return (os.path.join(shard_dir, f"shard-{rank}-X.npy"),
             os.path.join(shard_dir, f"shard-{rank}-y.npy"))
-
-
-def room_for(directory, n_bytes):
-    """Whether ``directory``'s disk has room for ``n_bytes`` of shard files, with a margin
-    for Spark's own files; the cached partitions serve otherwise."""
-    return shutil.disk_usage(directory).free > 1.25 * n_bytes + (256 << 20)
 
 
 def reserve_disk(path, length=None):
@@ -57,71 +48,6 @@ def reserve_disk(path, length=None):
     with open(path, "r+b") as handle:
         size = os.fstat(handle.fileno()).st_size if length is None else length
         os.posix_fallocate(handle.fileno(), 0, size)
-
-
-def new_shard_dirs():
-    """Fresh private directories for a fit's shard files: ``(on_disk, in_memory)``.
-
-    The first is in the temporary directory (``TMPDIR``); the second in shared memory
-    (``/dev/shm``), or None where the machine has none.
-    """
-    _remove_orphans(tempfile.gettempdir())
-    on_disk = _owned(tempfile.mkdtemp(prefix=_PREFIX))
-    in_memory = None
-    if os.path.isdir(_SHARED_MEMORY) and os.access(_SHARED_MEMORY, os.W_OK):
-        _remove_orphans(_SHARED_MEMORY)
-        with contextlib.suppress(OSError):
-            in_memory = _owned(tempfile.mkdtemp(prefix=_PREFIX, dir=_SHARED_MEMORY))
-    return on_disk, in_memory
-
-
-def _owned(directory):
-    """``directory``, marked with this process's id (see ``_remove_orphans``)."""
-    with open(os.path.join(directory, _OWNER_FILE), "w") as owner:
-        owner.write(str(os.getpid()))
-    return directory
-
-
-def _remove_orphans(directory):
-    """Remove shard directories under ``directory`` whose fit's process is gone (killed
-    before it could clean up); in shared memory that memory is not given back until reboot
-    otherwise."""
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        if not name.startswith(_PREFIX):
-            continue
-        try:
-            with open(os.path.join(path, _OWNER_FILE)) as owner:
-                pid = int(owner.read())
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (OSError, ValueError):
-            continue  # another user's, or being created: not ours to judge
-
-
-def choose_shard_dir(on_disk, in_memory, n_bytes):
-    """Where ``n_bytes`` of shard files go, or None where there is no room.
-
-    Shared memory when it has room and the shards take at most a quarter of the machine's
-    available memory (the JVM and the workers need the rest): writing there never waits for
-    a disk's writeback, and the phases map the shards from memory anyway. Else the disk,
-    when it has room.
-    """
-    if (in_memory is not None and room_for(in_memory, n_bytes)
-            and n_bytes <= available_memory() // 4):
-        return in_memory
-    return on_disk if room_for(on_disk, n_bytes) else None
-
-
-def available_memory():
-    """Bytes of memory the machine can give without swapping (``MemAvailable``; 0 if
-    unknown)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 # ---------------------------------------------------------------------------- numpy input
@@ -177,7 +103,7 @@ class ShardPlan:
     rows dealt in turn in the order of the source partitions.
 
     ``shard_dir`` (on disk) holds the pass's own small files; the features files go to
-    ``memory_dir`` or ``shard_dir``, as :func:`choose_shard_dir` decides once their size is
+    ``memory_dir`` or ``shard_dir``, as :func:`choose_scratch_dir` decides once their size is
     known.
     """
 
@@ -372,7 +298,7 @@ def read_state(plan):
 
 def _create_features_files(plan, n_features):
     itemsize = np.dtype(plan.dtype).itemsize
-    features_dir = choose_shard_dir(plan.shard_dir, plan.memory_dir,
+    features_dir = choose_scratch_dir(plan.shard_dir, plan.memory_dir,
                                     sum(plan.worker_rows) * n_features * itemsize)
     if features_dir is None:
         return "no-room"

@@ -18,9 +18,10 @@ from functools import partial
 import numpy as np
 
 from .._gossip import AllGatherClient, AllGatherServer
-from .._task import SyncPlan, run_worker
+from .._scratch import choose_scratch_dir, new_scratch_dirs
+from .._task import PhaseStalled, SyncPlan, run_worker
 from .._worker import PhaseResult, PhaseState, consensus
-from .classic import PhaseStalled, StragglerWatch
+from .classic import StragglerWatch
 from .data import (
     ShardLayout,
     cache_partitions,
@@ -36,8 +37,6 @@ from .data import (
 from .session import conf_value, is_connect_session, task_slots_now
 from .shards import (
     ShardPlan,
-    choose_shard_dir,
-    new_shard_dirs,
     partition_rows,
     publish_shard,
     saved_shards,
@@ -136,7 +135,7 @@ class SparkEngine:
             return summarize_dataframe(df, features_col, label_col)
         counts = partition_rows(df) if counts is None else counts
         _, dtype = feature_column(df, features_col)
-        self._shard_dirs = new_shard_dirs()
+        self._shard_dirs = new_scratch_dirs()
         plan = ShardPlan(*self._shard_dirs, counts, self.n_workers, np.dtype(dtype).name)
         summary, features_dir = summarize_and_write(df, features_col, label_col, plan)
         if features_dir is not None:
@@ -174,8 +173,8 @@ class SparkEngine:
         shard_bytes = sum(rows) * (n_features * np.dtype(dtype).itemsize + 9)
         shard_dir = None
         if self._tasks_run_here():
-            self._shard_dirs = new_shard_dirs()
-            shard_dir = choose_shard_dir(*self._shard_dirs, shard_bytes)
+            self._shard_dirs = new_scratch_dirs()
+            shard_dir = choose_scratch_dir(*self._shard_dirs, shard_bytes)
         self._layout = ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
                                    labelled=labelled, mean=mean, scale=scale,
                                    shard_dir=shard_dir)
@@ -379,7 +378,7 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
     started = time.perf_counter()
     result = run_worker(rank, phase, read, state, below, plan, rendezvous, host=host)
     seconds["train"] = time.perf_counter() - started - seconds["read"]
-    result.seconds = seconds
+    result.seconds = {**result.seconds, **seconds}
     yield _result_batch(rank, result)
 
 

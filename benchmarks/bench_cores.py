@@ -1,0 +1,250 @@
+"""Use of the cores: throughput of the default configuration against one core and against
+scikit-learn, a sweep over worker counts, the start-up of a first and a second fit, and
+fine-tuning against MLPClassifier. Every ratio compares figures measured in the same run.
+
+Pretraining is CD-1 of one 784 -> 500 layer on generated MNIST-like binary rows, float32,
+batch 100 (the batch of the issue's figures). Rates are samples per second over whole fits
+(``n_samples * epochs / fit time``), so they include every fixed cost of a fit.
+
+- ``one core``: one worker in this process with one BLAS thread (the per-core rate).
+- ``default``: ``DistributedDBN(hidden_layer_sizes=(500,), batch_size=100)``, nothing else
+  set: ``backend="auto"`` picks local worker processes (no SparkSession is active), one per
+  core with one BLAS thread each.
+- ``sklearn``: ``BernoulliRBM(n_components=500, batch_size=100)`` with numpy's default
+  threads (all cores).
+- ``start-up``: from the call to ``fit`` until the first worker starts training, for the
+  first fit of a fresh process (in a subprocess) and for a second fit of the same data.
+- ``sweep``: ``backend="local"``, ``n_workers=k`` for each ``k`` of ``--sweep``, against
+  ``k`` times the per-core rate.
+- ``fine-tuning``: ``DistributedDBN(hidden_layer_sizes=(500,), pretrain_epochs=0)`` against
+  ``MLPClassifier(hidden_layer_sizes=(500,), solver="sgd")``, same batch, epochs and
+  momentum, on 10 classes.
+- ``spark``: on ``local[N]`` (N = the cores), one worker against N; and the default of a
+  numpy fit through an embedded Spark session against local processes.
+
+Run: ``python benchmarks/bench_cores.py`` (about five minutes on 2 cores);
+``--parts pretrain,sweep --sweep 1,2,4,8,16`` on a larger machine (no Java needed there).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+from sklearn.neural_network import BernoulliRBM, MLPClassifier
+from threadpoolctl import threadpool_limits
+
+from skdbn import DistributedDBN
+from skdbn._scratch import usable_cpus
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def mnist_like(n_samples, n_features=784, n_classes=10, seed=0):
+    """Binary rows: noisy copies of sparse class prototypes (float32), and their classes."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((n_classes * 4, n_features)) < 0.19
+    which = rng.integers(0, len(prototypes), n_samples)
+    noise = rng.random((n_samples, n_features)) < 0.05
+    return (prototypes[which] ^ noise).astype(np.float32), which % n_classes
+
+
+class FirstTraining:
+    """Seconds from a fit's start until its first worker began training, recorded by
+    wrapping the engines' ``run_phase`` (workers stamp ``seconds["started"]``)."""
+
+    def __init__(self):
+        from skdbn import _engines
+
+        self.start = None
+        self.first = None
+        self._patched = []
+        classes = [_engines.LocalEngine, _engines.ProcessEngine]
+        if "pyspark" in sys.modules:
+            from skdbn.spark.stages import SparkEngine
+
+            classes.append(SparkEngine)
+        for engine_class in classes:
+            original = engine_class.run_phase
+            engine_class.run_phase = self._wrap(original)
+            self._patched.append((engine_class, original))
+
+    def _wrap(self, original):
+        def run_phase(engine, *args):
+            called = time.time()
+            state, results = original(engine, *args)
+            if self.first is None:
+                stamps = [r.seconds["started"] for r in results if "started" in r.seconds]
+                self.first = (min(stamps) if stamps else called) - self.start
+            return state, results
+        return run_phase
+
+    def fit(self, model, *data):
+        self.start, self.first = time.time(), None
+        began = time.perf_counter()
+        model.fit(*data)
+        return time.perf_counter() - began, self.first
+
+
+def median_rate(fit, n_samples, epochs, repeats):
+    seconds = sorted(fit() for _ in range(repeats))
+    return n_samples * epochs / seconds[len(seconds) // 2]
+
+
+def pretrain_part(args, X, timer):
+    epochs, n = args.epochs, len(X)
+
+    def ours(**params):
+        model = DistributedDBN(hidden_layer_sizes=(500,), batch_size=100,
+                               pretrain_epochs=epochs, random_state=0, **params)
+        return timer.fit(model, X)
+
+    default_seconds, _ = ours()  # warm the pool and the shared data for the default
+    with threadpool_limits(1):
+        one_core = median_rate(lambda: ours(n_workers=1, backend="local")[0], n, epochs,
+                               args.repeats)
+    default = median_rate(lambda: ours()[0], n, epochs, args.repeats)
+    sklearn = median_rate(lambda: _fit_seconds(BernoulliRBM(
+        n_components=500, batch_size=100, n_iter=epochs, random_state=0), X), n, epochs,
+        args.repeats)
+    _, warm_start_up = ours()
+    cold = _cold_fit(args, n)
+    cores = usable_cpus()
+    print(f"\npretraining 784 -> 500, batch 100, {n} samples, {epochs} epochs "
+          f"(median of {args.repeats})")
+    print(f"  one core                    {one_core:9,.0f} samples/s")
+    print(f"  default ({cores} workers x 1 thread) {default:9,.0f} samples/s  "
+          f"{default / one_core:.2f}x one core (target >= {0.95 * cores:.1f}x), "
+          f"{default / sklearn:.2f}x sklearn (target >= 2x)")
+    print(f"  sklearn BernoulliRBM        {sklearn:9,.0f} samples/s")
+    print(f"  start-up: first fit of a process {cold['first_training']:.2f} s to its first "
+          f"training minibatch ({cold['seconds']:.2f} s in all); a second fit "
+          f"{warm_start_up:.2f} s (target <= 0.5 s)")
+    return one_core
+
+
+def _fit_seconds(model, *data):
+    began = time.perf_counter()
+    model.fit(*data)
+    return time.perf_counter() - began
+
+
+def _cold_fit(args, n):
+    code = f"""
+import json, sys
+sys.path.insert(0, {HERE!r})
+from bench_cores import FirstTraining, mnist_like
+from skdbn import DistributedDBN
+X, _ = mnist_like({n})
+timer = FirstTraining()
+seconds, first = timer.fit(DistributedDBN(hidden_layer_sizes=(500,), batch_size=100,
+                                          pretrain_epochs={args.epochs}, random_state=0), X)
+print("RESULT", json.dumps({{"seconds": seconds, "first_training": first}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def sweep_part(args, X, one_core, timer):
+    print(f"\nsweep: backend='local', sync='gossip', {len(X)} samples, {args.epochs} epochs")
+    print("  workers  samples/s  x one core  share of workers x one core")
+    for workers in [int(k) for k in args.sweep.split(",")]:
+        model = DistributedDBN(hidden_layer_sizes=(500,), batch_size=100, backend="local",
+                               n_workers=workers, pretrain_epochs=args.epochs, random_state=0)
+        timer.fit(model, X)  # warm this worker count's pool
+        rate = median_rate(lambda m=model: timer.fit(m, X)[0], len(X), args.epochs,
+                           args.repeats)
+        print(f"  {workers:7d}  {rate:9,.0f}  {rate / one_core:10.2f}  "
+              f"{rate / (workers * one_core):6.0%}")
+
+
+def finetune_part(args, X, y, timer):
+    epochs, n = args.finetune_epochs, len(X)
+    common = dict(hidden_layer_sizes=(500,), batch_size=100, max_iter=epochs,
+                  learning_rate_init=0.1, momentum=0.9, n_iter_no_change=epochs + 1,
+                  random_state=0)
+
+    def ours():
+        model = DistributedDBN(pretrain_epochs=0, learning_rate=0.1, tol=0.0,
+                               **{k: v for k, v in common.items()
+                                  if k not in ("learning_rate_init",)})
+        return timer.fit(model, X, y)[0]
+
+    def theirs():
+        model = MLPClassifier(solver="sgd", nesterovs_momentum=False, tol=0.0,
+                              early_stopping=False, **common)
+        return _fit_seconds(model, X, y)
+
+    ours()
+    rate = median_rate(ours, n, epochs, args.repeats)
+    sklearn = median_rate(theirs, n, epochs, args.repeats)
+    print(f"\nfine-tuning 784 -> 500 -> 10, batch 100, {n} samples, {epochs} epochs")
+    print(f"  default (local processes)  {rate:9,.0f} samples/s  {rate / sklearn:.2f}x "
+          "MLPClassifier (target >= 1.5x)")
+    print(f"  MLPClassifier (sgd)        {sklearn:9,.0f} samples/s")
+
+
+def spark_part(args, X, timer):
+    from skdbn import loopback_session
+
+    cores = usable_cpus()
+    spark = loopback_session(f"local[{cores}]", app_name="bench-cores")
+    try:
+        def fit(workers, backend="spark"):
+            model = DistributedDBN(hidden_layer_sizes=(500,), batch_size=100, backend=backend,
+                                   n_workers=workers, pretrain_epochs=args.epochs,
+                                   random_state=0)
+            return timer.fit(model, X)[0]
+
+        fit(cores)  # start the Python workers
+        one = median_rate(lambda: fit(1), len(X), args.epochs, args.repeats)
+        all_cores = median_rate(lambda: fit(cores), len(X), args.epochs, args.repeats)
+        local = median_rate(lambda: fit(None, "local"), len(X), args.epochs, args.repeats)
+        print(f"\nSpark local[{cores}], {len(X)} samples, {args.epochs} epochs")
+        print(f"  1 worker   {one:9,.0f} samples/s")
+        print(f"  {cores} workers  {all_cores:9,.0f} samples/s  {all_cores / one:.2f}x one worker "
+              f"(target >= 1.8x)")
+        print(f"  local processes, default workers {local:9,.0f} samples/s: "
+              f"{local / all_cores:.2f}x Spark with {cores} workers")
+    finally:
+        spark.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="pretrain,sweep,finetune,spark")
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sweep", default=None, help="worker counts, e.g. 1,2,4,8,16")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    cores = usable_cpus()
+    args.sweep = args.sweep or ",".join(str(k) for k in (1, 2, 4, 8, 16, 32, 64)
+                                        if k <= cores)
+    print(f"machine: {platform.processor() or platform.machine()}, {cores} usable cores; "
+          f"Python {platform.python_version()}, numpy {np.__version__}")
+    X, y = mnist_like(args.samples)
+    timer = FirstTraining()
+    one_core = None
+    if parts & {"pretrain", "sweep"}:
+        one_core = pretrain_part(args, X, timer)
+    if "sweep" in parts:
+        sweep_part(args, X, one_core, timer)
+    if "finetune" in parts:
+        finetune_part(args, X, y, timer)
+    if "spark" in parts:
+        spark_part(args, X, timer)
+
+
+if __name__ == "__main__":
+    main()

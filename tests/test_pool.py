@@ -1,0 +1,105 @@
+"""Local worker processes: chosen by ``backend="auto"``, kept warm between fits, fed from
+shared memory, released on request."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from skdbn import DistributedDBN, _pool, _shared, release_workers
+from skdbn._engines import default_workers, resolve_backend
+from skdbn._scratch import usable_cpus
+
+PARAMS = dict(hidden_layer_sizes=(32,), pretrain_epochs=2, max_iter=2, backend="local",
+              n_workers=2, sync="average", random_state=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+def _pool_pids(n_workers):
+    executor = _pool.acquire_pool(n_workers)
+    try:
+        return {executor.submit(os.getpid).result(timeout=60) for _ in range(8 * n_workers)}
+    finally:
+        _pool.release_pool(n_workers, executor)
+
+
+def test_a_second_fit_reuses_the_worker_processes_and_the_shared_data(digits):
+    X, y = digits
+    first = DistributedDBN(**PARAMS).fit(X, y)
+    pids = _pool_pids(2)
+    shared = dict(_shared._datasets)
+    # Another array of the same content (as a grid search's folds give): no new file.
+    second = DistributedDBN(**PARAMS).fit(X.copy(), y.copy())
+    assert _pool_pids(2) == pids
+    assert dict(_shared._datasets) == shared
+    assert all(os.path.exists(d.features) for d in shared.values())
+    for a, b in zip(first.coefs_, second.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_release_workers_ends_the_processes_and_removes_the_shared_files(digits):
+    X, y = digits
+    DistributedDBN(**PARAMS).fit(X, y)
+    files = [d.features for d in _shared._datasets.values()]
+    pids = _pool_pids(2)
+    assert files and all(os.path.exists(path) for path in files)
+    release_workers()
+    assert not any(os.path.exists(path) for path in files)
+    assert not _pool._idle
+    for pid in pids:  # gone, or at most a zombie being reaped
+        assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z"
+    DistributedDBN(**PARAMS).fit(X, y)  # and fits still work afterwards
+
+
+def _state(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_sparse_input_travels_without_shared_files(digits):
+    from scipy import sparse
+
+    X, y = digits
+    model = DistributedDBN(**PARAMS).fit(sparse.csr_matrix(X), y)
+    dense = DistributedDBN(**PARAMS).fit(X, y)
+    assert model.score(X, y) == pytest.approx(dense.score(X, y), abs=0.05)
+
+
+def test_the_default_backend_and_workers():
+    assert resolve_backend("local", True) == "local"
+    assert resolve_backend("spark", False) == "spark"
+    assert resolve_backend("auto", True) == "spark"
+    cores = usable_cpus()
+    assert default_workers("local", 4_999) == 1
+    assert default_workers("local", 1_000_000) == cores  # one per core, never more
+    assert default_workers("spark", 1_000_000) == 200  # the session's slots cap it later
+
+
+def test_a_numpy_fit_without_a_session_never_starts_spark():
+    # backend="auto" with no active session: local processes, and pyspark is not even
+    # imported (no JVM); 12,000 samples make at least one worker per core up to two.
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from skdbn import DistributedDBN
+        X = np.random.default_rng(0).random((12_000, 20))
+        model = DistributedDBN(hidden_layer_sizes=(8,), pretrain_epochs=1, max_iter=1,
+                               random_state=0).fit(X, (X[:, 0] > 0.5).astype(int))
+        print("RESULT", model.n_workers_, "pyspark" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=180)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stderr[-2000:]
+    _, workers, imported = lines[0].split()
+    assert int(workers) == min(2, usable_cpus())
+    assert imported == "False"
