@@ -33,6 +33,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 from sklearn.neural_network import BernoulliRBM, MLPClassifier
@@ -103,7 +104,7 @@ def pretrain_part(args, X, timer):
                                pretrain_epochs=epochs, random_state=0, **params)
         return timer.fit(model, X)
 
-    default_seconds, _ = ours()  # warm the pool and the shared data for the default
+    ours()  # warm the pool and the shared data for the default
     with threadpool_limits(1):
         one_core = median_rate(lambda: ours(n_workers=1, backend="local")[0], n, epochs,
                                args.repeats)
@@ -181,7 +182,9 @@ def finetune_part(args, X, y, timer):
     def theirs():
         model = MLPClassifier(solver="sgd", nesterovs_momentum=False, tol=0.0,
                               early_stopping=False, **common)
-        return _fit_seconds(model, X, y)
+        with warnings.catch_warnings():  # it stops at max_iter by design here
+            warnings.simplefilter("ignore")
+            return _fit_seconds(model, X, y)
 
     ours()
     rate = median_rate(ours, n, epochs, args.repeats)
@@ -222,8 +225,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="pretrain,sweep,finetune,spark")
     parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sweep", default=None, help="worker counts, e.g. 1,2,4,8,16")
     args = parser.parse_args()

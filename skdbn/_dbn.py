@@ -163,7 +163,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         making progress. On Spark a retry waits up to ``network_timeout`` for the task slots
         to come back, then runs on those that are left. Errors of the fit itself (bad data,
         divergence) are never retried. Losing a worker thus costs at most the phase it was
-        in: one layer's pretraining, or up to ten fine-tuning epochs on Spark (one locally).
+        in: one layer's pretraining, or up to ten fine-tuning epochs (one with
+        ``early_stopping=True``).
     network_timeout : float or None, default=None
         Seconds any one network wait of a worker may take (a rendezvous, a delivery, a
         synchronous average) before the peer is given up for the rest of the phase. ``None``:

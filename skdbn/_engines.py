@@ -95,7 +95,9 @@ class ProcessEngine:
         stopped as stalled.
     """
 
-    epochs_per_phase = 1
+    # Up to ten fine-tuning epochs per phase, as on Spark: a phase's dispatch, rendezvous and
+    # consensus cost tens of milliseconds, an epoch of a small data set less.
+    epochs_per_phase = 10
 
     def __init__(self, n_workers, sync, sync_every, timeout=NETWORK_TIMEOUT):
         self.n_workers = n_workers

@@ -239,6 +239,7 @@ class GossipNode:
         self._ready = set()
         self._last_sequence = [0] * spec.n_workers  # of the messages taken from each sender
         self._sequences = itertools.count(1)  # of the messages this worker sends
+        self.push_seconds = None  # recent wall time of delivering a parameter push
         self.accepted = 0
         self.failed_sends = 0
         self._rejected = 0
@@ -353,11 +354,22 @@ class GossipNode:
                 outbox.task_done()
                 return
             message, on_failure = item
-            if not self._deliver(peer, message):
+            started = time.perf_counter()
+            if self._deliver(peer, message):
+                self._time_delivery(message, time.perf_counter() - started)
+            else:
                 self.failed_sends += 1
                 if on_failure is not None:
                     on_failure()
             outbox.task_done()
+
+    def _time_delivery(self, message, seconds):
+        # Only parameter pushes: their cost (hashing, copying, merging on both sides, all
+        # within this wall time) is what spacing the exchanges keeps small.
+        if sum(len(part) for part in message) < self.spec.frame_size(KIND_STATE) // 2:
+            return
+        previous = self.push_seconds
+        self.push_seconds = seconds if previous is None else 0.7 * previous + 0.3 * seconds
 
     def _deliver(self, peer, message):
         # Taken when sent: every receiver sees this worker's numbers increase.

@@ -31,6 +31,10 @@ MAX_PUSHES_IN_FLIGHT = 2
 # common pace a weight stays within a factor 2 of the fair one, so the bound only acts when a
 # peer is silent.
 MAX_STEP_SCALE = 2.0
+# Share of a worker's time that parameter exchanges may take: a worker waits at least
+# push_seconds / EXCHANGE_SHARE between two pushes (with one worker per core, the hashing,
+# copying and merging of a push take CPU from training on both ends).
+EXCHANGE_SHARE = 0.03
 
 class LocalBudget:
     """``epochs`` passes of ``epoch_samples`` samples on this worker, and no exchange."""
@@ -200,6 +204,7 @@ class GossipSync:
         self.minibatches = 0
         self.pushes = 0
         self._last_exchange = 0.0
+        self._last_push = 0.0
         self._returned = []
         self._returned_lock = threading.Lock()
         self.state = None
@@ -253,9 +258,15 @@ class GossipSync:
         if self.minibatches == 1:
             self._announce_progress()
         total = self.estimated_total()
-        if total - self._last_exchange >= self.round_samples:
+        if total - self._last_exchange >= self.round_samples and self._push_is_due():
             self._last_exchange = total
             self._push()
+
+    def _push_is_due(self):
+        """Whether enough time has passed since the last push for its cost to stay within
+        ``EXCHANGE_SHARE`` (always, until a push has been timed)."""
+        cost = self.node.push_seconds
+        return cost is None or time.monotonic() - self._last_push >= cost / EXCHANGE_SHARE
 
     def _announce_progress(self):
         # Tells every peer this worker's speed early: until they hear from it they assume it
@@ -277,6 +288,7 @@ class GossipSync:
             return
         peer = exponential_graph_peer(self.rank, self.n_workers, self.pushes)
         self.pushes += 1
+        self._last_push = time.monotonic()
         values, weight = self.state.split()
         frame = encode(self.node.spec, KIND_STATE, self.rank, self.minibatches, weight,
                        self.progress.known, values, copy=False)

@@ -225,7 +225,9 @@ def _pretrain(phase, x, params, rng, sync, delay):
         params, phase.visible_units, batch_size, phase.cd_steps, phase.persistent,
         learning_rate, phase.momentum, phase.weight_decay, rng,
     )
-    monitor = x[:MONITOR_ROWS]
+    # The workers' figures are averaged: together they watch MONITOR_ROWS rows, at the cost
+    # of one worker's share each.
+    monitor = x[:-(-MONITOR_ROWS // getattr(sync, "n_workers", 1))]
     history = {"reconstruction_error": [], "pseudo_likelihood": []}
     warmup_epochs = min(5, phase.epochs // 2)
 
