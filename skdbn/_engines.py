@@ -144,12 +144,12 @@ class ProcessEngine:
         far behind the first to finish (``straggler_allowance``) stop the phase."""
         started = time.monotonic()
         done, pending = wait(futures, return_when=FIRST_COMPLETED)
-        allowance = straggler_allowance(time.monotonic() - started, self.timeout)
+        first_finished = time.monotonic()
+        allowance = straggler_allowance(first_finished - started, self.timeout)
         while pending:
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
+            if any(future.exception() is not None for future in done):
                 break
-            left = allowance - (time.monotonic() - started)
+            left = first_finished + allowance - time.monotonic()
             more, pending = wait(pending, timeout=max(0.0, left),
                                  return_when=FIRST_EXCEPTION)
             if not more:
