@@ -201,7 +201,9 @@ def spark_part(args, X, timer):
     from skdbn import loopback_session
 
     cores = usable_cpus()
+    began = time.perf_counter()
     spark = loopback_session(f"local[{cores}]", app_name="bench-cores")
+    session_seconds = time.perf_counter() - began
     try:
         def fit(workers, backend="spark"):
             model = DistributedDBN(hidden_layer_sizes=(500,), batch_size=100, backend=backend,
@@ -219,6 +221,8 @@ def spark_part(args, X, timer):
               f"(target >= 1.8x)")
         print(f"  local processes, default workers {local:9,.0f} samples/s: "
               f"{local / all_cores:.2f}x Spark with {cores} workers")
+        print(f"  starting the local Spark session took {session_seconds:.1f} s (a JVM), "
+              "which an embedded session adds to a process's first Spark fit")
     finally:
         spark.stop()
 
