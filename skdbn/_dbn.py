@@ -1029,7 +1029,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     def _map_dataframe(self, df, compute, name, kind):
         check_is_fitted(self)
-        if self.handle_invalid == "error":  # an early, clear error for a wrong width
+        if self.handle_invalid == "error" and not df.isStreaming:  # an early, clear error
             check_feature_count(df, self.features_col, self.n_features_in_)
         return map_dataframe(df, self.features_col, self.n_features_in_, compute, name, kind,
                              self.handle_invalid)

@@ -1,0 +1,449 @@
+"""``pyspark.ml`` stages on the same training code as :class:`skdbn.DistributedDBN`.
+
+:class:`DBNClassifier` fits a :class:`DBNClassificationModel` (``prediction`` as a double,
+``probability`` and ``rawPrediction`` as vectors, as Spark's evaluators expect);
+:class:`DBNFeatureLearner` fits a :class:`DBNFeatureModel` whose ``outputCol`` holds the top
+hidden layer's activations as a vector. Every ``DistributedDBN`` hyper-parameter is a typed
+``Param`` of the same meaning, named in Spark's camelCase (``hidden_layer_sizes`` is
+``hiddenLayerSizes``, ``random_state`` is ``seed``).
+
+Saved models hold no pickle: ``path/metadata`` is Spark's JSON metadata of the stage (its
+params, and the fitted model's scalars and lists), and ``path/data`` a Parquet table with one
+row per array (``name``, ``dtype``, ``shape``, ``values`` as doubles, exact for float32 and
+float64). Both go through Spark's own writers, so any Hadoop-compatible path works.
+"""
+
+import json
+
+import numpy as np
+from pyspark import keyword_only
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (
+    HasFeaturesCol,
+    HasHandleInvalid,
+    HasLabelCol,
+    HasMaxIter,
+    HasOutputCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasRawPredictionCol,
+    HasSeed,
+    HasTol,
+)
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
+
+from .session import is_connect_session
+
+# Spark name, DistributedDBN name, converter, default (None: unset), what it is.
+_HYPER_PARAMETERS = (
+    ("hiddenLayerSizes", "hidden_layer_sizes", TypeConverters.toListInt, [256, 256],
+     "units of each hidden layer, bottom to top"),
+    ("visibleUnits", "visible_units", TypeConverters.toString, "auto",
+     "visible units of the first RBM: 'bernoulli', 'gaussian' or 'auto'"),
+    ("pretrainEpochs", "pretrain_epochs", TypeConverters.toInt, 20,
+     "contrastive-divergence epochs per RBM layer"),
+    ("pretrainLearningRate", "pretrain_learning_rate", TypeConverters.toFloat, 0.1,
+     "learning rate of pretraining"),
+    ("cdSteps", "cd_steps", TypeConverters.toInt, 1, "Gibbs steps of contrastive divergence"),
+    ("persistent", "persistent", TypeConverters.toBoolean, False,
+     "persistent contrastive divergence"),
+    ("learningRate", "learning_rate", TypeConverters.toFloat, 0.1,
+     "learning rate of fine-tuning"),
+    ("momentum", "momentum", TypeConverters.toFloat, 0.9, "momentum of both phases"),
+    ("alpha", "alpha", TypeConverters.toFloat, 1e-4, "L2 penalty"),
+    ("batchSize", "batch_size", TypeConverters.toInt, 32, "rows of a minibatch"),
+    ("earlyStopping", "early_stopping", TypeConverters.toBoolean, False,
+     "hold out validationFraction of the rows and stop on validation accuracy"),
+    ("validationFraction", "validation_fraction", TypeConverters.toFloat, 0.1,
+     "share of the rows held out with earlyStopping"),
+    ("nIterNoChange", "n_iter_no_change", TypeConverters.toInt, 10,
+     "epochs without improvement before fine-tuning stops"),
+    ("numWorkers", "n_workers", TypeConverters.toInt, None,
+     "workers (barrier tasks); unset: one per 5,000 rows, at most the free task slots"),
+    ("sync", "sync", TypeConverters.toString, "gossip",
+     "synchronisation of the workers: 'gossip', 'average' or 'none'"),
+    ("syncEvery", "sync_every", TypeConverters.toInt, 10,
+     "minibatches between two synchronisations of a worker"),
+    ("checkpointDir", "checkpoint_dir", TypeConverters.toString, None,
+     "directory of the driver's training checkpoints (unset: none)"),
+    ("phaseRetries", "phase_retries", TypeConverters.toInt, 2,
+     "reruns of a phase that lost a worker"),
+    ("networkTimeout", "network_timeout", TypeConverters.toFloat, None,
+     "seconds any network wait of a worker may take (unset: 60)"),
+    ("verbose", "verbose", TypeConverters.toInt, 0, "progress lines on the driver"),
+)
+
+
+class _DBNParams(HasFeaturesCol, HasMaxIter, HasTol, HasSeed, HasHandleInvalid):
+    """The hyper-parameters of :class:`skdbn.DistributedDBN` as Spark ``Param`` objects."""
+
+    def _set_dbn_defaults(self):
+        self._setDefault(maxIter=100, tol=1e-4, handleInvalid="error")
+        self._setDefault(**{name: default for name, _, _, default, _ in _HYPER_PARAMETERS
+                            if default is not None})
+
+    def _dbn_arguments(self):
+        """``DistributedDBN`` keyword arguments for the params as set."""
+        arguments = {sklearn: self.getOrDefault(name) for name, sklearn, _, _, _ in
+                     _HYPER_PARAMETERS if self.isDefined(name)}
+        arguments["hidden_layer_sizes"] = tuple(arguments["hidden_layer_sizes"])
+        arguments.update(max_iter=self.getMaxIter(), tol=self.getTol(),
+                         features_col=self.getFeaturesCol(),
+                         handle_invalid=self.getHandleInvalid(), backend="spark")
+        if self.isSet("seed"):
+            arguments["random_state"] = self.getSeed()
+        return arguments
+
+
+    def setFeaturesCol(self, value):
+        """Sets ``featuresCol``."""
+        return self._set(featuresCol=value)
+
+    def setHandleInvalid(self, value):
+        """Sets ``handleInvalid``: "error", "skip" or "keep" (rows with invalid features)."""
+        return self._set(handleInvalid=value)
+
+
+class _ClassifierColumns(HasLabelCol, HasPredictionCol, HasProbabilityCol,
+                         HasRawPredictionCol):
+    """The columns of a classification stage, with their setters."""
+
+    def setLabelCol(self, value):
+        """Sets ``labelCol``."""
+        return self._set(labelCol=value)
+
+    def setPredictionCol(self, value):
+        """Sets ``predictionCol``."""
+        return self._set(predictionCol=value)
+
+    def setProbabilityCol(self, value):
+        """Sets ``probabilityCol``."""
+        return self._set(probabilityCol=value)
+
+    def setRawPredictionCol(self, value):
+        """Sets ``rawPredictionCol``."""
+        return self._set(rawPredictionCol=value)
+
+
+class _FeatureColumn(HasOutputCol):
+    """The output column of a feature stage, with its setter."""
+
+    def setOutputCol(self, value):
+        """Sets ``outputCol``."""
+        return self._set(outputCol=value)
+
+
+for _name, _, _converter, _default, _doc in _HYPER_PARAMETERS:
+    setattr(_DBNParams, _name, Param(Params._dummy(), _name, _doc, typeConverter=_converter))
+
+
+class DBNClassifier(Estimator, _DBNParams, _ClassifierColumns, MLWritable, MLReadable):
+    """A deep belief network classifier as a ``pyspark.ml`` Estimator.
+
+    Trains :class:`skdbn.DistributedDBN` on the DataFrame's ``featuresCol`` (a vector or an
+    array of numbers) and numeric ``labelCol``, across the session's executors, and returns a
+    :class:`DBNClassificationModel`. Params: ``explainParams()`` lists them all with their
+    defaults.
+    """
+
+    @keyword_only
+    def __init__(self, **kwargs):
+        super().__init__()
+        self._set_dbn_defaults()
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs):
+        """Set params by keyword (an unknown name raises)."""
+        return self._set(**self._input_kwargs)
+
+    def _fit(self, dataset):
+        from .._dbn import DistributedDBN
+
+        dbn = DistributedDBN(label_col=self.getLabelCol(), **self._dbn_arguments())
+        dbn.fit(dataset)
+        if not np.issubdtype(np.asarray(dbn.classes_).dtype, np.number):
+            raise ValueError(f"labelCol {self.getLabelCol()!r} must hold numbers (index "
+                             "string labels with StringIndexer first)")
+        return self._copyValues(DBNClassificationModel(dbn))
+
+    def write(self):
+        """Saves the params (Spark's JSON metadata)."""
+        return _StageWriter(self)
+
+    @classmethod
+    def read(cls):
+        """Reads a saved DBNClassifier."""
+        return _StageReader(cls)
+
+
+class DBNClassificationModel(Model, _DBNParams, _ClassifierColumns, MLWritable, MLReadable):
+    """A fitted :class:`DBNClassifier`: adds ``rawPredictionCol`` (log-probabilities) and
+    ``probabilityCol`` as vectors and ``predictionCol`` (the class, a double), computed on the
+    executors. ``to_sklearn()`` is the fitted :class:`skdbn.DistributedDBN`."""
+
+    def __init__(self, dbn=None):
+        super().__init__()
+        self._set_dbn_defaults()
+        self._dbn = dbn
+
+    @classmethod
+    def from_sklearn(cls, dbn):
+        """The model of a fitted (labelled) ``DistributedDBN``, with its settings as params."""
+        if not hasattr(dbn, "classes_"):
+            raise ValueError("the DistributedDBN has no softmax head: fit it with labels")
+        model = cls(dbn)
+        model._set(**_params_of(dbn), labelCol=dbn.label_col or "label")
+        return model
+
+    def to_sklearn(self):
+        """The fitted ``DistributedDBN`` (numpy only: pickles, predicts without Spark)."""
+        return self._dbn
+
+    @property
+    def numClasses(self):
+        """Number of classes."""
+        return len(self._dbn.classes_)
+
+    def _transform(self, dataset):
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions
+
+        probability = f"_skdbn_probability_{self.uid}"
+        frame = _mapped(self, dataset, self._dbn._probabilities, probability)
+        values = functions.col(probability)
+        classes = functions.array(*[functions.lit(float(c)) for c in self._dbn.classes_])
+        best = functions.array_position(values, functions.array_max(values)).cast("int")
+        tiny = functions.lit(np.finfo(np.float64).tiny)  # Spark's log(0) is null
+        return (frame
+                .withColumn(self.getRawPredictionCol(), array_to_vector(
+                    functions.transform(values, lambda p: functions.log(
+                        functions.greatest(p, tiny)))))
+                .withColumn(self.getProbabilityCol(), array_to_vector(values))
+                .withColumn(self.getPredictionCol(), functions.element_at(classes, best))
+                .drop(probability))
+
+    def write(self):
+        """Saves the params and the fitted network (no pickle; see the module)."""
+        return _StageWriter(self)
+
+    @classmethod
+    def read(cls):
+        """Reads a saved DBNClassificationModel."""
+        return _StageReader(cls)
+
+
+class DBNFeatureLearner(Estimator, _DBNParams, _FeatureColumn, MLWritable, MLReadable):
+    """Unsupervised feature learning: pretrains the RBM stack on ``featuresCol`` and returns
+    a :class:`DBNFeatureModel` whose ``outputCol`` holds the top hidden layer's activations."""
+
+    @keyword_only
+    def __init__(self, **kwargs):
+        super().__init__()
+        self._set_dbn_defaults()
+        self._setDefault(outputCol="dbn_features")
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs):
+        """Set params by keyword (an unknown name raises)."""
+        return self._set(**self._input_kwargs)
+
+    def _fit(self, dataset):
+        from .._dbn import DistributedDBN
+
+        dbn = DistributedDBN(label_col=None, **self._dbn_arguments())
+        dbn.fit(dataset)
+        return self._copyValues(DBNFeatureModel(dbn))
+
+    def write(self):
+        """Saves the params (Spark's JSON metadata)."""
+        return _StageWriter(self)
+
+    @classmethod
+    def read(cls):
+        """Reads a saved DBNFeatureLearner."""
+        return _StageReader(cls)
+
+
+class DBNFeatureModel(Model, _DBNParams, _FeatureColumn, MLWritable, MLReadable):
+    """A fitted :class:`DBNFeatureLearner`: adds ``outputCol``, the top hidden layer's mean
+    activations as a vector. ``to_sklearn()`` is the fitted :class:`skdbn.DistributedDBN`."""
+
+    def __init__(self, dbn=None):
+        super().__init__()
+        self._set_dbn_defaults()
+        self._setDefault(outputCol="dbn_features")
+        self._dbn = dbn
+
+    @classmethod
+    def from_sklearn(cls, dbn):
+        """The feature model of a fitted ``DistributedDBN``, with its settings as params."""
+        model = cls(dbn)
+        model._set(**_params_of(dbn))
+        return model
+
+    def to_sklearn(self):
+        """The fitted ``DistributedDBN``."""
+        return self._dbn
+
+    def _transform(self, dataset):
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions
+
+        column = self.getOutputCol()
+        frame = _mapped(self, dataset, self._dbn._features, column)
+        return frame.withColumn(column, array_to_vector(functions.col(column)))
+
+    def write(self):
+        """Saves the params and the fitted network (no pickle; see the module)."""
+        return _StageWriter(self)
+
+    @classmethod
+    def read(cls):
+        """Reads a saved DBNFeatureModel."""
+        return _StageReader(cls)
+
+
+def _mapped(model, dataset, compute, column):
+    """``dataset`` with ``column``: ``compute`` of the model's features, on the executors."""
+    from .data import check_feature_count, map_dataframe
+
+    n_features = model._dbn.n_features_in_
+    # An early, clear error for a wrong width (a stream cannot be peeked at: its batches
+    # get the same error from the UDF).
+    if model.getHandleInvalid() == "error" and not dataset.isStreaming:
+        check_feature_count(dataset, model.getFeaturesCol(), n_features)
+    return map_dataframe(dataset, model.getFeaturesCol(), n_features, compute, column,
+                         "array", model.getHandleInvalid())
+
+
+def _params_of(dbn):
+    """Spark params for the settings of a ``DistributedDBN``."""
+    settings = dbn.get_params()
+    params = {name: settings[sklearn] for name, sklearn, _, _, _ in _HYPER_PARAMETERS
+              if settings[sklearn] is not None}
+    params["hiddenLayerSizes"] = list(np.atleast_1d(settings["hidden_layer_sizes"]))
+    params.update(maxIter=settings["max_iter"], tol=settings["tol"],
+                  handleInvalid=settings["handle_invalid"])
+    if isinstance(settings["features_col"], str):
+        params["featuresCol"] = settings["features_col"]
+    if isinstance(settings["random_state"], int):
+        params["seed"] = settings["random_state"]
+    return params
+
+
+# ---------------------------------------------------------------------------- persistence
+
+def _fitted_state(dbn):
+    """A fitted ``DistributedDBN``'s attributes: JSON values, and numeric arrays by name."""
+    plain, arrays = {}, {}
+    for name, value in vars(dbn).items():
+        if not name.endswith("_") or name.startswith("_"):
+            continue
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.number):
+            arrays[name] = value
+        elif isinstance(value, list) and value and all(isinstance(v, np.ndarray)
+                                                      for v in value):
+            plain[name] = {"list_of_arrays": len(value)}
+            arrays.update({f"{name}[{i}]": v for i, v in enumerate(value)})
+        elif isinstance(value, np.ndarray):
+            plain[name] = {"array": value.tolist(), "dtype": value.dtype.str}
+        else:
+            plain[name] = json.loads(json.dumps(value, default=_plain_value))
+    return plain, arrays
+
+
+def _plain_value(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot save a {type(value).__name__} attribute")
+
+
+def _restore_fitted(dbn, plain, arrays):
+    for name, value in plain.items():
+        if isinstance(value, dict) and "list_of_arrays" in value:
+            value = [arrays[f"{name}[{i}]"] for i in range(value["list_of_arrays"])]
+        elif isinstance(value, dict) and "array" in value:
+            value = np.array(value["array"], dtype=np.dtype(value["dtype"]))
+        setattr(dbn, name, value)
+    for name, array in arrays.items():
+        if "[" not in name:
+            setattr(dbn, name, array)
+    return dbn
+
+
+class _StageWriter(MLWriter):
+    def __init__(self, instance):
+        super().__init__()
+        self.instance = instance
+
+    def save(self, path):
+        """Save the stage to ``path`` (``overwrite()`` first to replace what is there)."""
+        # Spark's own overwrite removes the directory through the JVM, which a Connect
+        # client has not: there both files are written in overwrite mode instead.
+        if self.shouldOverwrite and not is_connect_session(self._session()):
+            self._handleOverwrite(path)
+        self.saveImpl(path)
+
+    def _session(self):
+        from pyspark.sql import SparkSession
+
+        return self.sparkSession or SparkSession.getActiveSession()
+
+    def saveImpl(self, path):
+        spark = self._session()
+        mode = "overwrite" if self.shouldOverwrite else "error"
+        dbn = getattr(self.instance, "_dbn", None)
+        extra = {}
+        if dbn is not None:
+            plain, arrays = _fitted_state(dbn)
+            extra = {"skdbn": {"params": json.loads(json.dumps(
+                dbn.get_params(), default=_plain_value)), "fitted": plain}}
+            rows = [(name, a.dtype.str, list(a.shape), a.astype(np.float64).ravel().tolist())
+                    for name, a in arrays.items()]
+            (spark.createDataFrame(rows, "name string, dtype string, shape array<int>, "
+                                         "values array<double>")
+             .coalesce(1).write.mode(mode).parquet(f"{path}/data"))
+        metadata = DefaultParamsWriter._get_metadata_to_save(self.instance, spark, extra)
+        (spark.createDataFrame([(metadata,)], "value string").coalesce(1)
+         .write.mode(mode).text(f"{path}/metadata"))
+
+
+class _StageReader(MLReader):
+    def __init__(self, cls):
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path):
+        """The stage saved at ``path``."""
+        from pyspark.sql import SparkSession
+
+        spark = self.sparkSession or SparkSession.getActiveSession()
+        metadata = DefaultParamsReader.loadMetadata(path, spark)
+        saved = metadata.get("skdbn")
+        if saved is None:
+            stage = self.cls()
+        else:
+            from .._dbn import DistributedDBN
+
+            arrays = {}
+            for row in spark.read.parquet(f"{path}/data").toArrow().to_pylist():
+                values = np.asarray(row["values"], dtype=np.float64)
+                arrays[row["name"]] = values.astype(np.dtype(row["dtype"])).reshape(
+                    row["shape"])
+            params = dict(saved["params"])
+            params["hidden_layer_sizes"] = tuple(np.atleast_1d(params["hidden_layer_sizes"]))
+            dbn = _restore_fitted(DistributedDBN(**params), saved["fitted"], arrays)
+            stage = self.cls(dbn)
+        stage._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(stage, metadata)
+        return stage
