@@ -81,6 +81,16 @@ def test_a_pipeline_with_spark_stages_and_evaluators(digits_frames):
     assert auc > 0.95
 
 
+def test_string_labels_and_missing_columns_get_clear_errors(digits_frames):
+    train, _ = digits_frames
+    frame = VectorAssembler(inputCols=COLUMNS, outputCol="features").transform(train)
+    named = frame.withColumn("label", functions.col("label").cast("string"))
+    with pytest.raises(ValueError, match="StringIndexer"):
+        DBNClassifier(**QUICK).fit(named)
+    with pytest.raises(ValueError, match="digit"):
+        DBNClassifier(labelCol="digit", **QUICK).fit(frame)
+
+
 def test_every_hyper_parameter_is_a_documented_param_with_its_default():
     explained = DBNClassifier().explainParams()
     defaults = DistributedDBN().get_params()

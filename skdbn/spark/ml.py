@@ -98,8 +98,8 @@ class _DBNParams(HasFeaturesCol, HasMaxIter, HasTol, HasSeed, HasHandleInvalid):
         arguments.update(max_iter=self.getMaxIter(), tol=self.getTol(),
                          features_col=self.getFeaturesCol(),
                          handle_invalid=self.getHandleInvalid(), backend="spark")
-        if self.isSet("seed"):
-            arguments["random_state"] = self.getSeed()
+        if self.isSet("seed"):  # Spark seeds are any long; numpy's are 32-bit unsigned
+            arguments["random_state"] = self.getSeed() % (1 << 32)
         return arguments
 
 
@@ -166,13 +166,17 @@ class DBNClassifier(Estimator, _DBNParams, _ClassifierColumns, MLWritable, MLRea
         return self._set(**self._input_kwargs)
 
     def _fit(self, dataset):
+        from pyspark.sql.types import NumericType
+
         from .._dbn import DistributedDBN
 
-        dbn = DistributedDBN(label_col=self.getLabelCol(), **self._dbn_arguments())
+        label = self.getLabelCol()
+        if label in dataset.columns and not isinstance(dataset.schema[label].dataType,
+                                                       NumericType):
+            raise ValueError(f"labelCol {label!r} must hold numbers, as for any Spark "
+                             "classifier (index string labels with StringIndexer first)")
+        dbn = DistributedDBN(label_col=label, **self._dbn_arguments())
         dbn.fit(dataset)
-        if not np.issubdtype(np.asarray(dbn.classes_).dtype, np.number):
-            raise ValueError(f"labelCol {self.getLabelCol()!r} must hold numbers (index "
-                             "string labels with StringIndexer first)")
         return self._copyValues(DBNClassificationModel(dbn))
 
     def write(self):

@@ -225,6 +225,9 @@ class SparkEngine:
                     f"{self._tasks - watch.finished} of {self._tasks} tasks had not finished "
                     f"the phase {watch.allowance:.0f}s after the first did (a stopped or "
                     "hung worker); the phase's stage was cancelled") from error
+            task_error = None if self.lost_worker(error) else _task_error(error)
+            if task_error is not None:
+                raise task_error from error
             raise
         finally:
             if server is not None:
@@ -333,6 +336,20 @@ class SparkEngine:
         for shard_dir in shard_dirs:
             if shard_dir is not None:
                 shutil.rmtree(shard_dir, ignore_errors=True)
+
+
+# Errors skdbn's own task code raises on purpose (a DataFrame that changed between reads, a
+# diverging phase): raised again on the driver as themselves, not as Spark's stage failure.
+_TASK_ERRORS = {"RuntimeError": RuntimeError, "FloatingPointError": FloatingPointError}
+
+
+def _task_error(error):
+    """The exception a task raised, rebuilt from a failed stage's text, or None."""
+    for line in reversed(str(error).splitlines()):
+        name, _, message = line.strip().partition(": ")
+        if name in _TASK_ERRORS and message:
+            return _TASK_ERRORS[name](message)
+    return None
 
 
 class _DriverRendezvous(AllGatherClient):
