@@ -102,7 +102,6 @@ class _DBNParams(HasFeaturesCol, HasMaxIter, HasTol, HasSeed, HasHandleInvalid):
             arguments["random_state"] = self.getSeed() % (1 << 32)
         return arguments
 
-
     def setFeaturesCol(self, value):
         """Sets ``featuresCol``."""
         return self._set(featuresCol=value)
