@@ -106,6 +106,7 @@ class ProcessEngine:
         self.timeout = timeout
         self._secret = secrets.token_bytes(32)
         self._sources = None
+        self._phase_running = False
         self._pool = acquire_pool(n_workers)  # its processes start while data is prepared
 
     def __repr__(self):  # never print the secret
@@ -130,10 +131,12 @@ class ProcessEngine:
         try:
             rendezvous = server and AllGatherClient(server.address, self._secret, self.timeout,
                                                      self.n_workers)
+            self._phase_running = True  # until its results are in (see close)
             futures = [self._pool.submit(_run_shared_worker, rank, phase, source, state, below,
                                          plan, rendezvous)
                        for rank, source in enumerate(self._sources)]
             results = self._results(futures)
+            self._phase_running = False
         finally:
             if server is not None:
                 server.close()
@@ -182,7 +185,13 @@ class ProcessEngine:
         self._pool = acquire_pool(self.n_workers)
 
     def close(self):
-        """Give the worker pool back for later fits; the shared data stays for them too."""
+        """Give the worker pool back for later fits; the shared data stays for them too.
+
+        A pool whose phase did not finish (the fit was interrupted, e.g. by Ctrl-C in a
+        notebook) is shut down instead: its workers are still busy with that phase.
+        """
+        if self._phase_running:
+            self._discard_pool()
         pool, self._pool = self._pool, None
         if pool is not None:
             release_pool(self.n_workers, pool)

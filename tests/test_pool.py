@@ -2,9 +2,11 @@
 shared memory, released on request."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -103,3 +105,21 @@ def test_a_numpy_fit_without_a_session_never_starts_spark():
     _, workers, imported = lines[0].split()
     assert int(workers) == min(2, usable_cpus())
     assert imported == "False"
+
+
+def test_an_interrupted_fit_leaves_no_busy_pool_behind(digits):
+    # Ctrl-C in a notebook while workers train: the pool still busy with the phase is shut
+    # down, and the next fit gets fresh workers instead of waiting behind the old phase.
+    X, y = digits
+    X, y = np.tile(X, (4, 1)), np.tile(y, 4)
+    busy = _pool_pids(2)  # the idle pool the interrupted fit will take
+    interrupt = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            DistributedDBN(**dict(PARAMS, hidden_layer_sizes=(256,), pretrain_epochs=200)
+                           ).fit(X, y)
+    finally:
+        interrupt.cancel()
+    assert _pool_pids(2).isdisjoint(busy)
+    assert DistributedDBN(**PARAMS).fit(X, y).n_workers_ == 2
