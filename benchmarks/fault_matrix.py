@@ -118,39 +118,38 @@ class Matrix:
 
 # ---------------------------------------------------------------------------- killed workers
 
+def fault_row(matrix, fit, inject, fault, where):
+    """Fit once undisturbed, then again with ``inject(patches)`` (a ``KillDuringFirstPhase``
+    or ``StopDuringFirstPhase``) striking the first phase; add the row."""
+    clean, clean_s = timed(fit)
+    patches = Patches()
+    injected = inject(patches)
+    try:
+        model, seconds = timed(fit)
+    finally:
+        injected.join()
+        patches.undo()
+    hit = getattr(injected, "killed", None) or getattr(injected, "stopped", None)
+    matrix.add(fault, where, "completes" if hit else "not hit", seconds, clean_s, model, clean,
+               model.n_phase_retries_, same_model(model, clean))
+
+
 def killed_local_worker(matrix):
     from skdbn._engines import ProcessEngine
 
-    clean, clean_s = timed(lambda: DistributedDBN(backend="local", **PARAMS).fit(matrix.X,
-                                                                                  matrix.y))
-    patches = Patches()
-    killer = KillDuringFirstPhase(patches, ProcessEngine, loky_worker)
-    try:
-        model, seconds = timed(lambda: DistributedDBN(backend="local", **PARAMS).fit(
-            matrix.X, matrix.y))
-    finally:
-        killer.join()
-        patches.undo()
-    matrix.add("worker process killed (SIGKILL) mid-phase", "backend='local'",
-               "completes" if killer.killed else "not hit", seconds, clean_s, model, clean,
-               model.n_phase_retries_, same_model(model, clean))
+    fault_row(matrix, lambda: DistributedDBN(backend="local", **PARAMS).fit(matrix.X, matrix.y),
+              lambda patches: KillDuringFirstPhase(patches, ProcessEngine, loky_worker),
+              "worker process killed (SIGKILL) mid-phase", "backend='local'")
 
 
 def killed_spark_worker(matrix, spark, connect):
     from skdbn.spark.stages import SparkEngine
 
-    clean, clean_s = timed(lambda: DistributedDBN(**PARAMS).fit(matrix.X, matrix.y))
-    patches = Patches()
-    killer = KillDuringFirstPhase(patches, SparkEngine, spark_python_worker, delay=2.0)
-    try:
-        model, seconds = timed(lambda: DistributedDBN(**PARAMS).fit(matrix.X, matrix.y))
-    finally:
-        killer.join()
-        patches.undo()
-    where = "Spark Connect local[2]" if connect else "Spark local[2]"
-    matrix.add("task's Python worker killed mid-phase", where,
-               "completes" if killer.killed else "not hit", seconds, clean_s, model, clean,
-               model.n_phase_retries_, same_model(model, clean))
+    fault_row(matrix, lambda: DistributedDBN(**PARAMS).fit(matrix.X, matrix.y),
+              lambda patches: KillDuringFirstPhase(patches, SparkEngine, spark_python_worker,
+                                                   delay=2.0),
+              "task's Python worker killed mid-phase",
+              "Spark Connect local[2]" if connect else "Spark local[2]")
 
 
 EXECUTOR_DRIVER = '''
@@ -229,17 +228,10 @@ def stopped_spark_worker(matrix, spark):
     from skdbn.spark.stages import SparkEngine
 
     params = dict(PARAMS, network_timeout=5.0)
-    clean, clean_s = timed(lambda: DistributedDBN(**params).fit(matrix.X, matrix.y))
-    patches = Patches()
-    stopper = StopDuringFirstPhase(patches, SparkEngine, spark_python_worker, 600.0, delay=2.0)
-    try:
-        model, seconds = timed(lambda: DistributedDBN(**params).fit(matrix.X, matrix.y))
-    finally:
-        stopper.join()
-        patches.undo()
-    matrix.add("task's Python worker stopped (SIGSTOP) for good", "Spark local[2], 5 s timeout",
-               "completes" if stopper.stopped else "not hit", seconds, clean_s, model, clean,
-               model.n_phase_retries_, same_model(model, clean))
+    fault_row(matrix, lambda: DistributedDBN(**params).fit(matrix.X, matrix.y),
+              lambda patches: StopDuringFirstPhase(patches, SparkEngine, spark_python_worker,
+                                                   600.0, delay=2.0),
+              "task's Python worker stopped (SIGSTOP) for good", "Spark local[2], 5 s timeout")
 
 
 def stopped_worker(matrix, sync, seconds_stopped=35.0):

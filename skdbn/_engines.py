@@ -106,6 +106,7 @@ class ProcessEngine:
         self.timeout = timeout
         self._secret = secrets.token_bytes(32)
         self._sources = None
+        self._total = 0  # training rows over all workers, once the data is shared
         self._phase_running = False
         self._pool = acquire_pool(n_workers)  # its processes start while data is prepared
 

@@ -83,11 +83,19 @@ def fingerprint(estimator_params, X, y, classes):
     digest = _settings_digest(estimator_params, classes)
     parts = [X.data, X.indices, X.indptr] if sp.issparse(X) else [X]
     parts += [y if y is not None else np.array([])]
+    return digest_arrays(digest, parts).hexdigest()
+
+
+def digest_arrays(digest, parts):
+    """``digest`` (a hashlib object) updated with each array's shape, dtype and values."""
     for part in parts:
         part = np.ascontiguousarray(part)
         digest.update(str((part.shape, part.dtype.str)).encode())
-        digest.update(part.tobytes() if part.dtype != object else repr(part.tolist()).encode())
-    return digest.hexdigest()
+        if part.dtype == object:
+            digest.update(repr(part.tolist()).encode())
+        else:
+            digest.update(part.view(np.uint8).reshape(-1) if part.size else b"")  # no copy
+    return digest
 
 
 def frame_fingerprint(estimator_params, summary, classes):

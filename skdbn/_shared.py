@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._progress import digest_arrays
 from ._scratch import available_memory, choose_scratch_dir, new_scratch_dirs, remove_tree
 from ._worker import Shard
 
@@ -94,12 +95,8 @@ def release_shared_data():
 
 
 def _content_key(X, codes):
-    digest = hashlib.sha1(usedforsecurity=False)
-    digest.update(f"{X.dtype.str}{X.shape}".encode())
-    digest.update(memoryview(np.ascontiguousarray(X)).cast("B"))
-    if codes is not None:
-        digest.update(np.ascontiguousarray(codes, dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    parts = [X] if codes is None else [X, np.asarray(codes, dtype=np.int64)]
+    return digest_arrays(hashlib.sha1(usedforsecurity=False), parts).hexdigest()
 
 
 def _directory_for(n_bytes):

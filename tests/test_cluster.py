@@ -66,41 +66,36 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
     assert outcome["accuracy"] > 0.9
 
 
-@pytest.mark.slow
-def test_a_killed_executor_costs_one_phase(standalone_cluster, tmp_path):
-    # The first phase's marker tells the test when to kill; the standalone worker then
-    # launches a new executor, and the retried phase waits for its task slot.
+# A driver whose first phase leaves a marker file, so that a test knows when to strike.
+_FAULT_DRIVER = """
+import json
+import numpy as np
+from sklearn.datasets import load_digits
+from skdbn import DistributedDBN, loopback_session
+from skdbn.spark.stages import SparkEngine
+
+original = SparkEngine.run_phase
+def mark_phase(engine, *args):
+    open({marker!r}, "a").close()
+    return original(engine, *args)
+
+spark = loopback_session({master!r}, app_name="skdbn-fault",
+                         config={{"spark.executor.memory": "512m"}})
+try:
+    X, y = load_digits(return_X_y=True)
+    X, y = np.tile(X / 16.0, (3, 1)), np.tile(y, 3)
+{body}
+finally:
+    spark.stop()
+"""
+
+
+def _fit_with_fault(master, tmp_path, body, strike, delay):
+    """Run ``body`` in a driver on ``master``; ``delay`` seconds into its first marked phase
+    call ``strike()``. Returns the driver's RESULT line (as a dict) and its stdout."""
     marker = tmp_path / "phase-started"
-    driver = textwrap.dedent(f"""
-        import json
-        import numpy as np
-        from sklearn.datasets import load_digits
-        from skdbn import DistributedDBN, loopback_session
-        from skdbn.spark.stages import SparkEngine
-
-        original = SparkEngine.run_phase
-        def run_phase(engine, *args):
-            open({str(marker)!r}, "a").close()
-            return original(engine, *args)
-
-        spark = loopback_session({standalone_cluster!r}, app_name="skdbn-executor-loss",
-                                 config={{"spark.executor.memory": "512m"}})
-        try:
-            X, y = load_digits(return_X_y=True)
-            X, y = np.tile(X / 16.0, (3, 1)), np.tile(y, 3)
-            params = dict(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=2,
-                          n_workers=2, sync="average", random_state=0)
-            SparkEngine.run_phase = run_phase
-            faulted = DistributedDBN(verbose=1, **params).fit(X, y)
-            SparkEngine.run_phase = original
-            reference = DistributedDBN(**params).fit(X, y)
-            same = all(np.array_equal(a, b) for a, b in zip(
-                faulted.coefs_ + faulted.intercepts_, reference.coefs_ + reference.intercepts_))
-            print("RESULT", json.dumps({{"retries": faulted.n_phase_retries_, "same": same,
-                                         "accuracy": faulted.score(X, y)}}))
-        finally:
-            spark.stop()
-    """)
+    driver = _FAULT_DRIVER.format(marker=str(marker), master=master,
+                                  body=textwrap.indent(textwrap.dedent(body), "    "))
     process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
@@ -109,10 +104,8 @@ def test_a_killed_executor_costs_one_phase(standalone_cluster, tmp_path):
         while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.2)
         assert marker.exists(), "the fit never started a phase"
-        time.sleep(1.5)
-        executors = executor_pids()
-        assert executors, "no executor process to kill"
-        os.kill(executors[0], 9)
+        time.sleep(delay)
+        strike()
         stdout, stderr = process.communicate(timeout=400)
     finally:
         if process.poll() is None:
@@ -120,7 +113,31 @@ def test_a_killed_executor_costs_one_phase(standalone_cluster, tmp_path):
             process.communicate(timeout=STOP_TIMEOUT)
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, _failure_summary(stderr)
-    outcome = json.loads(lines[0][len("RESULT "):])
+    return json.loads(lines[0][len("RESULT "):]), stdout
+
+
+def _kill_an_executor():
+    executors = executor_pids()
+    assert executors, "no executor process to kill"
+    os.kill(executors[0], 9)
+
+
+@pytest.mark.slow
+def test_a_killed_executor_costs_one_phase(standalone_cluster, tmp_path):
+    # The standalone worker launches a new executor, and the retried phase waits for its
+    # task slot.
+    outcome, stdout = _fit_with_fault(standalone_cluster, tmp_path, """
+        params = dict(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=2,
+                      n_workers=2, sync="average", random_state=0)
+        SparkEngine.run_phase = mark_phase
+        faulted = DistributedDBN(verbose=1, **params).fit(X, y)
+        SparkEngine.run_phase = original
+        reference = DistributedDBN(**params).fit(X, y)
+        same = all(np.array_equal(a, b) for a, b in zip(
+            faulted.coefs_ + faulted.intercepts_, reference.coefs_ + reference.intercepts_))
+        print("RESULT", json.dumps({"retries": faulted.n_phase_retries_, "same": same,
+                                    "accuracy": faulted.score(X, y)}))
+    """, _kill_an_executor, delay=1.5)
     assert outcome["retries"] == 1 and outcome["same"], outcome
     assert "an executor was lost; rerunning the phase" in stdout
     assert outcome["accuracy"] > 0.9
@@ -131,54 +148,19 @@ def test_a_phase_reruns_on_the_workers_left_when_a_machine_is_lost(tmp_path):
     # A worker daemon and its executor are killed for good in the first phase (a machine
     # lost): the phase reruns on the one task slot left, that task training both workers'
     # shards, and the fit completes. Its own cluster: the module's keeps both workers.
-    marker = tmp_path / "phase-started"
-    driver = textwrap.dedent(f"""
-        import json
-        import numpy as np
-        from sklearn.datasets import load_digits
-        from skdbn import DistributedDBN, loopback_session
-        from skdbn.spark.stages import SparkEngine
+    (tmp_path / "cluster").mkdir()
+    with running_cluster(tmp_path / "cluster") as master_url:
+        def lose_a_machine():
+            assert kill_standalone_worker(tmp_path / "cluster" / "work0"), "no worker killed"
 
-        original = SparkEngine.run_phase
-        def run_phase(engine, *args):
-            open({str(marker)!r}, "a").close()
-            return original(engine, *args)
-        SparkEngine.run_phase = run_phase
-
-        spark = loopback_session(MASTER, app_name="skdbn-machine-loss",
-                                 config={{"spark.executor.memory": "512m"}})
-        try:
-            X, y = load_digits(return_X_y=True)
-            X, y = np.tile(X / 16.0, (3, 1)), np.tile(y, 3)
+        outcome, stdout = _fit_with_fault(master_url, tmp_path, """
+            SparkEngine.run_phase = mark_phase
             model = DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=5,
                                    n_workers=2, sync="gossip", network_timeout=5.0,
                                    random_state=0, verbose=1).fit(X, y)
-            print("RESULT", json.dumps({{"retries": model.n_phase_retries_,
-                                         "accuracy": model.score(X, y)}}))
-        finally:
-            spark.stop()
-    """)
-    (tmp_path / "cluster").mkdir()
-    with running_cluster(tmp_path / "cluster") as master_url:
-        process = subprocess.Popen(
-            [sys.executable, "-c", driver.replace("MASTER", repr(master_url))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
-        try:
-            deadline = time.monotonic() + 180
-            while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.2)
-            assert marker.exists(), "the fit never started a phase"
-            time.sleep(2.0)
-            assert kill_standalone_worker(tmp_path / "cluster" / "work0"), "no worker killed"
-            stdout, stderr = process.communicate(timeout=400)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate(timeout=STOP_TIMEOUT)
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, _failure_summary(stderr)
-    outcome = json.loads(lines[0][len("RESULT "):])
+            print("RESULT", json.dumps({"retries": model.n_phase_retries_,
+                                        "accuracy": model.score(X, y)}))
+        """, lose_a_machine, delay=2.0)
     assert outcome["retries"] == 1, outcome
     assert "1 of the 2 task slots are left" in stdout, stdout
     assert outcome["accuracy"] > 0.9

@@ -67,7 +67,8 @@ def _state(pid):
         return handle.read().rsplit(")", 1)[1].split()[0]
 
 
-def test_sparse_input_travels_without_shared_files(digits):
+def test_sparse_input_trains_on_local_workers(digits):
+    # Sparse X is not written to shared memory: it travels to the workers as it is.
     from scipy import sparse
 
     X, y = digits

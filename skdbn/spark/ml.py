@@ -140,11 +140,37 @@ class _FeatureColumn(HasOutputCol):
         return self._set(outputCol=value)
 
 
+class _Persisted(MLWritable, MLReadable):
+    """Saving and loading a stage: its params, and a fitted model's network (no pickle)."""
+
+    def write(self):
+        """The stage's writer (``.save(path)``, ``.overwrite()``)."""
+        return _StageWriter(self)
+
+    @classmethod
+    def read(cls):
+        """The reader of saved stages of this class."""
+        return _StageReader(cls)
+
+
+class _FittedDBN:
+    """What a fitted stage holds: the fitted ``DistributedDBN``, in both directions."""
+
+    def __init__(self, dbn=None):
+        super().__init__()
+        self._set_dbn_defaults()
+        self._dbn = dbn
+
+    def to_sklearn(self):
+        """The fitted ``DistributedDBN`` (numpy only: pickles, predicts without Spark)."""
+        return self._dbn
+
+
 for _name, _, _converter, _default, _doc in _HYPER_PARAMETERS:
     setattr(_DBNParams, _name, Param(Params._dummy(), _name, _doc, typeConverter=_converter))
 
 
-class DBNClassifier(Estimator, _DBNParams, _ClassifierColumns, MLWritable, MLReadable):
+class DBNClassifier(Estimator, _DBNParams, _ClassifierColumns, _Persisted):
     """A deep belief network classifier as a ``pyspark.ml`` Estimator.
 
     Trains :class:`skdbn.DistributedDBN` on the DataFrame's ``featuresCol`` (a vector or an
@@ -178,25 +204,12 @@ class DBNClassifier(Estimator, _DBNParams, _ClassifierColumns, MLWritable, MLRea
         dbn.fit(dataset)
         return self._copyValues(DBNClassificationModel(dbn))
 
-    def write(self):
-        """Saves the params (Spark's JSON metadata)."""
-        return _StageWriter(self)
-
-    @classmethod
-    def read(cls):
-        """Reads a saved DBNClassifier."""
-        return _StageReader(cls)
 
 
-class DBNClassificationModel(Model, _DBNParams, _ClassifierColumns, MLWritable, MLReadable):
+class DBNClassificationModel(_FittedDBN, Model, _DBNParams, _ClassifierColumns, _Persisted):
     """A fitted :class:`DBNClassifier`: adds ``rawPredictionCol`` (log-probabilities) and
     ``probabilityCol`` as vectors and ``predictionCol`` (the class, a double), computed on the
     executors. ``to_sklearn()`` is the fitted :class:`skdbn.DistributedDBN`."""
-
-    def __init__(self, dbn=None):
-        super().__init__()
-        self._set_dbn_defaults()
-        self._dbn = dbn
 
     @classmethod
     def from_sklearn(cls, dbn):
@@ -206,10 +219,6 @@ class DBNClassificationModel(Model, _DBNParams, _ClassifierColumns, MLWritable, 
         model = cls(dbn)
         model._set(**_params_of(dbn), labelCol=dbn.label_col or "label")
         return model
-
-    def to_sklearn(self):
-        """The fitted ``DistributedDBN`` (numpy only: pickles, predicts without Spark)."""
-        return self._dbn
 
     @property
     def numClasses(self):
@@ -234,17 +243,9 @@ class DBNClassificationModel(Model, _DBNParams, _ClassifierColumns, MLWritable, 
                 .withColumn(self.getPredictionCol(), functions.element_at(classes, best))
                 .drop(probability))
 
-    def write(self):
-        """Saves the params and the fitted network (no pickle; see the module)."""
-        return _StageWriter(self)
-
-    @classmethod
-    def read(cls):
-        """Reads a saved DBNClassificationModel."""
-        return _StageReader(cls)
 
 
-class DBNFeatureLearner(Estimator, _DBNParams, _FeatureColumn, MLWritable, MLReadable):
+class DBNFeatureLearner(Estimator, _DBNParams, _FeatureColumn, _Persisted):
     """Unsupervised feature learning: pretrains the RBM stack on ``featuresCol`` and returns
     a :class:`DBNFeatureModel` whose ``outputCol`` holds the top hidden layer's activations."""
 
@@ -267,25 +268,15 @@ class DBNFeatureLearner(Estimator, _DBNParams, _FeatureColumn, MLWritable, MLRea
         dbn.fit(dataset)
         return self._copyValues(DBNFeatureModel(dbn))
 
-    def write(self):
-        """Saves the params (Spark's JSON metadata)."""
-        return _StageWriter(self)
-
-    @classmethod
-    def read(cls):
-        """Reads a saved DBNFeatureLearner."""
-        return _StageReader(cls)
 
 
-class DBNFeatureModel(Model, _DBNParams, _FeatureColumn, MLWritable, MLReadable):
+class DBNFeatureModel(_FittedDBN, Model, _DBNParams, _FeatureColumn, _Persisted):
     """A fitted :class:`DBNFeatureLearner`: adds ``outputCol``, the top hidden layer's mean
     activations as a vector. ``to_sklearn()`` is the fitted :class:`skdbn.DistributedDBN`."""
 
     def __init__(self, dbn=None):
-        super().__init__()
-        self._set_dbn_defaults()
+        super().__init__(dbn)
         self._setDefault(outputCol="dbn_features")
-        self._dbn = dbn
 
     @classmethod
     def from_sklearn(cls, dbn):
@@ -293,10 +284,6 @@ class DBNFeatureModel(Model, _DBNParams, _FeatureColumn, MLWritable, MLReadable)
         model = cls(dbn)
         model._set(**_params_of(dbn))
         return model
-
-    def to_sklearn(self):
-        """The fitted ``DistributedDBN``."""
-        return self._dbn
 
     def _transform(self, dataset):
         from pyspark.ml.functions import array_to_vector
@@ -306,14 +293,6 @@ class DBNFeatureModel(Model, _DBNParams, _FeatureColumn, MLWritable, MLReadable)
         frame = _mapped(self, dataset, self._dbn._features, column)
         return frame.withColumn(column, array_to_vector(functions.col(column)))
 
-    def write(self):
-        """Saves the params and the fitted network (no pickle; see the module)."""
-        return _StageWriter(self)
-
-    @classmethod
-    def read(cls):
-        """Reads a saved DBNFeatureModel."""
-        return _StageReader(cls)
 
 
 def _mapped(model, dataset, compute, column):

@@ -11,14 +11,13 @@ import contextlib
 import dataclasses
 import json
 import secrets
-import shutil
 import time
 from functools import partial
 
 import numpy as np
 
 from .._gossip import AllGatherClient, AllGatherServer
-from .._scratch import choose_scratch_dir, new_scratch_dirs
+from .._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
 from .._task import PhaseStalled, SyncPlan, run_worker
 from .._worker import PhaseResult, PhaseState, consensus
 from .classic import StragglerWatch
@@ -334,8 +333,7 @@ class SparkEngine:
     def _remove_shard_dirs(self):
         shard_dirs, self._shard_dirs, self._shard_plan = self._shard_dirs, (), None
         for shard_dir in shard_dirs:
-            if shard_dir is not None:
-                shutil.rmtree(shard_dir, ignore_errors=True)
+            remove_tree(shard_dir)
 
 
 # Errors skdbn's own task code raises on purpose (a DataFrame that changed between reads, a
