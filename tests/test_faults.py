@@ -157,7 +157,9 @@ def test_a_local_worker_stopped_for_good_costs_one_phase(digits_split, monkeypat
     # Its peer gives it up after the timeout and finishes; once it is far behind, the pool
     # is replaced (the stopped process killed) and the phase reruns from its start.
     X_train, X_test, y_train, y_test = digits_split
-    params = dict(PARAMS, pretrain_epochs=30, network_timeout=2.0)
+    # PARAMS' 80 pretraining epochs: a first phase of seconds, so that the stop lands in it
+    # (a short phase can end between picking the busiest worker and stopping it).
+    params = dict(PARAMS, network_timeout=2.0)
     reference = DistributedDBN(backend="local", **params).fit(X_train, y_train)
     stopper = StopDuringFirstPhase(monkeypatch.setattr, ProcessEngine, loky_worker,
                                    seconds=300.0, delay=1.0)
