@@ -1,6 +1,7 @@
 """skdbn: deep belief networks trained across Apache Spark, as scikit-learn estimators."""
 
-__all__ = ["CheckpointWarning", "DistributedDBN", "loopback_session", "release_workers"]
+__all__ = ["CheckpointWarning", "DistributedDBN", "ParallelSearchWarning", "loopback_session",
+           "release_workers"]
 __version__ = "0.1.0"
 
 
@@ -23,6 +24,10 @@ def __getattr__(name):
         from .spark.session import loopback_session
 
         return loopback_session
+    if name == "ParallelSearchWarning":
+        from .spark.session import ParallelSearchWarning
+
+        return ParallelSearchWarning
     raise AttributeError(f"module 'skdbn' has no attribute {name!r}")
 
 

@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._console import StageProgress, write
 from ._engines import (
     make_engine,
     resolve_backend,
@@ -38,6 +39,7 @@ from ._progress import (
     save_checkpoint,
 )
 from ._rbm import BERNOULLI, GAUSSIAN, init_rbm, mean_hidden, rbm_layout
+from ._watch import FitRecord
 from ._worker import FinetunePhase, PhaseState, PretrainPhase, standardize
 from .spark.data import (
     HANDLE_INVALID,
@@ -52,6 +54,9 @@ from .spark.session import is_spark_dataframe
 from .spark.shards import partition_rows
 
 _SEED_BOUND = np.iinfo(np.int32).max
+# Where the documentation is published; the HTML repr in a notebook links to the
+# estimator's entry there. SKDBN_DOCS_URL points it elsewhere (a local build, a mirror).
+DOCS_URL = os.environ.get("SKDBN_DOCS_URL", "https://skdbn.readthedocs.io/en/latest/")
 _BERNOULLI_RANGE_MESSAGE = (
     "visible_units='bernoulli' needs every value of X in [0, 1]; scale the data "
     "(e.g. MinMaxScaler) or use visible_units='gaussian' or 'auto'"
@@ -179,7 +184,13 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         has none, so ``fit(X_unlabelled)`` followed by a warm ``fit(X, y)`` fine-tunes the
         pretrained stack). Without labels, pretraining continues from the current layers.
     verbose : int, default=0
-        Print progress: one line per phase at 1, one per fine-tuning epoch at 2.
+        Show progress. 0: nothing. 1: while a stage runs (the pretraining of a layer, or the
+        fine-tuning) a progress bar (``tqdm.auto``: a widget in Jupyter, text on a
+        terminal) with samples per second, the epoch and the current loss, fed by the
+        workers while they train, local processes and Spark tasks alike; then one line per
+        stage. 2: also one line per epoch. Bars go to stderr, lines to stdout. On Spark
+        Connect the bar moves while tasks run only when the Connect server runs on this
+        machine; otherwise it moves at the end of each phase.
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation, the shuffling, the Gibbs sampling and the validation
         split. With a fixed seed, training is deterministic on one worker and with
@@ -218,7 +229,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Visible biases of each pretrained RBM layer (used for reconstruction only).
     visible_units_ : {"bernoulli", "gaussian"}
         Kind of visible units used.
-    mean_, scale_ : ndarray of shape (n_features_in_,) or None
+    mean_, scale_ : ndarray of shape (n_features,) or None
         Standardization of Gaussian visible units; None for Bernoulli units.
     pretraining_history_ : list of dict
         One dict per layer with per-epoch ``"reconstruction_error"`` (mean squared error of a
@@ -238,9 +249,26 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Number of workers the last fit used.
     n_phase_retries_ : int
         Phases the last fit reran after losing a worker (see ``phase_retries``).
+    worker_stats_ : list of dict
+        One row per worker and phase of the last call to ``fit`` or ``partial_fit``, for
+        ``pandas.DataFrame(worker_stats_)``. Keys: ``stage`` (``"layer 0"``, ...,
+        ``"fine-tuning"``), ``phase`` (its index in the fit), ``worker``, ``samples``
+        (trained), ``messages_sent`` and ``messages_merged`` (parameter states exchanged
+        with peers), ``seconds_waiting`` (for peers: synchronous averages, the end of a
+        phase), ``seconds_reading`` (its data), ``seconds_training`` and ``started`` (seconds
+        after the fit began). Phases resumed from a checkpoint are not in it.
+    worker_trace_ : list of dict
+        Each worker's course through each phase, for ``pandas.DataFrame(worker_trace_)``:
+        rows with ``stage``, ``phase``, ``worker``, ``seconds`` (since the fit began),
+        ``samples`` (trained in the phase so far) and ``drift``. A row is taken at most every
+        0.2 s while the worker trains (drift NaN there) and at every drift measurement (at
+        most every 0.2 s, at an exchange): ``drift`` is the relative distance
+        ``||own - merged|| / ||merged||`` between the worker's parameters and the mean of the
+        states it merged (for ``sync="average"``, the exact consensus). A phase keeps at most
+        256 rows per worker, evenly spread.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names of features seen during fit, when ``X`` has string column names.
 
     See Also
@@ -311,6 +339,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     # Test and benchmark hook, not a parameter: (worker rank, seconds to sleep per minibatch).
     _slow_worker = None
+    _doc_link_module = "skdbn"
+    _doc_link_template = DOCS_URL.rstrip("/") + "/api.html#{estimator_module}.{estimator_name}"
 
     def __init__(
         self,
@@ -713,6 +743,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         every layer) or "none"; fine-tuning follows when ``classes`` is given."""
         self._check_n_workers(data.n_samples)
         self._phase_retries = 0
+        self._fit_record = FitRecord()
         backend = resolve_backend(self.backend, dataframe_input=data.dataframe is not None)
         engine = data.engine or make_engine(backend, self.n_workers, self.sync,
                                             self.sync_every, data.n_samples,
@@ -725,7 +756,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 self._pretrain(engine, progress, data, key, first, epochs)
             if classes is not None:
                 self._finetune(engine, progress, len(classes), validation, key, max_epochs,
-                               apply_stopping_rule)
+                               apply_stopping_rule, data.n_samples)
         finally:
             engine.close()
         self._store_fitted(progress, classes, engine.n_workers)
@@ -748,43 +779,57 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     def _pretrain(self, engine, progress, data, key, first, epochs):
         sizes = [data.n_features, *self._hidden_sizes()]
-        dtype = data.dtype
         for index in range(first, len(sizes) - 1):
-            # A stream of its own per layer: a fit resumed at this layer draws what an
-            # uninterrupted one does.
-            rng = np.random.default_rng([progress.seed, 0, index])
-            below = [FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, progress.layers[i])
-                     for i in range(index)]
-            phase = self._pretrain_phase(index, sizes, epochs, progress.seed)
-            if index < len(progress.layers):
-                initial = progress.layers[index]
-            else:
-                visible_mean = data.input_mean if index == 0 else progress.layer_means[index - 1]
-                layer = init_rbm(sizes[index], sizes[index + 1], visible_mean,
-                                 phase.visible_units, dtype, rng)
-                if epochs == 0:
-                    layer["weights"][...] = _glorot_uniform(sizes[index], sizes[index + 1], rng)
-                initial = layer.flat
-            if epochs == 0:
-                result_state = PhaseState(initial, np.zeros_like(initial))
-                history = {"reconstruction_error": []}
-                output_mean = np.full(sizes[index + 1], 0.5)  # untrained: no better guess
-            else:
-                result_state, results = self._run_phase(
-                    engine, phase, PhaseState(initial, np.zeros_like(initial)), below)
-                history = _mean_history(results)
-                output_mean = np.average([r.hidden_mean for r in results], axis=0,
-                                         weights=[r.n_samples for r in results])
-            self._record_layer(progress, index, result_state.params, history, output_mean)
-            self._report(f"pretrained layer {index}: {_last_figures(history)}")
+            with StageProgress(f"layer {index}", "reconstruction error", data.n_samples,
+                               epochs, self.verbose) as stage:
+                params, history, output_mean = self._pretrain_layer(
+                    engine, progress, data, sizes, index, epochs, stage)
+                self._record_layer(progress, index, params, history, output_mean)
+                stage.close(f"pretrained layer {index}: {_last_figures(history)}")
             if self.checkpoint_dir is not None and key is not None:
                 save_checkpoint(self.checkpoint_dir, key, progress)
 
-    def _run_phase(self, engine, phase, state, below):
+    def _pretrain_layer(self, engine, progress, data, sizes, index, epochs, stage):
+        """Pretrain layer ``index`` for ``epochs`` epochs: its parameters, per-epoch history
+        and mean hidden activation (the next layer's visible mean)."""
+        # A stream of its own per layer: a fit resumed at this layer draws what an
+        # uninterrupted one does.
+        rng = np.random.default_rng([progress.seed, 0, index])
+        phase = self._pretrain_phase(index, sizes, epochs, progress.seed)
+        initial = self._initial_layer(progress, data, sizes, index, phase, rng)
+        if epochs == 0:
+            # Untrained: no better guess of the activations than one half.
+            return initial, {"reconstruction_error": []}, np.full(sizes[index + 1], 0.5)
+        below = [FlatParams(rbm_layout(sizes[i], sizes[i + 1]), data.dtype, progress.layers[i])
+                 for i in range(index)]
+        state, results = self._run_phase(
+            engine, phase, PhaseState(initial, np.zeros_like(initial)), below, stage)
+        history = _mean_history(results)
+        stage.phase_done(results, history["reconstruction_error"], epochs)
+        output_mean = np.average([r.hidden_mean for r in results], axis=0,
+                                 weights=[r.n_samples for r in results])
+        return state.params, history, output_mean
+
+    def _initial_layer(self, progress, data, sizes, index, phase, rng):
+        """The starting parameters of layer ``index``: the layer trained so far, or a new
+        one (Glorot weights when it will not be pretrained)."""
+        if index < len(progress.layers):
+            return progress.layers[index]
+        visible_mean = data.input_mean if index == 0 else progress.layer_means[index - 1]
+        layer = init_rbm(sizes[index], sizes[index + 1], visible_mean, phase.visible_units,
+                         data.dtype, rng)
+        if phase.epochs == 0:
+            layer["weights"][...] = _glorot_uniform(sizes[index], sizes[index + 1], rng)
+        return layer.flat
+
+    def _run_phase(self, engine, phase, state, below, stage):
+        """Run ``phase`` (rerun after a lost worker), shown on ``stage``'s progress bar."""
         state, results, retries = run_phase_retrying(
             engine, phase, state, below, self.phase_retries,
-            lambda message: self._report(f"{type(phase).__name__}: {message}"))
+            lambda message: self._report(f"{type(phase).__name__}: {message}"),
+            monitor=stage if self.verbose >= 1 else None)
         self._phase_retries += retries
+        self._fit_record.add(stage.name, results)
         return state, results
 
     def _pretrain_phase(self, index, sizes, epochs, seed):
@@ -813,11 +858,21 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             progress.pretraining_history.append({k: list(v) for k, v in history.items()})
 
     def _finetune(self, engine, progress, n_classes, validation, key, max_epochs,
-                  apply_stopping_rule):
+                  apply_stopping_rule, n_samples):
         sizes = (self.n_features_in_, *self._hidden_sizes(), n_classes)
         if progress.network is None:
             progress.network = self._initial_network(progress, sizes).flat
             progress.velocity = np.zeros_like(progress.network)
+        with StageProgress("fine-tuning", "loss", n_samples,
+                           max(0, max_epochs - progress.n_iter), self.verbose) as stage:
+            self._finetune_phases(engine, progress, sizes, validation, key, max_epochs,
+                                  apply_stopping_rule, stage)
+            if validation is not None and progress.best_network is not None:
+                progress.network = progress.best_network
+            stage.close(_finetuning_summary(progress))
+
+    def _finetune_phases(self, engine, progress, sizes, validation, key, max_epochs,
+                         apply_stopping_rule, stage):
         while not progress.finetune_done and progress.n_iter < max_epochs:
             phase = FinetunePhase(
                 layer_sizes=sizes,
@@ -828,18 +883,18 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 seed=(progress.seed, 2, progress.n_iter), slow_worker=self._slow_worker,
             )
             state, results = self._run_phase(
-                engine, phase, PhaseState(progress.network, progress.velocity), [])
+                engine, phase, PhaseState(progress.network, progress.velocity), [], stage)
             progress.network, progress.velocity = state.params, state.velocity
-            for loss in _mean_history(results)["loss"][-phase.epochs:]:
+            losses = _mean_history(results)["loss"][-phase.epochs:]
+            stage.phase_done(results, losses, phase.epochs)
+            for loss in losses:
                 progress.loss_curve.append(loss)
                 if apply_stopping_rule and not progress.finetune_done:
                     progress.finetune_done = self._update_stopping(progress, validation, sizes)
-            self._report(f"fine-tuning epoch {progress.n_iter}: loss {progress.loss_curve[-1]:.5f}",
-                         level=2)
+                    if validation is not None:
+                        stage.note(f"validation score {progress.validation_scores[-1]:.4f}")
             if self.checkpoint_dir is not None and key is not None:
                 save_checkpoint(self.checkpoint_dir, key, progress)
-        if validation is not None and progress.best_network is not None:
-            progress.network = progress.best_network
 
     def _initial_network(self, progress, sizes):
         dtype = progress.layers[0].dtype if progress.layers else np.float64
@@ -907,6 +962,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                            and np.isfinite(progress.best_loss) else None)
         self.n_workers_ = n_workers
         self.n_phase_retries_ = self.__dict__.pop("_phase_retries", 0)
+        record = self.__dict__.pop("_fit_record", None) or FitRecord()
+        self.worker_stats_ = record.workers
+        self.worker_trace_ = record.trace
 
     # ------------------------------------------------------------------ inference
 
@@ -1084,7 +1142,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     def _report(self, message, level=1):
         if self.verbose >= level:
-            print(f"[DistributedDBN] {message}", flush=True)
+            write(f"[DistributedDBN] {message}")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -1189,6 +1247,15 @@ def _rbm_view(weights, bias, dtype):
     params["weights"][...] = weights
     params["hidden_bias"][...] = bias
     return params
+
+
+def _finetuning_summary(progress):
+    text = f"fine-tuned {progress.n_iter} epochs"
+    if progress.loss_curve:
+        text += f": loss {progress.loss_curve[-1]:.5f}"
+    if progress.validation_scores:
+        text += f", best validation score {progress.best_validation_score:.4f}"
+    return text
 
 
 def _last_figures(history):

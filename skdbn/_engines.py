@@ -1,8 +1,10 @@
 """Engines start workers and collect their results; they hold no training math.
 
-Every engine offers ``start_from_arrays(X, codes, worker_rows, mean, scale)``,
-``run_phase(phase, state, below)`` returning the consensus state and the workers' results,
-``lost_worker(error)`` and ``recover()`` for reruns, and ``close()``.
+Every engine offers ``phase_workers`` (the workers of each phase),
+``start_from_arrays(X, codes, worker_rows, mean, scale)``,
+``run_phase(phase, state, below, monitor=None)`` returning the consensus state and the
+workers' results (``monitor.update(rank, snapshot)``, if given, hears each worker's progress
+while the phase runs), ``lost_worker(error)`` and ``recover()`` for reruns, and ``close()``.
 
 - ``LocalEngine``: one worker in the calling process.
 - ``ProcessEngine``: ``n_workers`` warm local processes (a loky pool kept between fits) that
@@ -11,10 +13,12 @@ Every engine offers ``start_from_arrays(X, codes, worker_rows, mean, scale)``,
 - ``SparkEngine`` (in ``spark.stages``): one barrier task per worker.
 """
 
+import dataclasses
 import secrets
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, wait
+from functools import partial
 
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 
@@ -23,16 +27,22 @@ from ._pool import acquire_pool, blas_threads, discard_pool, release_pool
 from ._scratch import usable_cpus
 from ._shared import open_shard, shard_sources
 from ._task import PhaseStalled, SyncPlan, run_worker, straggler_allowance
+from ._watch import ProgressListener, ProgressReporter, WorkerLog
 from ._worker import Shard, consensus, run_phase
 
 # Seconds any single network wait of a phase may take before a peer is given up.
 NETWORK_TIMEOUT = 30.0
 
 
+# Seconds between two progress snapshots of a worker in this process (nothing to send).
+IN_PROCESS_REPORT_SECONDS = 0.2
+
+
 class LocalEngine:
     """Runs every phase in the calling process, on one worker holding all of the data."""
 
     n_workers = 1
+    phase_workers = 1  # workers (results) of each phase
     epochs_per_phase = 1
 
     def __init__(self):
@@ -56,9 +66,24 @@ class LocalEngine:
             raise ValueError(f"LocalEngine runs one worker, got {len(shards)} shards")
         self._shards = shards
 
-    def run_phase(self, phase, state, below):
+    def run_phase(self, phase, state, below, monitor=None):
         """Run ``phase`` on every worker and return ``(consensus_state, results)``."""
-        results = [run_phase(phase, shard, state, below) for shard in self._shards]
+        results = []
+        for rank, shard in enumerate(self._shards):
+            log = WorkerLog()
+            reporter = None
+            if monitor is not None:
+                send = partial(monitor.update, rank)
+                reporter = ProgressReporter(log, send, interval=IN_PROCESS_REPORT_SECONDS)
+                reporter.start()
+            started, clock = time.time(), time.perf_counter()
+            try:
+                result = run_phase(phase, shard, state, below, rank=rank, log=log)
+            finally:
+                if reporter is not None:
+                    reporter.stop()
+            result.seconds.update(started=started, train=time.perf_counter() - clock)
+            results.append(result)
         return consensus(results), results
 
     def lost_worker(self, error):
@@ -113,19 +138,29 @@ class ProcessEngine:
     def __repr__(self):  # never print the secret
         return f"ProcessEngine(n_workers={self.n_workers}, sync={self.sync!r})"
 
+    @property
+    def phase_workers(self):
+        """Workers (results) of each phase."""
+        return self.n_workers
+
     def start_from_arrays(self, X, codes, worker_rows, mean, scale):
         """Share ``X`` and the class ``codes`` (or None) with the workers, who cut their shards
         (``worker_rows[w]``, None: all rows) out of it."""
         self._sources = shard_sources(X, codes, worker_rows, mean, scale)
         self._total = sum(X.shape[0] if rows is None else len(rows) for rows in worker_rows)
 
-    def run_phase(self, phase, state, below):
+    def run_phase(self, phase, state, below, monitor=None):
         """Run ``phase`` on every worker process and return ``(consensus_state, results)``."""
         plan = SyncPlan(
             mode=self.sync, n_workers=self.n_workers, sync_every=self.sync_every,
             secret=self._secret, phase_key=secrets.randbits(63), total_samples=self._total,
             timeout=self.timeout, blas_threads=blas_threads(self.n_workers),
         )
+        listener = None
+        if monitor is not None:
+            listener = ProgressListener(self._secret, plan.phase_key, self.n_workers,
+                                        monitor.update).start()
+            plan = dataclasses.replace(plan, progress_address=listener.address)
         server = None
         if self.sync != "none":  # independent workers need no rendezvous
             server = AllGatherServer(self._secret, self.n_workers, self.timeout).start()
@@ -141,6 +176,8 @@ class ProcessEngine:
         finally:
             if server is not None:
                 server.close()
+            if listener is not None:
+                listener.close()
         return consensus(results), results
 
     def _results(self, futures):
@@ -280,13 +317,14 @@ def make_engine(backend, n_workers, sync, sync_every, n_samples, dataframe=None,
     return SparkEngine(spark, n_workers or min(wanted, slots), sync, sync_every, **limits)
 
 
-def run_phase_retrying(engine, phase, state, below, retries, report):
-    """``engine.run_phase(phase, state, below)``, rerun from the same starting state when it
-    fails because a worker was lost, at most ``retries`` times.
+def run_phase_retrying(engine, phase, state, below, retries, report, monitor=None):
+    """``engine.run_phase(phase, state, below, monitor)``, rerun from the same starting state
+    when it fails because a worker was lost, at most ``retries`` times.
 
     ``report(message)`` is told of every retry, and of what ``engine.recover()`` changed
     (fewer workers). Errors that are not a lost worker (bad data, divergence, a bug) are
-    raised at once.
+    raised at once. ``monitor.attempt(n_workers)``, if a monitor is given, is called before
+    every try with the number of workers it runs on.
 
     Returns
     -------
@@ -295,7 +333,9 @@ def run_phase_retrying(engine, phase, state, below, retries, report):
     attempt = 0
     while True:
         try:
-            return (*engine.run_phase(phase, state, below), attempt)
+            if monitor is not None:
+                monitor.attempt(engine.phase_workers)
+            return (*engine.run_phase(phase, state, below, monitor), attempt)
         except Exception as error:
             reason = engine.lost_worker(error)
             if reason is None:

@@ -45,8 +45,9 @@ class LocalBudget:
         self.done = 0
         self.state = None
 
-    def begin(self, params, weight):
-        """Start the phase with the worker's parameter vector (updated in place)."""
+    def begin(self, params, weight, log=None):
+        """Start the phase with the worker's parameter vector (updated in place); ``log``
+        (a ``WorkerLog``) is not needed without exchanges."""
         self.state = PushSum(params, weight)
 
     def keep_going(self):
@@ -209,10 +210,12 @@ class GossipSync:
         self._returned_lock = threading.Lock()
         self.state = None
 
-    def begin(self, params, weight):
-        """Start the phase with the worker's parameter vector (updated in place)."""
+    def begin(self, params, weight, log):
+        """Start the phase with the worker's parameter vector (updated in place); exchanges
+        and waits are counted in ``log`` (a ``WorkerLog``)."""
         self.state = PushSum(params, weight)
         self.progress = PeerProgress(self.n_workers, self.rank, time.monotonic())
+        self.log = log
 
     def keep_going(self):
         """Whether the estimated global progress is still below the budget.
@@ -293,6 +296,7 @@ class GossipSync:
         frame = encode(self.node.spec, KIND_STATE, self.rank, self.minibatches, weight,
                        self.progress.known, values, copy=False)
         self.node.send(peer, frame, on_failure=lambda: self._give_back(values, weight))
+        self.log.sent()
 
     def _give_back(self, values, weight):
         # An undelivered push returns its weight to the sender, so none is lost.
@@ -306,6 +310,10 @@ class GossipSync:
                                 final=message.kind == KIND_DONE)
             if message.kind == KIND_STATE:
                 incoming.append((message.values, message.weight))
+        if incoming:
+            self.log.merged(len(incoming))
+            if self.log.drift_is_due():
+                self.log.record_drift(self.state.params, _weighted_mean(incoming))
         with self._returned_lock:
             incoming += self._returned
             self._returned = []
@@ -322,14 +330,25 @@ class GossipSync:
         for peer in range(self.n_workers):
             if peer != self.rank:
                 self.node.send(peer, done)
-        deadline = time.monotonic() + self.timeout
+        began = time.monotonic()
+        deadline = began + self.timeout
         peers = set(range(self.n_workers)) - {self.rank}
         while not peers <= self.progress.finished and time.monotonic() < deadline:
             self.node.wait_for(bool, deadline - time.monotonic())
             self._merge(self.node.drain())
         self.node.flush(self.timeout)
         self._merge([])
+        self.log.waited(time.monotonic() - began)
         return self.state.weight
+
+
+def _weighted_mean(states):
+    """The mean of ``[(values, weight), ...]`` weighted by the weights."""
+    total = sum(weight for _, weight in states)
+    mean = (states[0][1] / total) * states[0][0]
+    for values, weight in states[1:]:
+        mean += (weight / total) * values
+    return mean
 
 
 class AverageSync:
@@ -363,9 +382,11 @@ class AverageSync:
         self._absent = set()  # peers that missed a deadline: not waited for again this phase
         self.state = None
 
-    def begin(self, params, weight):
-        """Start the phase with the worker's parameter vector (updated in place)."""
+    def begin(self, params, weight, log):
+        """Start the phase with the worker's parameter vector (updated in place); exchanges
+        and waits are counted in ``log`` (a ``WorkerLog``)."""
         self.state = PushSum(params, weight)
+        self.log = log
 
     def keep_going(self):
         """Whether this worker's share of minibatches is not done yet."""
@@ -392,12 +413,18 @@ class AverageSync:
         for peer in range(self.n_workers):
             if peer != self.rank and peer not in self._absent:  # see _collect
                 self.node.send(peer, frame)
+                self.log.sent()
+        began = time.monotonic()
         states = self._collect(step)
+        self.log.waited(time.monotonic() - began)
+        self.log.merged(len(states) - 1)
         total = sum(weight for _, weight in states.values())
         mean = np.zeros_like(self.state.params)
         for rank in sorted(states):
             values, weight = states[rank]
             mean += (weight / total) * values
+        if self.log.drift_is_due():
+            self.log.record_drift(self.state.params, mean)
         self.state.params[...] = mean
 
     def _collect(self, step):

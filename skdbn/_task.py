@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from ._gossip import GossipNode, WireSpec
 from ._sync import AverageSync, GossipSync, LocalBudget
+from ._watch import ProgressClient, ProgressReporter, WorkerLog
 from ._worker import run_phase
 
 
@@ -38,6 +39,7 @@ class SyncPlan:
     total_samples: int
     timeout: float
     blas_threads: int
+    progress_address: str | None = None  # the driver's ProgressListener, if it watches
 
     def __repr__(self):  # never print the secret
         return (f"SyncPlan(mode={self.mode!r}, n_workers={self.n_workers}, "
@@ -69,7 +71,7 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
         if plan.n_workers == 1 or plan.mode == "none":
             shard = clock.lap("read", read)
             budget = LocalBudget(phase.epochs, shard.n_samples)
-            result = clock.lap("train", run_phase, phase, shard, state, below, budget, rank)
+            result = _train_watched(clock, plan, rank, phase, shard, state, below, budget)
             return clock.stamped(result)
         spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
                         state.params.dtype.name)
@@ -79,10 +81,24 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
             shard = clock.lap("read", read)
             node.start(peers)
             sync = _synchronizer(plan, phase, node)
-            result = clock.lap("train", run_phase, phase, shard, state, below, sync, rank)
+            result = _train_watched(clock, plan, rank, phase, shard, state, below, sync)
         finally:
             clock.lap("close", node.close)
         return clock.stamped(result)
+
+
+def _train_watched(clock, plan, rank, phase, shard, state, below, sync):
+    """Train the phase, reporting progress to the driver while it runs if it listens."""
+    log = WorkerLog()
+    reporter = None
+    if plan.progress_address is not None:
+        send = ProgressClient(plan.progress_address, plan.secret, plan.phase_key, rank)
+        reporter = ProgressReporter(log, send).start()
+    try:
+        return clock.lap("train", run_phase, phase, shard, state, below, sync, rank, log)
+    finally:
+        if reporter is not None:
+            reporter.stop()
 
 
 class _Stopwatch:

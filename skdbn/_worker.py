@@ -24,6 +24,7 @@ from ._rbm import (
     reconstruction_error,
 )
 from ._sync import LocalBudget
+from ._watch import WorkerLog
 
 # Rows of the shard used for the per-epoch monitoring figures; enough for a stable estimate at
 # a few percent of the cost of an epoch.
@@ -109,6 +110,7 @@ class PhaseResult:
     hidden_mean: np.ndarray | None = None
     samples_trained: int = 0
     seconds: dict = field(default_factory=dict)  # wall time by step, where the engine measures
+    diagnostics: dict = field(default_factory=dict)  # WorkerLog.summary()
 
 
 def standardize(X, mean, scale):
@@ -127,7 +129,7 @@ def layer_input(shard, below):
     return x
 
 
-def run_phase(phase, shard, state, below, sync=None, rank=0):
+def run_phase(phase, shard, state, below, sync=None, rank=0, log=None):
     """Train ``phase`` on ``shard`` from ``state``; dispatches on the phase type.
 
     Parameters
@@ -143,6 +145,9 @@ def run_phase(phase, shard, state, below, sync=None, rank=0):
         over the shard alone.
     rank : int, default=0
         This worker's index (selects its random stream).
+    log : WorkerLog, default=None
+        Where the worker records its progress while it trains (read by a reporter thread);
+        None: a log of its own. Its summary is the result's ``diagnostics``.
 
     Returns
     -------
@@ -152,20 +157,21 @@ def run_phase(phase, shard, state, below, sync=None, rank=0):
     params = FlatParams(phase.layout(), state.params.dtype, state.params.copy())
     if sync is None:
         sync = LocalBudget(phase.epochs, shard.n_samples)
-    sync.begin(params.flat, float(shard.n_samples))
+    log = WorkerLog() if log is None else log
+    sync.begin(params.flat, float(shard.n_samples), log)
     delay = phase.slow_worker[1] if phase.slow_worker and phase.slow_worker[0] == rank else 0
     # A diverging run overflows; it is reported once, below, by the finiteness check.
     hidden_mean = None
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(phase, PretrainPhase):
             x = layer_input(shard, below)
-            trainer, history = _pretrain(phase, x, params, rng, sync, delay)
+            trainer, history = _pretrain(phase, x, params, rng, sync, log, delay)
             # The next layer's visible biases start from the data it will see.
             hidden_mean = mean_hidden(x, params).mean(axis=0)
         else:
             x = layer_input(shard, [])
             trainer, history = _finetune(phase, x, shard.y, params, state.velocity, rng, sync,
-                                         delay)
+                                         log, delay)
     weight = sync.finish()
     if not np.all(np.isfinite(params.flat)):
         raise FloatingPointError(
@@ -174,14 +180,16 @@ def run_phase(phase, shard, state, below, sync=None, rank=0):
         )
     final = PhaseState(params.flat, trainer.velocity.flat)
     return PhaseResult(final, weight=weight, n_samples=shard.n_samples, history=history,
-                       hidden_mean=hidden_mean, samples_trained=sync.samples_trained)
+                       hidden_mean=hidden_mean, samples_trained=sync.samples_trained,
+                       diagnostics=log.summary())
 
 
-def _run_minibatches(n_samples, batch_size, rng, sync, delay, train, end_epochs):
+def _run_minibatches(n_samples, batch_size, rng, sync, log, delay, train, end_epochs):
     """Train minibatches over reshuffled passes of the shard until the budget is used.
 
     ``train(rows, epoch)`` trains one minibatch; ``end_epochs(count)`` is called whenever
-    ``count`` more epochs of the phase have ended by the synchronizer's count (for one worker
+    ``count`` more epochs of the phase have ended by the synchronizer's count, and returns the
+    figure of the last of them, which goes to ``log`` with the count (for one worker
     a pass over its shard, for gossip the whole training set over all workers, so a fast and a
     slow worker report the same number of epochs). ``delay`` (seconds per minibatch) slows this
     worker down for straggler experiments.
@@ -197,15 +205,16 @@ def _run_minibatches(n_samples, batch_size, rng, sync, delay, train, end_epochs)
             if delay:
                 time.sleep(delay)
             sync.after_minibatch(len(rows))
-            epoch = _end_finished_epochs(sync, epoch, end_epochs)
+            log.trained(len(rows))
+            epoch = _end_finished_epochs(sync, log, epoch, end_epochs)
     # Peers' final counts can complete the budget between two minibatches of this worker.
-    _end_finished_epochs(sync, epoch, end_epochs)
+    _end_finished_epochs(sync, log, epoch, end_epochs)
 
 
-def _end_finished_epochs(sync, epoch, end_epochs):
+def _end_finished_epochs(sync, log, epoch, end_epochs):
     finished = sync.epochs_done()
     if finished > epoch:
-        end_epochs(finished - epoch)
+        log.ended_epochs(finished, end_epochs(finished - epoch))
     return max(epoch, finished)
 
 
@@ -216,7 +225,7 @@ def _gather_rows(x, rows, out):
         np.take(x, rows, axis=0, out=out)
 
 
-def _pretrain(phase, x, params, rng, sync, delay):
+def _pretrain(phase, x, params, rng, sync, log, delay):
     learning_rate = phase.learning_rate
     if phase.visible_units != BERNOULLI:
         learning_rate *= GAUSSIAN_LEARNING_RATE_FACTOR
@@ -239,18 +248,19 @@ def _pretrain(phase, x, params, rng, sync, delay):
         trainer.step(len(rows))
 
     def end_epochs(count):
-        history["reconstruction_error"] += [
-            reconstruction_error(monitor, params, phase.visible_units)] * count
+        error = reconstruction_error(monitor, params, phase.visible_units)
+        history["reconstruction_error"] += [error] * count
         if phase.visible_units == BERNOULLI:
             history["pseudo_likelihood"] += [pseudo_likelihood(monitor, params, rng)] * count
+        return error
 
-    _run_minibatches(x.shape[0], batch_size, rng, sync, delay, train, end_epochs)
+    _run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)
     if phase.visible_units != BERNOULLI:
         del history["pseudo_likelihood"]
     return trainer, history
 
 
-def _finetune(phase, x, y, params, velocity, rng, sync, delay):
+def _finetune(phase, x, y, params, velocity, rng, sync, log, delay):
     n_classes = layer_sizes_of(params)[-1]
     trainer = Backprop(params, phase.learning_rate, phase.momentum, phase.alpha)
     trainer.velocity.flat[...] = velocity
@@ -269,10 +279,12 @@ def _finetune(phase, x, y, params, velocity, rng, sync, delay):
 
     def end_epochs(count):
         mean = epoch_loss["total"] / max(epoch_loss["seen"], 1)
-        history["loss"] += [mean + penalty(params, phase.alpha)] * count
+        loss = mean + penalty(params, phase.alpha)
+        history["loss"] += [loss] * count
         epoch_loss.update(total=0.0, seen=0)
+        return loss
 
-    _run_minibatches(x.shape[0], batch_size, rng, sync, delay, train, end_epochs)
+    _run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)
     return trainer, history
 
 

@@ -159,11 +159,11 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(digits, tmp_path, monke
     original = engines.run_phase
     calls = {"n": 0}
 
-    def failing_run_phase(phase, *args):
+    def failing_run_phase(phase, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2 + 4:
             raise KeyboardInterrupt("simulated loss of the driver")
-        return original(phase, *args)
+        return original(phase, *args, **kwargs)
 
     monkeypatch.setattr(engines, "run_phase", failing_run_phase)
     with pytest.raises(KeyboardInterrupt):
@@ -173,9 +173,9 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(digits, tmp_path, monke
 
     resumed_calls = {"n": 0}
 
-    def counting_run_phase(phase, *args):
+    def counting_run_phase(phase, *args, **kwargs):
         resumed_calls["n"] += 1
-        return original(phase, *args)
+        return original(phase, *args, **kwargs)
 
     monkeypatch.setattr(engines, "run_phase", counting_run_phase)
     resumed = small(**params).fit(X, y)

@@ -75,7 +75,7 @@ class _FailingEngine(LocalEngine):
         self.error, self.failures, self.lost = error, failures, lost
         self.recovered = 0
 
-    def run_phase(self, phase, state, below):
+    def run_phase(self, phase, state, below, monitor=None):
         if self.failures:
             self.failures -= 1
             raise self.error

@@ -69,8 +69,8 @@ def _record_phases(monkeypatch):
     records = []
     original = ProcessEngine.run_phase
 
-    def recording(engine, phase, state, below):
-        state, results = original(engine, phase, state, below)
+    def recording(engine, phase, state, below, monitor=None):
+        state, results = original(engine, phase, state, below, monitor)
         records.append((phase, results))
         return state, results
 

@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 from .._scratch import usable_cpus
 
@@ -41,12 +42,21 @@ def is_connect_session(spark):
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+QUIET_LOGGING = Path(__file__).with_name("log4j2-quiet.properties")
+
+
+def local_connect_server(spark):
+    """Whether ``spark`` is a Spark Connect client of a server on this machine."""
+    return is_connect_session(spark) and spark.client.host in ("localhost", "127.0.0.1", "::1")
+
+
 def loopback_session(master="local[*]", app_name="skdbn", config=None, connect=False):
     """A SparkSession whose driver and services stay on 127.0.0.1 (created or reused).
 
     The session skdbn embeds when there is none, for notebooks, examples and tests that want
     the same: driver bound to 127.0.0.1 (``spark.driver.bindAddress`` and ``spark.driver.host``,
-    ``SPARK_LOCAL_IP``), UI and console progress off, log level ERROR (``spark.log.level``),
+    ``SPARK_LOCAL_IP``), UI and console progress off, the JVM logging errors only (and none of
+    Spark's start-up notices: ``spark.driver.extraJavaOptions`` names a log4j2 file of skdbn),
     and Python workers running this interpreter unless ``PYSPARK_PYTHON`` is already set. Like any
     ``SparkSession.builder.getOrCreate()``, it returns the active session if there is one.
 
@@ -82,7 +92,8 @@ def loopback_session(master="local[*]", app_name="skdbn", config=None, connect=F
         "spark.driver.host": "127.0.0.1",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.log.level": "ERROR",
+        # Read when the JVM starts: errors only, without Spark's start-up notices.
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOGGING.as_uri()}",
         **(config or {}),
     }
     builder = SparkSession.builder.appName(app_name)
@@ -116,6 +127,7 @@ def get_session(df=None):
     if active is not None:
         return active
     if _EMBEDDED_SESSION is None:
+        _warn_if_in_joblib_worker()
         try:
             _EMBEDDED_SESSION = loopback_session()
         except Exception as exc:  # pyspark raises several types when the JVM cannot start
@@ -125,6 +137,23 @@ def get_session(df=None):
                 "or use backend='local'"
             ) from exc
     return _EMBEDDED_SESSION
+
+
+class ParallelSearchWarning(UserWarning):
+    """A Spark-backed fit started a Spark session of its own in a worker process of joblib
+    (``GridSearchCV(n_jobs > 1)``, ``cross_val_score(n_jobs > 1)``, ...)."""
+
+
+def _warn_if_in_joblib_worker():
+    import multiprocessing
+
+    if multiprocessing.current_process().name.startswith("LokyProcess"):
+        warnings.warn(
+            "a Spark-backed DistributedDBN is starting a Spark session (a JVM) in a worker "
+            "process of joblib, as GridSearchCV(n_jobs > 1) does: every such process starts "
+            "its own, and their fits compete for the same cores. Use n_jobs=1 (each fit "
+            "already uses every task slot), or backend='local'",
+            ParallelSearchWarning, stacklevel=3)
 
 
 def conf_value(spark, key, default):

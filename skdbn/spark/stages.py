@@ -19,6 +19,7 @@ import numpy as np
 from .._gossip import AllGatherClient, AllGatherServer
 from .._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
 from .._task import PhaseStalled, SyncPlan, run_worker
+from .._watch import ProgressListener
 from .._worker import PhaseResult, PhaseState, consensus
 from .classic import StragglerWatch
 from .data import (
@@ -33,7 +34,7 @@ from .data import (
     summarize_dataframe,
     task_ranks,
 )
-from .session import conf_value, is_connect_session, task_slots_now
+from .session import conf_value, is_connect_session, local_connect_server, task_slots_now
 from .shards import (
     ShardPlan,
     partition_rows,
@@ -63,7 +64,8 @@ _LOST_WORKER_SIGNS = (
 
 _RESULT_SCHEMA = ("rank int, weight double, n_samples long, samples_trained long, "
                   "params binary, velocity binary, hidden_mean binary, history string, "
-                  "read_seconds double, train_seconds double")
+                  "diagnostics string, read_seconds double, train_seconds double, "
+                  "started double")
 
 
 class SparkEngine:
@@ -201,17 +203,30 @@ class SparkEngine:
         return conf_value(self.spark, "spark.master", "").startswith("local")
 
     @property
+    def phase_workers(self):
+        """Tasks (results) of each phase: fewer than ``n_workers`` after a phase reran on the
+        task slots that were left."""
+        return self._tasks
+
+    @property
     def total_samples(self):
         """Training rows over all workers."""
         return sum(self._layout.rows)
 
-    def run_phase(self, phase, state, below):
-        """Run ``phase`` as a barrier stage and return ``(consensus_state, results)``."""
+    def run_phase(self, phase, state, below, monitor=None):
+        """Run ``phase`` as a barrier stage and return ``(consensus_state, results)``.
+
+        ``monitor.update(rank, snapshot)``, if given, hears the tasks' progress while they
+        run, where the executors can reach this process (see ``_progress_listener``).
+        """
         plan = SyncPlan(
             mode=self.sync, n_workers=self._tasks, sync_every=self.sync_every,
             secret=self._secret, phase_key=secrets.randbits(63),
             total_samples=self.total_samples, timeout=self.timeout, blas_threads=1,
         )
+        listener = self._progress_listener(plan, monitor)
+        if listener is not None:
+            plan = dataclasses.replace(plan, progress_address=listener.address)
         server, rendezvous = self._start_rendezvous()
         watch = StragglerWatch(self.spark, self._tasks, self.timeout)
         try:
@@ -231,8 +246,29 @@ class SparkEngine:
         finally:
             if server is not None:
                 server.close()
+            if listener is not None:
+                listener.close()
         results = _results_of(table, state.params.dtype)
         return consensus(results), results
+
+    def _progress_listener(self, plan, monitor):
+        """A started listener for the tasks' progress, or None: without a monitor, and where
+        the executors may not reach this process (they are told of the driver's rendezvous
+        address on the same terms, see ``_rendezvous_mode``; a Connect client is reached only
+        when its server runs on this machine)."""
+        if monitor is None:
+            return None
+        if local_connect_server(self.spark):
+            host = bind = "127.0.0.1"
+        elif self._rendezvous_mode() == "driver":
+            host = conf_value(self.spark, "spark.driver.host", "127.0.0.1")
+            bind = conf_value(self.spark, "spark.driver.bindAddress", host)
+        else:
+            return None
+        listener = ProgressListener(self._secret, plan.phase_key, self._tasks, monitor.update,
+                                    host=bind).start()
+        listener.address = f"{host}:{listener.address.rsplit(':', 1)[1]}"
+        return listener
 
     def _start_rendezvous(self):
         """The driver's rendezvous server and the tasks' client, or ``(None, None)`` when the
@@ -412,8 +448,10 @@ def _result_batch(rank, result):
         "velocity": pa.array([_bytes(result.state.velocity)], pa.binary()),
         "hidden_mean": pa.array([hidden_mean], pa.binary()),
         "history": pa.array([json.dumps(history)], pa.string()),
+        "diagnostics": pa.array([json.dumps(result.diagnostics)], pa.string()),
         "read_seconds": pa.array([result.seconds["read"]], pa.float64()),
         "train_seconds": pa.array([result.seconds["train"]], pa.float64()),
+        "started": pa.array([result.seconds["started"]], pa.float64()),
     })
 
 
@@ -437,6 +475,8 @@ def _results_of(table, dtype):
             hidden_mean=vector(row["hidden_mean"], np.dtype("<f8")) if row["hidden_mean"]
             else None,
             samples_trained=row["samples_trained"],
-            seconds={"read": row["read_seconds"], "train": row["train_seconds"]},
+            seconds={"read": row["read_seconds"], "train": row["train_seconds"],
+                     "started": row["started"]},
+            diagnostics=json.loads(row["diagnostics"]),
         ))
     return results
