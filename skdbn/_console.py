@@ -14,7 +14,7 @@ import threading
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm.std import tqdm as _text_tqdm
 
 from ._watch import SNAPSHOT_FIELDS
 
@@ -25,7 +25,18 @@ _FIGURE = SNAPSHOT_FIELDS.index("figure")
 
 def write(message):
     """Print ``message`` on stdout without breaking a progress bar being drawn."""
-    tqdm.write(message, file=sys.stdout)
+    _text_tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()  # lines keep pace with the bars when stdout is a pipe
+
+
+def _bar(verbose, **settings):
+    """A ``tqdm.auto`` bar, or a disabled text one at ``verbose < 1``: tqdm.auto is imported
+    only when a bar is shown (in Jupyter without ipywidgets it warns on import)."""
+    if verbose < 1:
+        return _text_tqdm(disable=True)
+    from tqdm.auto import tqdm
+
+    return tqdm(**settings)
 
 
 class StageProgress:
@@ -34,7 +45,7 @@ class StageProgress:
     Parameters
     ----------
     name : str
-        What the stage is, e.g. ``"layer 1/2"``.
+        What the stage is, e.g. ``"layer 0"`` or ``"fine-tuning"``.
     figure_name : str
         Name of the per-epoch figure the workers report, e.g. ``"loss"``.
     n_samples : int
@@ -59,8 +70,8 @@ class StageProgress:
         self._latest = {}  # rank -> the running phase's last snapshot
         self._figures = {}  # rank -> the running phase's figure of each epoch it reported
         self._printed = 0  # epochs whose line is written
-        self._bar = tqdm(total=n_samples * epochs, desc=name, unit="samples", unit_scale=True,
-                         leave=False, disable=verbose < 1, dynamic_ncols=True)
+        self._bar = _bar(verbose, total=n_samples * epochs, desc=name, unit="samples",
+                         unit_scale=True, leave=False, dynamic_ncols=True)
 
     def attempt(self, n_workers):
         """A phase (or its rerun) begins on ``n_workers`` workers: forget the snapshots of
@@ -130,7 +141,8 @@ class StageProgress:
 
     def close(self, summary):
         """Remove the bar and write the stage's ``summary`` line (at ``verbose >= 1``)."""
-        self._bar.close()
+        with self._lock:
+            self._bar.close()
         if self.verbose >= 1:
             write(f"[DistributedDBN] {summary}")
 
@@ -139,7 +151,8 @@ class StageProgress:
 
     def __exit__(self, *exc_info):
         # A stage that failed or was interrupted (Ctrl-C) leaves no bar behind.
-        self._bar.close()
+        with self._lock:
+            self._bar.close()
 
     def _show(self, samples, epochs=None, figure=math.nan):
         if self._bar.disable:

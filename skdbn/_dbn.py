@@ -188,9 +188,10 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         fine-tuning) a progress bar (``tqdm.auto``: a widget in Jupyter, text on a
         terminal) with samples per second, the epoch and the current loss, fed by the
         workers while they train, local processes and Spark tasks alike; then one line per
-        stage. 2: also one line per epoch. Bars go to stderr, lines to stdout. On Spark
-        Connect the bar moves while tasks run only when the Connect server runs on this
-        machine; otherwise it moves at the end of each phase.
+        stage. 2: also one line per epoch. Bars go to stderr, lines to stdout. On Spark the
+        bar moves while tasks run where they can reach this process: on classic sessions
+        unless ``spark.skdbn.rendezvous=barrier``, on Spark Connect when the Connect server
+        runs on this machine; elsewhere it moves at the end of each phase.
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation, the shuffling, the Gibbs sampling and the validation
         split. With a fixed seed, training is deterministic on one worker and with
@@ -1250,7 +1251,7 @@ def _rbm_view(weights, bias, dtype):
 
 
 def _finetuning_summary(progress):
-    text = f"fine-tuned {progress.n_iter} epochs"
+    text = f"fine-tuned: {progress.n_iter} epochs in all"
     if progress.loss_curve:
         text += f": loss {progress.loss_curve[-1]:.5f}"
     if progress.validation_scores:

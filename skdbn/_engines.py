@@ -13,6 +13,7 @@ while the phase runs), ``lost_worker(error)`` and ``recover()`` for reruns, and 
 - ``SparkEngine`` (in ``spark.stages``): one barrier task per worker.
 """
 
+import contextlib
 import dataclasses
 import secrets
 import sys
@@ -27,7 +28,7 @@ from ._pool import acquire_pool, blas_threads, discard_pool, release_pool
 from ._scratch import usable_cpus
 from ._shared import open_shard, shard_sources
 from ._task import PhaseStalled, SyncPlan, run_worker, straggler_allowance
-from ._watch import ProgressListener, ProgressReporter, WorkerLog
+from ._watch import ProgressReporter, WorkerLog, open_progress_listener
 from ._worker import Shard, consensus, run_phase
 
 # Seconds any single network wait of a phase may take before a peer is given up.
@@ -156,28 +157,24 @@ class ProcessEngine:
             secret=self._secret, phase_key=secrets.randbits(63), total_samples=self._total,
             timeout=self.timeout, blas_threads=blas_threads(self.n_workers),
         )
-        listener = None
-        if monitor is not None:
-            listener = ProgressListener(self._secret, plan.phase_key, self.n_workers,
-                                        monitor.update).start()
-            plan = dataclasses.replace(plan, progress_address=listener.address)
-        server = None
-        if self.sync != "none":  # independent workers need no rendezvous
-            server = AllGatherServer(self._secret, self.n_workers, self.timeout).start()
-        try:
-            rendezvous = server and AllGatherClient(server.address, self._secret, self.timeout,
-                                                     self.n_workers)
+        with contextlib.ExitStack() as listeners:
+            progress = open_progress_listener(self._secret, plan.phase_key, self.n_workers,
+                                              monitor)
+            if progress is not None:
+                listeners.callback(progress.close)
+                plan = dataclasses.replace(plan, progress_address=progress.address)
+            rendezvous = None
+            if self.sync != "none":  # independent workers need no rendezvous
+                server = AllGatherServer(self._secret, self.n_workers, self.timeout).start()
+                listeners.callback(server.close)
+                rendezvous = AllGatherClient(server.address, self._secret, self.timeout,
+                                             self.n_workers)
             self._phase_running = True  # until its results are in (see close)
             futures = [self._pool.submit(_run_shared_worker, rank, phase, source, state, below,
                                          plan, rendezvous)
                        for rank, source in enumerate(self._sources)]
             results = self._results(futures)
             self._phase_running = False
-        finally:
-            if server is not None:
-                server.close()
-            if listener is not None:
-                listener.close()
         return consensus(results), results
 
     def _results(self, futures):

@@ -452,5 +452,7 @@ class AverageSync:
 
     def finish(self):
         """End the phase (the last minibatch already averaged); returns the weight."""
+        began = time.monotonic()
         self.node.flush(self.timeout)
+        self.log.waited(time.monotonic() - began)
         return self.state.weight

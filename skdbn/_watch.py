@@ -28,8 +28,10 @@ TRACE_SECONDS = 0.2
 # Points a worker's trace keeps per phase; beyond it every other point is dropped and the
 # spacing doubles, so a long phase keeps an even picture of its whole length.
 MAX_TRACE_POINTS = 256
-# Seconds between two snapshots sent to the driver (an epoch's end sends one at once).
+# Seconds between two snapshots sent to the driver (an epoch's end sends one at once, but
+# never sooner than MIN_REPORT_SECONDS after the last: tiny epochs must not flood the driver).
 REPORT_SECONDS = 0.5
+MIN_REPORT_SECONDS = 0.1
 
 
 class WorkerLog:
@@ -55,8 +57,7 @@ class WorkerLog:
     def __init__(self):
         self.started = time.monotonic()
         self.samples = 0
-        self.epochs = 0
-        self.figure = math.nan
+        self.ended = (0, math.nan)  # (epochs, figure): replaced whole, so read together
         self.messages_sent = 0
         self.messages_merged = 0
         self.seconds_waiting = 0.0
@@ -74,12 +75,19 @@ class WorkerLog:
         if now >= self._next_point:
             self._add_point(now)
 
+    @property
+    def epochs(self):
+        """Epochs of the phase ended so far."""
+        return self.ended[0]
+
+    @property
+    def figure(self):
+        """The figure of the last ended epoch (NaN before the first)."""
+        return self.ended[1]
+
     def ended_epochs(self, epochs, figure):
         """The synchronizer's epoch count reached ``epochs``; ``figure`` is the last one's."""
-        # The figure first: a snapshot taken in between then pairs the new figure with the
-        # old count, which tells the driver nothing new, never a new count with an old figure.
-        self.figure = float(figure)
-        self.epochs = epochs
+        self.ended = (epochs, float(figure))
         self.epoch_ended.set()
 
     def sent(self, n_messages=1):
@@ -95,7 +103,8 @@ class WorkerLog:
         self.seconds_waiting += seconds
 
     def drift_is_due(self):
-        """Whether the next exchange should measure the drift (see ``TRACE_SECONDS``)."""
+        """Whether the next exchange should measure the drift (at most once per spacing of
+        the trace, ``TRACE_SECONDS`` at first)."""
         return time.monotonic() >= self._next_drift
 
     def record_drift(self, own, others):
@@ -105,13 +114,13 @@ class WorkerLog:
         scale = float(np.linalg.norm(others))
         self.drift = float(np.linalg.norm(own - others)) / scale if scale > 0 else math.nan
         now = time.monotonic()
-        self._next_drift = now + TRACE_SECONDS
+        self._next_drift = now + self._trace_spacing
         self._add_point(now, self.drift)
 
     def snapshot(self):
         """The values of ``SNAPSHOT_FIELDS`` as a float64 array."""
-        epochs = self.epochs  # read before the figure (see ended_epochs)
-        return np.array([self.samples, epochs, self.figure, self.messages_sent,
+        epochs, figure = self.ended
+        return np.array([self.samples, epochs, figure, self.messages_sent,
                          self.messages_merged, self.seconds_waiting, self.drift],
                         dtype=np.float64)
 
@@ -156,18 +165,22 @@ class ProgressReporter:
         return self
 
     def stop(self):
-        """Stop reporting (bounded wait) after one last snapshot."""
+        """Stop reporting (bounded wait) after one last snapshot, unless the reporter is
+        still stuck in a send (an unreachable driver): training does not wait for it."""
         self._stopping.set()
         self.log.epoch_ended.set()
-        self._thread.join(timeout=5.0)
-        self._deliver()
+        self._thread.join(timeout=1.0)
+        if not self._thread.is_alive():
+            self._deliver()
 
     def _run(self):
         while not self._stopping.is_set() and self._working:
             self.log.epoch_ended.wait(self.interval)
             self.log.epoch_ended.clear()
-            if not self._stopping.is_set():
-                self._deliver()
+            if self._stopping.is_set():
+                return
+            self._deliver()
+            self._stopping.wait(min(MIN_REPORT_SECONDS, self.interval))
 
     def _deliver(self):
         if not self._working:
@@ -206,6 +219,23 @@ class ProgressClient:
         return True
 
 
+def open_progress_listener(secret, phase_key, n_workers, monitor, host="127.0.0.1",
+                           advertised_host=None):
+    """A started ``ProgressListener`` feeding ``monitor.update`` on ``host``, its ``address``
+    naming ``advertised_host`` (the name workers reach it by; default ``host``); or None when
+    there is no monitor or no socket can be opened (progress is best effort: the phase runs
+    without it)."""
+    if monitor is None:
+        return None
+    try:
+        listener = ProgressListener(secret, phase_key, n_workers, monitor.update, host=host)
+    except OSError:
+        return None
+    port = listener.address.rsplit(":", 1)[1]
+    listener.address = f"{advertised_host or host}:{port}"
+    return listener.start()
+
+
 class ProgressListener:
     """The driver's end: listens on ``host`` for the snapshots of a phase's ``n_workers``
     workers and calls ``on_snapshot(rank, values)`` (on its own thread) for each one that
@@ -241,6 +271,12 @@ class ProgressListener:
         self.on_snapshot(sender, values)
 
 
+# Rows of a fit's worker trace at most (a fit of many short phases, e.g. fine-tuning with
+# early stopping, would otherwise grow it with every epoch); beyond it every other row is
+# dropped.
+MAX_FIT_TRACE_ROWS = 20_000
+
+
 class FitRecord:
     """The per-worker diagnostics of a fit's phases, gathered on the driver as rows (dicts)
     that become the estimator's ``worker_stats_`` and ``worker_trace_``."""
@@ -274,3 +310,5 @@ class FitRecord:
                     "seconds": offset + seconds, "samples": samples,
                     "drift": math.nan if drift is None else drift,
                 })
+        if len(self.trace) > MAX_FIT_TRACE_ROWS:
+            self.trace = self.trace[::2]

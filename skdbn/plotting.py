@@ -156,7 +156,8 @@ class TrainingCurvesDisplay:
     loss : list of float
         Fine-tuning loss per epoch (empty without fine-tuning).
     validation : list of float or None
-        Validation score per fine-tuning epoch, or None.
+        Validation score per fine-tuning epoch, or None; drawn against the last epochs of
+        ``loss`` when shorter (after a warm start, which keeps the loss curve only).
 
     Attributes
     ----------
@@ -210,9 +211,11 @@ class TrainingCurvesDisplay:
             (self.lines_["loss"],) = axes[1].plot(epochs, self.loss, color="C3", label="loss")
             axes[1].set(title="fine-tuning", xlabel="epoch", ylabel="training loss")
             if self.validation:
+                # A warm start's validation scores cover its own epochs only: the last ones.
                 twin = axes[1].twinx()
                 (self.lines_["validation score"],) = twin.plot(
-                    epochs, self.validation, color="C2", label="validation score")
+                    epochs[-len(self.validation):], self.validation, color="C2",
+                    label="validation score")
                 twin.set_ylabel("validation score")
                 axes[1].legend(handles=[self.lines_["loss"], self.lines_["validation score"]],
                                loc="center right")

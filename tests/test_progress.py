@@ -23,7 +23,13 @@ from sklearn.datasets import load_digits
 from skdbn import DistributedDBN, ParallelSearchWarning
 from skdbn._console import StageProgress
 from skdbn._transport import connect, send_frame
-from skdbn._watch import SNAPSHOT_FIELDS, ProgressClient, ProgressListener, progress_context
+from skdbn._watch import (
+    SNAPSHOT_FIELDS,
+    ProgressClient,
+    ProgressListener,
+    open_progress_listener,
+    progress_context,
+)
 
 EPOCHS = 4
 QUICK = dict(hidden_layer_sizes=(32,), pretrain_epochs=EPOCHS, max_iter=3, random_state=0)
@@ -78,7 +84,7 @@ def test_local_workers_report_progress_while_a_phase_runs(digits, monkeypatch, c
     DistributedDBN(backend="local", n_workers=2, verbose=1, **LONGER).fit(X, y)
     _assert_reported_while_running(recorded, 2)
     out = capsys.readouterr().out
-    assert "pretrained layer 0" in out and "fine-tuned 3 epochs" in out
+    assert "pretrained layer 0" in out and "fine-tuned: 3 epochs in all" in out
 
 
 def test_spark_tasks_report_progress_while_a_phase_runs(spark, digits, monkeypatch):
@@ -170,6 +176,17 @@ def test_the_progress_listener_takes_only_authenticated_snapshots():
     assert rank == 1 and np.array_equal(values, snapshot)
 
 
+def test_a_listener_that_cannot_be_opened_leaves_the_fit_without_live_progress():
+    class Monitor:
+        def update(self, rank, snapshot):
+            raise AssertionError("never called")
+
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: binding to it fails at once,
+    # and nothing is sent anywhere.
+    assert open_progress_listener(b"s" * 32, 1, 2, Monitor(), host="192.0.2.1") is None
+    assert open_progress_listener(b"s" * 32, 1, 2, None) is None
+
+
 def _joblib_worker_warns():
     from skdbn.spark.session import _warn_if_in_joblib_worker
 
@@ -234,6 +251,13 @@ def test_training_curves_draw_every_recorded_figure(fitted):
     assert TrainingCurvesDisplay.from_estimator(fitted, ax=axes).figure_ is figure
     with pytest.raises(ValueError, match="2 axes"):
         TrainingCurvesDisplay.from_estimator(fitted, ax=axes[0])
+
+
+def test_validation_scores_of_a_warm_start_are_drawn_against_its_own_epochs(fitted):
+    from skdbn.plotting import TrainingCurvesDisplay
+
+    display = TrainingCurvesDisplay([[0.3, 0.2]], [1.0, 0.8, 0.7, 0.6], [0.9, 0.95]).plot()
+    np.testing.assert_array_equal(display.lines_["validation score"].get_xdata(), [3, 4])
 
 
 def test_worker_display_draws_a_line_per_worker(fitted):

@@ -19,7 +19,7 @@ import numpy as np
 from .._gossip import AllGatherClient, AllGatherServer
 from .._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
 from .._task import PhaseStalled, SyncPlan, run_worker
-from .._watch import ProgressListener
+from .._watch import open_progress_listener
 from .._worker import PhaseResult, PhaseState, consensus
 from .classic import StragglerWatch
 from .data import (
@@ -224,15 +224,26 @@ class SparkEngine:
             secret=self._secret, phase_key=secrets.randbits(63),
             total_samples=self.total_samples, timeout=self.timeout, blas_threads=1,
         )
-        listener = self._progress_listener(plan, monitor)
-        if listener is not None:
-            plan = dataclasses.replace(plan, progress_address=listener.address)
-        server, rendezvous = self._start_rendezvous()
+        with contextlib.ExitStack() as listeners:
+            progress = self._progress_listener(plan, monitor)
+            if progress is not None:
+                listeners.callback(progress.close)
+                plan = dataclasses.replace(plan, progress_address=progress.address)
+            server, rendezvous = self._start_rendezvous()
+            if server is not None:
+                listeners.callback(server.close)
+            table = self._run_stage(partial(_phase_task, phase, state, below, plan,
+                                            self._layout, rendezvous))
+        results = _results_of(table, state.params.dtype)
+        return consensus(results), results
+
+    def _run_stage(self, task):
+        """The result table of the phase's barrier stage of ``task``; a failed stage's error
+        is raised as what it means (a stalled phase, a lost worker, the task's own error)."""
         watch = StragglerWatch(self.spark, self._tasks, self.timeout)
         try:
-            task = partial(_phase_task, phase, state, below, plan, self._layout, rendezvous)
             with watch:
-                table = self._frame.mapInArrow(task, _RESULT_SCHEMA, barrier=True).toArrow()
+                return self._frame.mapInArrow(task, _RESULT_SCHEMA, barrier=True).toArrow()
         except Exception as error:
             if watch.cancelled:
                 raise PhaseStalled(
@@ -243,13 +254,6 @@ class SparkEngine:
             if task_error is not None:
                 raise task_error from error
             raise
-        finally:
-            if server is not None:
-                server.close()
-            if listener is not None:
-                listener.close()
-        results = _results_of(table, state.params.dtype)
-        return consensus(results), results
 
     def _progress_listener(self, plan, monitor):
         """A started listener for the tasks' progress, or None: without a monitor, and where
@@ -265,10 +269,8 @@ class SparkEngine:
             bind = conf_value(self.spark, "spark.driver.bindAddress", host)
         else:
             return None
-        listener = ProgressListener(self._secret, plan.phase_key, self._tasks, monitor.update,
-                                    host=bind).start()
-        listener.address = f"{host}:{listener.address.rsplit(':', 1)[1]}"
-        return listener
+        return open_progress_listener(self._secret, plan.phase_key, self._tasks, monitor,
+                                      host=bind, advertised_host=host)
 
     def _start_rendezvous(self):
         """The driver's rendezvous server and the tasks' client, or ``(None, None)`` when the
