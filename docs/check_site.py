@@ -7,7 +7,8 @@ Takes screenshots of the front page and of one gallery page, saves them next to 
   links to the user guide, the examples and the API reference;
 - the gallery page holds the plots its example drew, and the browser drew them: the
   screenshot shows matplotlib's colours;
-- neither screenshot is blank.
+- neither screenshot is blank;
+- the API page has the anchor that the estimator's HTML repr links to.
 
 Run after ``sphinx-build -b html docs docs/_build/html``:
 ``python docs/check_site.py docs/_build/html``. Chromium comes from the system's packages
@@ -83,8 +84,20 @@ def plot_colour_pixels(pixels):
     return int((distance.min(axis=2) < 30).sum())
 
 
+def check_repr_link(build):
+    """The page and anchor that the estimator's HTML repr links to exist in this build."""
+    from skdbn import DistributedDBN
+
+    link = DistributedDBN()._get_doc_link()
+    page, anchor = link.rsplit("/", 1)[1].split("#", 1)
+    if f'id="{anchor}"' not in (build / page).read_text(encoding="utf-8"):
+        raise SystemExit(f"the HTML repr links to {link}, which this build does not have")
+    print(f"HTML repr link: {page}#{anchor} found")
+
+
 def main(build):
     build = Path(build).resolve()
+    check_repr_link(build)
     shots = build / "screenshots"
     shots.mkdir(exist_ok=True)
     browser = chromium()
