@@ -27,9 +27,16 @@ from ._gossip import AllGatherClient, AllGatherServer, PeerLost
 from ._pool import acquire_pool, blas_threads, discard_pool, release_pool
 from ._scratch import usable_cpus
 from ._shared import open_shard, shard_sources
-from ._task import PhaseStalled, SyncPlan, run_worker, straggler_allowance
-from ._watch import ProgressReporter, WorkerLog, open_progress_listener
-from ._worker import Shard, consensus, run_phase
+from ._task import (
+    PhaseStalled,
+    Stopwatch,
+    SyncPlan,
+    run_worker,
+    straggler_allowance,
+    train_watched,
+)
+from ._watch import open_progress_listener
+from ._worker import Shard, consensus
 
 # Seconds any single network wait of a phase may take before a peer is given up.
 NETWORK_TIMEOUT = 30.0
@@ -71,20 +78,11 @@ class LocalEngine:
         """Run ``phase`` on every worker and return ``(consensus_state, results)``."""
         results = []
         for rank, shard in enumerate(self._shards):
-            log = WorkerLog()
-            reporter = None
-            if monitor is not None:
-                send = partial(monitor.update, rank)
-                reporter = ProgressReporter(log, send, interval=IN_PROCESS_REPORT_SECONDS)
-                reporter.start()
-            started, clock = time.time(), time.perf_counter()
-            try:
-                result = run_phase(phase, shard, state, below, rank=rank, log=log)
-            finally:
-                if reporter is not None:
-                    reporter.stop()
-            result.seconds.update(started=started, train=time.perf_counter() - clock)
-            results.append(result)
+            clock = Stopwatch()
+            send = None if monitor is None else partial(monitor.update, rank)
+            result = train_watched(clock, send, IN_PROCESS_REPORT_SECONDS, rank, phase, shard,
+                                   state, below)
+            results.append(clock.stamped(result))
         return consensus(results), results
 
     def lost_worker(self, error):

@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from ._gossip import GossipNode, WireSpec
 from ._sync import AverageSync, GossipSync, LocalBudget
-from ._watch import ProgressClient, ProgressReporter, WorkerLog
+from ._watch import REPORT_SECONDS, ProgressClient, ProgressReporter, WorkerLog
 from ._worker import run_phase
 
 
@@ -66,12 +66,16 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
         Address this worker listens on (its own host).
     """
     read = shard if callable(shard) else (lambda: shard)
-    clock = _Stopwatch()
+    clock = Stopwatch()
+    send = None
+    if plan.progress_address is not None:
+        send = ProgressClient(plan.progress_address, plan.secret, plan.phase_key, rank)
     with threadpool_limits(plan.blas_threads):
         if plan.n_workers == 1 or plan.mode == "none":
             shard = clock.lap("read", read)
             budget = LocalBudget(phase.epochs, shard.n_samples)
-            result = _train_watched(clock, plan, rank, phase, shard, state, below, budget)
+            result = train_watched(clock, send, REPORT_SECONDS, rank, phase, shard, state,
+                                   below, budget)
             return clock.stamped(result)
         spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
                         state.params.dtype.name)
@@ -81,19 +85,19 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
             shard = clock.lap("read", read)
             node.start(peers)
             sync = _synchronizer(plan, phase, node)
-            result = _train_watched(clock, plan, rank, phase, shard, state, below, sync)
+            result = train_watched(clock, send, REPORT_SECONDS, rank, phase, shard, state,
+                                   below, sync)
         finally:
             clock.lap("close", node.close)
         return clock.stamped(result)
 
 
-def _train_watched(clock, plan, rank, phase, shard, state, below, sync):
-    """Train the phase, reporting progress to the driver while it runs if it listens."""
+def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=None):
+    """``run_phase`` of worker ``rank``, timed by ``clock`` (a ``Stopwatch``) as "train";
+    while it runs the worker's progress goes through ``send(snapshot)`` every ``interval``
+    seconds and at each epoch's end (``send=None``: nobody watches)."""
     log = WorkerLog()
-    reporter = None
-    if plan.progress_address is not None:
-        send = ProgressClient(plan.progress_address, plan.secret, plan.phase_key, rank)
-        reporter = ProgressReporter(log, send).start()
+    reporter = None if send is None else ProgressReporter(log, send, interval).start()
     try:
         return clock.lap("train", run_phase, phase, shard, state, below, sync, rank, log)
     finally:
@@ -101,7 +105,7 @@ def _train_watched(clock, plan, rank, phase, shard, state, below, sync):
             reporter.stop()
 
 
-class _Stopwatch:
+class Stopwatch:
     """Wall time of a worker's steps, kept in its result's ``seconds`` (``started``: when
     training began, as ``time.time()``, to line workers up)."""
 

@@ -125,9 +125,9 @@ class WorkerLog:
                         dtype=np.float64)
 
     def summary(self):
-        """The counters and the trace, as plain Python numbers (JSON-ready)."""
+        """The exchange counters and the trace, as plain Python numbers (JSON-ready); the
+        samples travel as the result's ``samples_trained``."""
         return {
-            "samples": int(self.samples),
             "messages_sent": int(self.messages_sent),
             "messages_merged": int(self.messages_merged),
             "seconds_waiting": float(self.seconds_waiting),

@@ -211,7 +211,6 @@ def test_the_html_repr_links_to_the_estimator_page():
 
 @pytest.fixture(scope="module")
 def fitted(digits):
-    pytest.importorskip("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -265,8 +265,7 @@ class SparkEngine:
         if local_connect_server(self.spark):
             host = bind = "127.0.0.1"
         elif self._rendezvous_mode() == "driver":
-            host = conf_value(self.spark, "spark.driver.host", "127.0.0.1")
-            bind = conf_value(self.spark, "spark.driver.bindAddress", host)
+            host, bind = self._driver_address()
         else:
             return None
         return open_progress_listener(self._secret, plan.phase_key, self._tasks, monitor,
@@ -278,12 +277,17 @@ class SparkEngine:
         mode = self._rendezvous_mode()
         if self._tasks == 1 or self.sync == "none" or mode == "barrier":
             return None, None
-        host = conf_value(self.spark, "spark.driver.host", "127.0.0.1")
-        bind = conf_value(self.spark, "spark.driver.bindAddress", host)
+        host, bind = self._driver_address()
         server = AllGatherServer(self._secret, self._tasks, self.timeout, host=bind).start()
         port = server.address.rsplit(":", 1)[1]
         return server, _DriverRendezvous(f"{host}:{port}", self._secret, self.timeout,
                                          self._tasks)
+
+    def _driver_address(self):
+        """``(host, bind)``: the name executors reach the driver by, and the address its
+        listeners bind to."""
+        host = conf_value(self.spark, "spark.driver.host", "127.0.0.1")
+        return host, conf_value(self.spark, "spark.driver.bindAddress", host)
 
     def _rendezvous_mode(self):
         mode = conf_value(self.spark, RENDEZVOUS_CONF, "auto")
@@ -409,18 +413,13 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
     context = BarrierTaskContext.get()
     rank = context.partitionId()
     ranks = task_ranks(rank, plan.n_workers, len(layout.rows))
-    seconds = {}
 
-    def read():  # after the rendezvous (see run_worker)
-        started = time.perf_counter()
+    def read():  # after the rendezvous (see run_worker, which times it)
         if layout.shard_dir is None:
-            shard = read_shard(batches, ranks, layout)
-        else:
-            for _ in batches:  # one row; read so that Spark can reuse this Python worker
-                pass
-            shard = saved_shards(ranks, layout)
-        seconds["read"] = time.perf_counter() - started
-        return shard
+            return read_shard(batches, ranks, layout)
+        for _ in batches:  # one row; read so that Spark can reuse this Python worker
+            pass
+        return saved_shards(ranks, layout)
 
     host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
     # The task's cores follow spark.task.cpus, or the stage's resource profile.
@@ -428,10 +427,7 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
     if rendezvous is None:
         def rendezvous(_rank, address):
             return context.allGather(address)
-    started = time.perf_counter()
     result = run_worker(rank, phase, read, state, below, plan, rendezvous, host=host)
-    seconds["train"] = time.perf_counter() - started - seconds["read"]
-    result.seconds = {**result.seconds, **seconds}
     yield _result_batch(rank, result)
 
 
