@@ -7,6 +7,8 @@ batch 100 (the batch of the issue's figures). Rates are samples per second over 
 (``n_samples * epochs / fit time``), so they include every fixed cost of a fit.
 
 - ``one core``: one worker in this process with one BLAS thread (the per-core rate).
+- ``plain loop``: a textbook numpy CD-1 loop (momentum, no tricks) on one BLAS thread, the
+  issue's own definition of the per-core rate; slower than ``one core``, whose step is tuned.
 - ``default``: ``DistributedDBN(hidden_layer_sizes=(500,), batch_size=100)``, nothing else
   set: ``backend="auto"`` picks local worker processes (no SparkSession is active), one per
   core with one BLAS thread each.
@@ -15,7 +17,9 @@ batch 100 (the batch of the issue's figures). Rates are samples per second over 
 - ``start-up``: from the call to ``fit`` until the first worker starts training, for the
   first fit of a fresh process (in a subprocess) and for a second fit of the same data.
 - ``sweep``: ``backend="local"``, ``n_workers=k`` for each ``k`` of ``--sweep``, against
-  ``k`` times the per-core rate.
+  ``k`` times the per-core rate. Beside it, ``k`` plain loops run at once in separate
+  processes that never talk: the machine's own ceiling for ``k`` busy cores (shared memory
+  bandwidth, caches and clock limits show there), against which the sweep can be read.
 - ``fine-tuning``: ``DistributedDBN(hidden_layer_sizes=(500,), pretrain_epochs=0)`` against
   ``MLPClassifier(hidden_layer_sizes=(500,), solver="sgd")``, same batch, epochs and
   momentum, on 10 classes.
@@ -25,12 +29,14 @@ batch 100 (the batch of the issue's figures). Rates are samples per second over 
 Run: ``python benchmarks/bench_cores.py`` (about five minutes on 2 cores);
 ``--parts pretrain,sweep --sweep 1,2,4,8,16`` on a larger machine (no Java needed there);
 ``--parts sweep`` alone takes the sweep's one-worker row as the per-core rate (list 1 first).
-The sweep's last column is the training loops' own rate (``worker_stats_``), without the
-fixed costs of a fit.
+The sweep prints each rate as a share of the workers times the per-core rate and times the
+plain loop's rate; its last column is the training loops' own rate (``worker_stats_``),
+without the fixed costs of a fit.
 """
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -92,6 +98,73 @@ class FirstTraining:
         began = time.perf_counter()
         model.fit(*data)
         return time.perf_counter() - began, self.first
+
+
+def plain_loop_rate(X, epochs=2, batch_size=100, n_hidden=500, seed=0):
+    """Samples per second of a textbook numpy CD-1 loop with momentum, float32, one BLAS
+    thread: the per-core rate as the issue measured it."""
+    began, ended = _plain_loop(X, epochs, batch_size, n_hidden, seed)
+    return len(X) * epochs / (ended - began)
+
+
+def _plain_loop(X, epochs, batch_size, n_hidden, seed):
+    """Run the plain CD-1 loop; its start and end on the wall clock."""
+    rng = np.random.default_rng(seed)
+    weights = (0.01 * rng.standard_normal((X.shape[1], n_hidden))).astype(np.float32)
+    hidden_bias = np.zeros(n_hidden, np.float32)
+    visible_bias = np.zeros(X.shape[1], np.float32)
+    velocity = np.zeros_like(weights)
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-np.maximum(x, -30)))
+
+    began = time.perf_counter()
+    with threadpool_limits(1):
+        for _ in range(epochs):
+            for start in range(0, len(X), batch_size):
+                v0 = X[start:start + batch_size]
+                h0 = sigmoid(v0 @ weights + hidden_bias)
+                sample = (rng.random(h0.shape, dtype=np.float32) < h0).astype(np.float32)
+                v1 = sigmoid(sample @ weights.T + visible_bias)
+                h1 = sigmoid(v1 @ weights + hidden_bias)
+                gradient = (v0.T @ h0 - v1.T @ h1) / len(v0)
+                velocity = 0.9 * velocity + 0.1 * gradient
+                weights += velocity
+                hidden_bias += 0.1 * (h0 - h1).mean(axis=0)
+                visible_bias += 0.1 * (v0 - v1).mean(axis=0)
+    return began, time.perf_counter()
+
+
+def independent_loops_rate(n_processes, n_samples, epochs, timeout=600):
+    """Samples per second of ``n_processes`` plain loops run at once in separate processes,
+    each on ``n_samples / n_processes`` rows and never talking to another: what this machine
+    gives to that many busy cores, the ceiling of any data-parallel trainer on it."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(n_processes)
+    results = context.Queue()
+    processes = [context.Process(target=_timed_plain_loop, daemon=True,
+                                 args=(n_samples // n_processes, epochs, seed, ready, results))
+                 for seed in range(n_processes)]
+    for process in processes:
+        process.start()
+    try:
+        runs = [results.get(timeout=timeout) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=10)
+    samples = sum(n for n, _, _ in runs)
+    return samples / (max(end for _, _, end in runs) - min(start for _, start, _ in runs))
+
+
+def _timed_plain_loop(n_samples, epochs, seed, ready, results):
+    X, _ = mnist_like(n_samples, seed=seed)
+    ready.wait(timeout=300)  # every process has its data: start together
+    began, ended = _plain_loop(X, epochs, 100, 500, seed)
+    offset = time.time() - time.perf_counter()  # each process has its own perf_counter
+    results.put((n_samples * epochs, began + offset, ended + offset))
 
 
 def median_rate(fit, n_samples, epochs, repeats):
@@ -158,9 +231,13 @@ print("RESULT", json.dumps({{"seconds": seconds, "first_training": first}}))
 
 
 def sweep_part(args, X, one_core, timer):
+    plain = plain_loop_rate(X)
     print(f"\nsweep: backend='local', sync='gossip', {len(X)} samples, {args.epochs} epochs"
-          f" (median of {args.repeats})")
-    print("  workers  samples/s  x one core  share of workers x one core   training only")
+          f" (median of {args.repeats}); plain numpy CD-1 loop, 1 thread: {plain:,.0f}"
+          " samples/s")
+    print("  workers  samples/s  x one core  share of workers x: one core  plain loop"
+          "   training only   independent plain loops")
+    fixed_costs = []
     for workers in [int(k) for k in args.sweep.split(",")]:
         model = DistributedDBN(hidden_layer_sizes=(500,), batch_size=100, backend="local",
                                n_workers=workers, pretrain_epochs=args.epochs, random_state=0)
@@ -170,10 +247,27 @@ def sweep_part(args, X, one_core, timer):
                 timer.fit(model, X)  # warm this worker count's pool
             fits = [timer.fit(model, X)[0] for _ in range(args.repeats)]
             rate = len(X) * args.epochs / sorted(fits)[len(fits) // 2]
+        fixed_costs.append((workers, fits[-1], *_fixed_costs(model, fits[-1])))
         one_core = one_core or rate  # --parts sweep alone: the one-worker row is the rate
         training = _training_rate(model)
+        apart = independent_loops_rate(workers, len(X), args.epochs)
         print(f"  {workers:7d}  {rate:9,.0f}  {rate / one_core:10.2f}  "
-              f"{rate / (workers * one_core):6.0%}  {training:24,.0f}")
+              f"{rate / (workers * one_core):27.0%}  {rate / (workers * plain):10.0%}"
+              f"  {training:14,.0f}   {apart:9,.0f} ({apart / (workers * plain):.0%})")
+    print("  where the last fit's time went (seconds): workers, fit, until the first worker"
+          " trained, until the last did, training, after the last worker finished")
+    for workers, seconds, first, last, training, tail in fixed_costs:
+        print(f"  {workers:7d}  {seconds:6.2f}  {first:6.2f}  {last:6.2f}  {training:6.2f}"
+              f"  {tail:6.2f}")
+
+
+def _fixed_costs(model, fit_seconds):
+    """When the workers of the last fit started training and how long after the last one
+    finished the fit returned (``worker_stats_``: ``started`` counts from the fit's start)."""
+    stats = model.worker_stats_
+    ends = [row["started"] + row["seconds_training"] for row in stats]
+    first, last = min(row["started"] for row in stats), max(row["started"] for row in stats)
+    return first, last, max(ends) - first, fit_seconds - max(ends)
 
 
 def _training_rate(model):

@@ -48,6 +48,31 @@ def test_a_second_fit_reuses_the_worker_processes_and_the_shared_data(digits):
         np.testing.assert_array_equal(a, b)
 
 
+def test_shared_data_is_named_by_every_byte_of_its_content():
+    # Larger than one hashing block, so the blocks hashed on different threads all count.
+    X = np.random.default_rng(0).random((3000, 1000), dtype=np.float32)
+    assert X.nbytes > 1.4 * _shared._HASH_BLOCK
+    codes = np.arange(3000) % 3
+    key = _shared._content_key(X, codes)
+    assert _shared._content_key(np.asfortranarray(X), codes.astype(np.int32)) == key
+    changed = X.copy()
+    changed[-1, -1] += 1
+    assert _shared._content_key(changed, codes) != key
+    assert _shared._content_key(X.reshape(1000, 3000), codes) != key
+    assert _shared._content_key(X, np.roll(codes, 1)) != key
+    assert _shared._content_key(X, None) != key
+
+
+def test_data_changed_in_place_between_fits_is_shared_again(digits):
+    X, y = digits
+    X = X.copy()
+    DistributedDBN(**PARAMS).fit(X, y)
+    before = set(_shared._datasets)
+    X[-1] = 1 - X[-1]
+    DistributedDBN(**PARAMS).fit(X, y)
+    assert set(_shared._datasets) - before
+
+
 def test_release_workers_ends_the_processes_and_removes_the_shared_files(digits):
     X, y = digits
     DistributedDBN(**PARAMS).fit(X, y)
