@@ -143,13 +143,13 @@ def timed_phases():
         from skdbn.spark.stages import SparkEngine
     phases = []
     original = SparkEngine.run_phase
-    def run_phase(self, phase, state, below):
+    def run_phase(self, phase, state, below, *monitor):  # monitor: skdbn after issue 12
         started = time.perf_counter()
-        out = original(self, phase, state, below)
+        out = original(self, phase, state, below, *monitor)
         seconds = [r.seconds for r in out[1] if getattr(r, "seconds", None)]
         phases.append({"wall": time.perf_counter() - started,
-                       "train": max((s["train"] for s in seconds), default=None),
-                       "read": max((s["read"] for s in seconds), default=None)})
+                       "train": max((s.get("train", 0.0) for s in seconds), default=None),
+                       "read": max((s.get("read", 0.0) for s in seconds), default=None)})
         return out
     SparkEngine.run_phase = run_phase
     return phases
@@ -354,7 +354,8 @@ def part_fixed(args):
     print("\n3. Fixed costs, local[2] (median of 3)")
     runs = [("this tree, classic", ROOT, False), ("this tree, Connect", ROOT, True)]
     if args.baseline:
-        runs.insert(0, ("baseline, classic", args.baseline, False))
+        runs[:0] = [("baseline, classic", args.baseline, False),
+                    ("baseline, Connect", args.baseline, True)]
     for name, source, connect in runs:
         result = run_child(FIXED.format(connect_kwargs='{"connect": True}' if connect else '{}'),
                            source=source)

@@ -66,6 +66,48 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
     assert outcome["accuracy"] > 0.9
 
 
+def test_a_connect_session_of_the_cluster_swaps_addresses_through_spark(standalone_cluster):
+    # The client's own rendezvous is for Connect servers whose executors are on this
+    # machine; a cluster's executors may be anywhere, so the tasks use Spark's allGather and
+    # asking for the client's rendezvous is refused.
+    driver = textwrap.dedent(f"""
+        import json
+        from sklearn.datasets import load_digits
+        from skdbn import DistributedDBN, loopback_session
+        from skdbn.spark import is_connect_session
+
+        spark = loopback_session({standalone_cluster!r}, app_name="skdbn-cluster-connect",
+                                 config={{"spark.executor.memory": "512m"}}, connect=True)
+        try:
+            X, y = load_digits(return_X_y=True)
+            params = dict(hidden_layer_sizes=(32,), pretrain_epochs=2, max_iter=4,
+                          n_workers=2, sync="gossip", random_state=0)
+            model = DistributedDBN(**params).fit(X / 16.0, y)
+            spark.conf.set("spark.skdbn.rendezvous", "driver")
+            try:
+                DistributedDBN(**params).fit(X / 16.0, y)
+                refusal = None
+            except ValueError as error:
+                refusal = str(error)
+            print("RESULT", json.dumps({{"connect": is_connect_session(spark),
+                                         "master": spark.conf.get("spark.master"),
+                                         "n_workers": model.n_workers_,
+                                         "accuracy": model.score(X / 16.0, y),
+                                         "refusal": refusal}}))
+        finally:
+            spark.stop()
+    """)
+    result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, _failure_summary(result.stderr)
+    outcome = json.loads(lines[0][len("RESULT "):])
+    assert outcome["connect"] and outcome["master"] == standalone_cluster
+    assert outcome["n_workers"] == 2
+    assert outcome["accuracy"] > 0.8
+    assert "not possible on this Spark Connect session" in (outcome["refusal"] or "")
+
+
 # A driver whose first phase leaves a marker file, so that a test knows when to strike.
 _FAULT_DRIVER = """
 import json

@@ -147,7 +147,13 @@ def test_a_stopped_spark_task_costs_one_phase(spark, digits_split, monkeypatch, 
     assert stopper.stopped, "no Python worker was running a task"
     if not connect:  # rerun from the phase's start: nothing of the stopped worker is kept
         assert model.n_phase_retries_ == 1
-        assert "a worker stopped making progress; rerunning" in capsys.readouterr().out
+        # Stopped within a phase, the stage is cancelled as stalled; stopped between two
+        # phases (a fast first phase), it misses the next phase's rendezvous. Either way the
+        # phase reruns once.
+        reasons = ("a worker stopped making progress; rerunning",
+                   "a worker did not reach the phase's rendezvous in time; rerunning")
+        printed = capsys.readouterr().out
+        assert any(reason in printed for reason in reasons), printed
         _assert_same_model(model, reference)
     # On Connect the other worker gave the stopped one up for the rest of the phase.
     assert model.score(X_test, y_test) > 0.9

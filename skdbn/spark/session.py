@@ -50,6 +50,14 @@ def local_connect_server(spark):
     return is_connect_session(spark) and spark.client.host in ("localhost", "127.0.0.1", "::1")
 
 
+def local_connect_cluster(spark):
+    """Whether ``spark`` is a Spark Connect client whose server and executors all run on this
+    machine: a server on this machine with a local master (``local[...]``,
+    ``local-cluster[...]``), so its tasks can reach this process on 127.0.0.1."""
+    return (local_connect_server(spark)
+            and local_master_cores(conf_value(spark, "spark.master", "")) is not None)
+
+
 def loopback_session(master="local[*]", app_name="skdbn", config=None, connect=False):
     """A SparkSession whose driver and services stay on 127.0.0.1 (created or reused).
 
@@ -71,8 +79,10 @@ def loopback_session(master="local[*]", app_name="skdbn", config=None, connect=F
     connect : bool, default=False
         Start a Spark Connect server for ``master`` inside this process (its gRPC endpoint
         bound to 127.0.0.1) and return a Connect client session of it, as
-        ``SparkSession.builder.remote(master)`` does. Needs the ``pyspark[connect]`` extras.
-        A process holds either classic or Connect sessions, not both.
+        ``SparkSession.builder.remote(master)`` does for a local master (for another master,
+        such as a standalone cluster's, with ``spark.api.mode=connect``). Needs the
+        ``pyspark[connect]`` extras. A process holds either classic or Connect sessions, not
+        both.
 
     Returns
     -------
@@ -99,7 +109,10 @@ def loopback_session(master="local[*]", app_name="skdbn", config=None, connect=F
     builder = SparkSession.builder.appName(app_name)
     if connect:
         settings.setdefault("spark.connect.grpc.binding.address", "127.0.0.1")
-        builder = builder.remote(master)
+        # remote() starts a server only for local masters; the Connect API mode starts one
+        # for any master (a cluster's driver in this process, its executors elsewhere).
+        builder = (builder.remote(master) if master.startswith("local")
+                   else builder.master(master).config("spark.api.mode", "connect"))
     else:
         builder = builder.master(master)
     for key, value in settings.items():

@@ -34,7 +34,13 @@ from .data import (
     summarize_dataframe,
     task_ranks,
 )
-from .session import conf_value, is_connect_session, local_connect_server, task_slots_now
+from .session import (
+    conf_value,
+    is_connect_session,
+    local_connect_cluster,
+    local_connect_server,
+    task_slots_now,
+)
 from .shards import (
     ShardPlan,
     partition_rows,
@@ -46,12 +52,13 @@ from .shards import (
 )
 
 # Spark configuration key choosing how a phase's tasks swap addresses:
-# - "driver": a small authenticated rendezvous served by the driver process (classic sessions
-#   only, where executors already connect to the driver); adds milliseconds to a phase.
+# - "driver": a small authenticated rendezvous served by this process (on classic sessions,
+#   where executors already connect to the driver, and on Spark Connect when the server and
+#   its executors run on this machine); adds milliseconds to a phase.
 # - "barrier": Spark's BarrierTaskContext.allGather, which stays inside the cluster but polls
 #   once a second, so adds about a second to every phase.
-# - "auto" (default): "driver" on classic sessions, "barrier" on Spark Connect, whose client
-#   (where the driver's rendezvous would run) may be outside the cluster.
+# - "auto" (default): "driver" where it is possible, else "barrier" (a Connect client whose
+#   cluster may not reach it).
 RENDEZVOUS_CONF = "spark.skdbn.rendezvous"
 _RENDEZVOUS_MODES = ("auto", "driver", "barrier")
 
@@ -284,8 +291,10 @@ class SparkEngine:
                                          self._tasks)
 
     def _driver_address(self):
-        """``(host, bind)``: the name executors reach the driver by, and the address its
-        listeners bind to."""
+        """``(host, bind)``: the name executors reach the driver (or, on a Connect session of
+        this machine, this client) by, and the address its listeners bind to."""
+        if is_connect_session(self.spark):  # only ever used for a cluster on this machine
+            return "127.0.0.1", "127.0.0.1"
         host = conf_value(self.spark, "spark.driver.host", "127.0.0.1")
         return host, conf_value(self.spark, "spark.driver.bindAddress", host)
 
@@ -294,14 +303,15 @@ class SparkEngine:
         if mode not in _RENDEZVOUS_MODES:
             raise ValueError(f"{RENDEZVOUS_CONF} must be 'auto', 'driver' or 'barrier', "
                              f"got {mode!r}")
-        connect = is_connect_session(self.spark)
-        if mode == "driver" and connect:
+        reachable = not is_connect_session(self.spark) or local_connect_cluster(self.spark)
+        if mode == "driver" and not reachable:
             raise ValueError(
-                f"{RENDEZVOUS_CONF}=driver is not possible on a Spark Connect session: the "
-                "client may be outside the cluster. Use 'auto' or 'barrier'"
+                f"{RENDEZVOUS_CONF}=driver is not possible on this Spark Connect session: its "
+                "executors may not reach the client (only a server on this machine with a "
+                "local master is known to). Use 'auto' or 'barrier'"
             )
         if mode == "auto":
-            return "barrier" if connect else "driver"
+            return "driver" if reachable else "barrier"
         return mode
 
     def lost_worker(self, error):
