@@ -39,6 +39,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue
 import subprocess
 import sys
 import time
@@ -148,7 +149,7 @@ def independent_loops_rate(n_processes, n_samples, epochs, timeout=600):
     for process in processes:
         process.start()
     try:
-        runs = [results.get(timeout=timeout) for _ in processes]
+        runs = _collect(results, processes, timeout)
     finally:
         for process in processes:
             process.join(timeout=10)
@@ -159,10 +160,33 @@ def independent_loops_rate(n_processes, n_samples, epochs, timeout=600):
     return samples / (max(end for _, _, end in runs) - min(start for _, start, _ in runs))
 
 
+def _collect(results, processes, timeout):
+    """One result from each process; an error as soon as one of them failed or died."""
+    runs, deadline = [], time.monotonic() + timeout
+    while len(runs) < len(processes):
+        try:
+            run = results.get(timeout=1.0)
+        except queue.Empty:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the plain loops took over {timeout} s") from None
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a plain-loop process died (exit code {dead[0]})") from None
+            continue
+        if isinstance(run, str):
+            raise RuntimeError(f"a plain-loop process failed: {run}")
+        runs.append(run)
+    return runs
+
+
 def _timed_plain_loop(n_samples, epochs, seed, ready, results):
-    X, _ = mnist_like(n_samples, seed=seed)
-    ready.wait(timeout=300)  # every process has its data: start together
-    began, ended = _plain_loop(X, epochs, 100, 500, seed)
+    try:
+        X, _ = mnist_like(n_samples, seed=seed)
+        ready.wait(timeout=300)  # every process has its data: start together
+        began, ended = _plain_loop(X, epochs, 100, 500, seed)
+    except BaseException as error:
+        results.put(f"{type(error).__name__}: {error}")
+        raise
     offset = time.time() - time.perf_counter()  # each process has its own perf_counter
     results.put((n_samples * epochs, began + offset, ended + offset))
 
@@ -231,7 +255,7 @@ print("RESULT", json.dumps({{"seconds": seconds, "first_training": first}}))
 
 
 def sweep_part(args, X, one_core, timer):
-    plain = plain_loop_rate(X)
+    plain = sorted(plain_loop_rate(X) for _ in range(args.repeats))[args.repeats // 2]
     print(f"\nsweep: backend='local', sync='gossip', {len(X)} samples, {args.epochs} epochs"
           f" (median of {args.repeats}); plain numpy CD-1 loop, 1 thread: {plain:,.0f}"
           " samples/s")
@@ -245,9 +269,9 @@ def sweep_part(args, X, one_core, timer):
         with threadpool_limits(1 if workers == 1 else None):
             if workers > 1:
                 timer.fit(model, X)  # warm this worker count's pool
-            fits = [timer.fit(model, X)[0] for _ in range(args.repeats)]
-            rate = len(X) * args.epochs / sorted(fits)[len(fits) // 2]
-        fixed_costs.append((workers, fits[-1], *_fixed_costs(model, fits[-1])))
+            fits = [timer.fit(model, X) for _ in range(args.repeats)]
+            rate = len(X) * args.epochs / sorted(fits)[len(fits) // 2][0]
+        fixed_costs.append((workers, fits[-1][0], *_fixed_costs(model, *fits[-1])))
         one_core = one_core or rate  # --parts sweep alone: the one-worker row is the rate
         training = _training_rate(model)
         apart = independent_loops_rate(workers, len(X), args.epochs)
@@ -261,13 +285,19 @@ def sweep_part(args, X, one_core, timer):
               f"  {tail:6.2f}")
 
 
-def _fixed_costs(model, fit_seconds):
-    """When the workers of the last fit started training and how long after the last one
-    finished the fit returned (``worker_stats_``: ``started`` counts from the fit's start)."""
+def _fixed_costs(model, fit_seconds, first_training):
+    """When the workers of the last fit began training, for how long, and how long after the
+    last one finished the fit returned, all counted from the call to ``fit``.
+
+    ``worker_stats_``'s ``started`` counts from when the fit began recording its phases,
+    after the input was validated; ``first_training`` (``FirstTraining``) counts from the call,
+    so the stats are shifted by the difference.
+    """
     stats = model.worker_stats_
-    ends = [row["started"] + row["seconds_training"] for row in stats]
-    first, last = min(row["started"] for row in stats), max(row["started"] for row in stats)
-    return first, last, max(ends) - first, fit_seconds - max(ends)
+    shift = first_training - min(row["started"] for row in stats)
+    last = max(row["started"] for row in stats) + shift
+    end = max(row["started"] + row["seconds_training"] for row in stats) + shift
+    return first_training, last, end - first_training, fit_seconds - end
 
 
 def _training_rate(model):

@@ -10,7 +10,7 @@ bundled digits into DataFrames with a pyspark.ml vector column, fits ``Distribut
 two barrier tasks that synchronise by gossip, adds predictions on the executors, and prints the
 test accuracy next to that of one in-process worker with the same settings.
 
-Run: ``python examples/spark_digits.py`` (about 20 seconds on 2 cores; ``--connect`` about 40).
+Run: ``python examples/spark_digits.py`` (about 20 seconds on 2 cores; ``--connect`` about 25).
 The documentation shows this script without running it.
 """
 

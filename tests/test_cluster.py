@@ -75,6 +75,7 @@ def test_a_connect_session_of_the_cluster_swaps_addresses_through_spark(standalo
         from sklearn.datasets import load_digits
         from skdbn import DistributedDBN, loopback_session
         from skdbn.spark import is_connect_session
+        from skdbn.spark.stages import rendezvous_mode
 
         spark = loopback_session({standalone_cluster!r}, app_name="skdbn-cluster-connect",
                                  config={{"spark.executor.memory": "512m"}}, connect=True)
@@ -82,6 +83,7 @@ def test_a_connect_session_of_the_cluster_swaps_addresses_through_spark(standalo
             X, y = load_digits(return_X_y=True)
             params = dict(hidden_layer_sizes=(32,), pretrain_epochs=2, max_iter=4,
                           n_workers=2, sync="gossip", random_state=0)
+            mode = rendezvous_mode(spark)
             model = DistributedDBN(**params).fit(X / 16.0, y)
             spark.conf.set("spark.skdbn.rendezvous", "driver")
             try:
@@ -89,7 +91,7 @@ def test_a_connect_session_of_the_cluster_swaps_addresses_through_spark(standalo
                 refusal = None
             except ValueError as error:
                 refusal = str(error)
-            print("RESULT", json.dumps({{"connect": is_connect_session(spark),
+            print("RESULT", json.dumps({{"connect": is_connect_session(spark), "mode": mode,
                                          "master": spark.conf.get("spark.master"),
                                          "n_workers": model.n_workers_,
                                          "accuracy": model.score(X / 16.0, y),
@@ -103,6 +105,7 @@ def test_a_connect_session_of_the_cluster_swaps_addresses_through_spark(standalo
     assert lines, _failure_summary(result.stderr)
     outcome = json.loads(lines[0][len("RESULT "):])
     assert outcome["connect"] and outcome["master"] == standalone_cluster
+    assert outcome["mode"] == "barrier"
     assert outcome["n_workers"] == 2
     assert outcome["accuracy"] > 0.8
     assert "not possible on this Spark Connect session" in (outcome["refusal"] or "")

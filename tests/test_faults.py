@@ -129,8 +129,9 @@ def test_a_stopped_worker_costs_at_most_a_timeout(digits_split, monkeypatch, syn
 def test_a_stopped_spark_task_costs_one_phase(spark, digits_split, monkeypatch, capsys):
     # A stopped Python worker would hold its barrier stage for as long as it stays stopped.
     # On a classic session the stage is cancelled once the task is far behind the first to
-    # finish, and the phase reruns; on Connect (no scheduler status) the phase waits for it
-    # (stopped for 8 s here, as a pause; not for ever).
+    # finish, and the phase reruns; on Connect (no scheduler status) a worker stopped within
+    # a phase is waited for (stopped for 8 s here, as a pause; not for ever), and one stopped
+    # before the rendezvous makes the phase rerun.
     from skdbn.spark.session import is_connect_session
     from skdbn.spark.stages import SparkEngine
 

@@ -48,17 +48,24 @@ def test_a_second_fit_reuses_the_worker_processes_and_the_shared_data(digits):
         np.testing.assert_array_equal(a, b)
 
 
-def test_shared_data_is_named_by_every_byte_of_its_content():
-    # Larger than one hashing block, so the blocks hashed on different threads all count.
-    X = np.random.default_rng(0).random((3000, 1000), dtype=np.float32)
-    assert X.nbytes > 1.4 * _shared._HASH_BLOCK
-    codes = np.arange(3000) % 3
+def test_shared_data_is_named_by_every_byte_of_its_content(monkeypatch):
+    # Three hashing blocks, hashed on four threads and on one: the same name either way.
+    X = np.random.default_rng(0).random((5000, 1000), dtype=np.float32)
+    assert X.nbytes > 2 * _shared._HASH_BLOCK
+    codes = np.arange(5000) % 3
+    monkeypatch.setattr(_shared, "usable_cpus", lambda: 4)
     key = _shared._content_key(X, codes)
+    monkeypatch.setattr(_shared, "usable_cpus", lambda: 1)
+    assert _shared._content_key(X, codes) == key
     assert _shared._content_key(np.asfortranarray(X), codes.astype(np.int32)) == key
-    changed = X.copy()
-    changed[-1, -1] += 1
-    assert _shared._content_key(changed, codes) != key
-    assert _shared._content_key(X.reshape(1000, 3000), codes) != key
+    monkeypatch.setattr(_shared, "usable_cpus", lambda: 4)
+    flat = X.reshape(-1)
+    boundary = _shared._HASH_BLOCK // X.itemsize  # first element of the second block
+    for index in (0, boundary - 1, boundary, flat.size - 1):
+        changed = flat.copy()
+        changed[index] += 1
+        assert _shared._content_key(changed.reshape(X.shape), codes) != key, index
+    assert _shared._content_key(X.reshape(1000, 5000), codes) != key
     assert _shared._content_key(X, np.roll(codes, 1)) != key
     assert _shared._content_key(X, None) != key
 

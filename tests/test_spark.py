@@ -82,18 +82,20 @@ def test_spark_gives_the_same_model_as_local_processes(spark, digits_split):
         np.testing.assert_array_equal(a, b)
 
 
-def test_rendezvous_modes(spark, spark_mode, digits_split):
-    from skdbn.spark.session import local_connect_cluster
+def test_rendezvous_modes(spark, digits_split):
+    from skdbn.spark.stages import rendezvous_mode
 
     X_train, X_test, y_train, y_test = digits_split
     params = dict(SMALL, n_workers=2, sync="gossip")
+    # Classic sessions, and this Connect server with its local master, whose task reaches
+    # this process: the driver's (or client's) own rendezvous. A Connect session of a cluster
+    # uses Spark's: test_cluster.
+    assert rendezvous_mode(spark) == "driver"
     try:
         spark.conf.set("spark.skdbn.rendezvous", "barrier")  # Spark's allGather
+        assert rendezvous_mode(spark) == "barrier"
         model = DistributedDBN(**params).fit(X_train, y_train)
         assert model.score(X_test, y_test) > 0.85
-        # Also on Connect: this server and its local master's executors reach this process
-        # (a Connect session of a cluster refuses it: test_cluster).
-        assert local_connect_cluster(spark) == (spark_mode == "connect")
         spark.conf.set("spark.skdbn.rendezvous", "driver")
         assert DistributedDBN(**params).fit(X_train, y_train).score(X_test, y_test) > 0.85
         spark.conf.set("spark.skdbn.rendezvous", "carrier-pigeon")
@@ -101,6 +103,26 @@ def test_rendezvous_modes(spark, spark_mode, digits_split):
             DistributedDBN(**params).fit(X_train, y_train)
     finally:
         spark.conf.unset("spark.skdbn.rendezvous")
+
+
+def test_a_probe_task_that_cannot_reach_the_client_says_so():
+    # What a task of a Connect server in a container would see of this process's 127.0.0.1:
+    # nothing listening there, or something that is not our rendezvous.
+    import socket
+
+    from skdbn._gossip import AllGatherClient
+    from skdbn.spark.stages import _probe_task
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        for address in (f"127.0.0.1:{port}", f"127.0.0.1:{stranger.getsockname()[1]}"):
+            client = AllGatherClient(address, b"s" * 32, 1.0, 1)
+            (batch,) = _probe_task(client, iter([]))
+            assert batch.column(0).to_pylist() == [False]
 
 
 def test_dataframe_fit_and_inference_stay_on_the_executors(spark, digits_split):

@@ -34,13 +34,7 @@ from .data import (
     summarize_dataframe,
     task_ranks,
 )
-from .session import (
-    conf_value,
-    is_connect_session,
-    local_connect_cluster,
-    local_connect_server,
-    task_slots_now,
-)
+from .session import conf_value, is_connect_session, local_connect_cluster, task_slots_now
 from .shards import (
     ShardPlan,
     partition_rows,
@@ -108,6 +102,7 @@ class SparkEngine:
         self._layout = None
         self._shard_plan = None  # features written by summarize(), labels still to come
         self._shard_dirs = ()  # set before any shard file is written, for close()
+        self._mode = None  # rendezvous_mode(spark), asked once per fit
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
@@ -203,8 +198,9 @@ class SparkEngine:
             )
 
     def _tasks_run_here(self):
-        """Whether every task runs on this machine: a classic session with a local master
-        (a Connect client cannot tell where its server is)."""
+        """Whether every task runs on this machine and shares its files: a classic session
+        with a local master (a Connect server on this machine may still see another file
+        system, from a container, so Connect tasks read cached partitions)."""
         if is_connect_session(self.spark):
             return False
         return conf_value(self.spark, "spark.master", "").startswith("local")
@@ -262,19 +258,18 @@ class SparkEngine:
                 raise task_error from error
             raise
 
+    def _rendezvous_mode(self):
+        if self._mode is None:
+            self._mode = rendezvous_mode(self.spark)
+        return self._mode
+
     def _progress_listener(self, plan, monitor):
         """A started listener for the tasks' progress, or None: without a monitor, and where
-        the executors may not reach this process (they are told of the driver's rendezvous
-        address on the same terms, see ``_rendezvous_mode``; a Connect client is reached only
-        when its server runs on this machine)."""
-        if monitor is None:
+        the executors may not reach this process (the terms of the driver's rendezvous, see
+        :func:`rendezvous_mode`)."""
+        if monitor is None or self._rendezvous_mode() != "driver":
             return None
-        if local_connect_server(self.spark):
-            host = bind = "127.0.0.1"
-        elif self._rendezvous_mode() == "driver":
-            host, bind = self._driver_address()
-        else:
-            return None
+        host, bind = self._driver_address()
         return open_progress_listener(self._secret, plan.phase_key, self._tasks, monitor,
                                       host=bind, advertised_host=host)
 
@@ -297,22 +292,6 @@ class SparkEngine:
             return "127.0.0.1", "127.0.0.1"
         host = conf_value(self.spark, "spark.driver.host", "127.0.0.1")
         return host, conf_value(self.spark, "spark.driver.bindAddress", host)
-
-    def _rendezvous_mode(self):
-        mode = conf_value(self.spark, RENDEZVOUS_CONF, "auto")
-        if mode not in _RENDEZVOUS_MODES:
-            raise ValueError(f"{RENDEZVOUS_CONF} must be 'auto', 'driver' or 'barrier', "
-                             f"got {mode!r}")
-        reachable = not is_connect_session(self.spark) or local_connect_cluster(self.spark)
-        if mode == "driver" and not reachable:
-            raise ValueError(
-                f"{RENDEZVOUS_CONF}=driver is not possible on this Spark Connect session: its "
-                "executors may not reach the client (only a server on this machine with a "
-                "local master is known to). Use 'auto' or 'barrier'"
-            )
-        if mode == "auto":
-            return "driver" if reachable else "barrier"
-        return mode
 
     def lost_worker(self, error):
         """Why ``error`` means a task's Python worker or an executor was lost, or None.
@@ -414,6 +393,73 @@ class _DriverRendezvous(AllGatherClient):
                 f"{self.server_address} ({exc}); if executors cannot open connections to the "
                 f"driver, set the Spark configuration {RENDEZVOUS_CONF}=barrier"
             ) from exc
+
+
+def rendezvous_mode(spark):
+    """How the tasks of a phase on ``spark`` swap addresses: ``"driver"`` or ``"barrier"``.
+
+    Follows ``spark.skdbn.rendezvous`` (``RENDEZVOUS_CONF``). ``"auto"`` means ``"driver"`` on
+    classic sessions, and on Spark Connect sessions whose tasks are seen to reach this process
+    (:func:`tasks_reach_client`); else ``"barrier"``. Raises ValueError for an unknown value,
+    and for ``"driver"`` on a Connect session whose executors may be on other machines.
+    """
+    mode = conf_value(spark, RENDEZVOUS_CONF, "auto")
+    if mode not in _RENDEZVOUS_MODES:
+        raise ValueError(f"{RENDEZVOUS_CONF} must be 'auto', 'driver' or 'barrier', "
+                         f"got {mode!r}")
+    if mode == "barrier" or not is_connect_session(spark):
+        return "barrier" if mode == "barrier" else "driver"
+    if not local_connect_cluster(spark):
+        if mode == "driver":
+            raise ValueError(
+                f"{RENDEZVOUS_CONF}=driver is not possible on this Spark Connect session: its "
+                "executors may not reach the client (only a server on this machine with a "
+                "local master is known to). Use 'auto' or 'barrier'")
+        return "barrier"
+    return "driver" if mode == "driver" or tasks_reach_client(spark) else "barrier"
+
+
+_PROBE_TIMEOUT = 10.0
+_reaching_sessions = {}  # Connect session id -> whether its tasks reached this process
+
+
+def tasks_reach_client(spark):
+    """Whether a task of ``spark``, a Connect session of a server on this machine with a local
+    master, opens an authenticated connection to this process on 127.0.0.1.
+
+    A server reached as ``localhost`` may still run where 127.0.0.1 is another machine's (in a
+    container with a published port, behind an SSH or kubectl port-forward), so one task of a
+    one-row job tries; the answer is kept for the session.
+    """
+    key = spark.session_id
+    if key not in _reaching_sessions:
+        _reaching_sessions[key] = _probe_from_a_task(spark)
+    return _reaching_sessions[key]
+
+
+def _probe_from_a_task(spark):
+    secret = secrets.token_bytes(32)
+    server = AllGatherServer(secret, 1, _PROBE_TIMEOUT).start()
+    try:
+        client = AllGatherClient(server.address, secret, _PROBE_TIMEOUT, 1)
+        table = spark.range(0, 1, 1, 1).mapInArrow(partial(_probe_task, client),
+                                                   "reached boolean").toArrow()
+    finally:
+        server.close()
+    return table.column("reached").to_pylist() == [True]
+
+
+def _probe_task(client, batches):
+    """The probe job's task: whether the rendezvous ``client`` gets its own address back."""
+    import pyarrow as pa
+
+    for _ in batches:  # one row; read so that Spark can reuse this Python worker
+        pass
+    try:
+        reached = client(0, "probe") == ["probe"]
+    except (OSError, ValueError):  # refused, timed out, or not our server (WireError)
+        reached = False
+    yield pa.RecordBatch.from_pydict({"reached": [reached]})
 
 
 def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
