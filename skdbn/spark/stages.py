@@ -103,6 +103,8 @@ class SparkEngine:
         self._shard_plan = None  # features written by summarize(), labels still to come
         self._shard_dirs = ()  # set before any shard file is written, for close()
         self._mode = None  # rendezvous_mode(spark), asked once per fit
+        if n_workers > 1 and sync != "none":  # a bad setting fails before any data moves
+            self._mode = rendezvous_mode(spark)
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
