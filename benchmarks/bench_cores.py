@@ -101,14 +101,14 @@ class FirstTraining:
         return time.perf_counter() - began, self.first
 
 
-def plain_loop_rate(X, epochs=2, batch_size=100, n_hidden=500, seed=0):
+def plain_loop_rate(X, epochs=2, seed=0):
     """Samples per second of a textbook numpy CD-1 loop with momentum, float32, one BLAS
     thread: the per-core rate as the issue measured it."""
-    began, ended = _plain_loop(X, epochs, batch_size, n_hidden, seed)
+    began, ended = _plain_loop(X, epochs, seed)
     return len(X) * epochs / (ended - began)
 
 
-def _plain_loop(X, epochs, batch_size, n_hidden, seed):
+def _plain_loop(X, epochs, seed, batch_size=100, n_hidden=500):
     """Run the plain CD-1 loop; its start and end on the wall clock."""
     rng = np.random.default_rng(seed)
     weights = (0.01 * rng.standard_normal((X.shape[1], n_hidden))).astype(np.float32)
@@ -183,7 +183,7 @@ def _timed_plain_loop(n_samples, epochs, seed, ready, results):
     try:
         X, _ = mnist_like(n_samples, seed=seed)
         ready.wait(timeout=300)  # every process has its data: start together
-        began, ended = _plain_loop(X, epochs, 100, 500, seed)
+        began, ended = _plain_loop(X, epochs, seed)
     except BaseException as error:
         results.put(f"{type(error).__name__}: {error}")
         raise
@@ -192,8 +192,12 @@ def _timed_plain_loop(n_samples, epochs, seed, ready, results):
 
 
 def median_rate(fit, n_samples, epochs, repeats):
-    seconds = sorted(fit() for _ in range(repeats))
-    return n_samples * epochs / seconds[len(seconds) // 2]
+    return n_samples * epochs / _median([fit() for _ in range(repeats)])
+
+
+def _median(values):
+    """The middle of ``values`` (the upper one of an even count); tuples by their first item."""
+    return sorted(values)[len(values) // 2]
 
 
 def pretrain_part(args, X, timer):
@@ -255,7 +259,7 @@ print("RESULT", json.dumps({{"seconds": seconds, "first_training": first}}))
 
 
 def sweep_part(args, X, one_core, timer):
-    plain = sorted(plain_loop_rate(X) for _ in range(args.repeats))[args.repeats // 2]
+    plain = _median([plain_loop_rate(X) for _ in range(args.repeats)])
     print(f"\nsweep: backend='local', sync='gossip', {len(X)} samples, {args.epochs} epochs"
           f" (median of {args.repeats}); plain numpy CD-1 loop, 1 thread: {plain:,.0f}"
           " samples/s")
@@ -270,7 +274,7 @@ def sweep_part(args, X, one_core, timer):
             if workers > 1:
                 timer.fit(model, X)  # warm this worker count's pool
             fits = [timer.fit(model, X) for _ in range(args.repeats)]
-            rate = len(X) * args.epochs / sorted(fits)[len(fits) // 2][0]
+            rate = len(X) * args.epochs / _median(fits)[0]
         fixed_costs.append((workers, fits[-1][0], *_fixed_costs(model, *fits[-1])))
         one_core = one_core or rate  # --parts sweep alone: the one-worker row is the rate
         training = _training_rate(model)

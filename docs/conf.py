@@ -6,7 +6,6 @@ gallery runs every ``examples/plot_*.py`` and the notebook is executed at each b
 build also checks that they run. Nothing is downloaded (no intersphinx).
 """
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -75,4 +74,3 @@ html_theme_options = {
 }
 html_sidebars = {"**": ["sidebar-nav-bs"]}
 html_static_path = []
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

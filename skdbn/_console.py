@@ -23,10 +23,12 @@ _EPOCHS = SNAPSHOT_FIELDS.index("epochs")
 _FIGURE = SNAPSHOT_FIELDS.index("figure")
 
 
-def write(message):
-    """Print ``message`` on stdout without breaking a progress bar being drawn."""
-    _text_tqdm.write(message, file=sys.stdout)
-    sys.stdout.flush()  # lines keep pace with the bars when stdout is a pipe
+def report(verbose, message, level=1):
+    """At ``verbose >= level``, print ``[DistributedDBN] message`` on stdout without breaking
+    a progress bar being drawn."""
+    if verbose >= level:
+        _text_tqdm.write(f"[DistributedDBN] {message}", file=sys.stdout)
+        sys.stdout.flush()  # lines keep pace with the bars when stdout is a pipe
 
 
 def _bar(verbose, **settings):
@@ -136,15 +138,13 @@ class StageProgress:
 
     def note(self, message, level=2):
         """Write ``message``, prefixed with the stage's name, at ``verbose >= level``."""
-        if self.verbose >= level:
-            write(f"[DistributedDBN] {self.name}: {message}")
+        report(self.verbose, f"{self.name}: {message}", level)
 
     def close(self, summary):
         """Remove the bar and write the stage's ``summary`` line (at ``verbose >= 1``)."""
         with self._lock:
             self._bar.close()
-        if self.verbose >= 1:
-            write(f"[DistributedDBN] {summary}")
+        report(self.verbose, summary)
 
     def __enter__(self):
         return self
@@ -174,5 +174,5 @@ class StageProgress:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = (self._samples_before + sum(v[_SAMPLES] for v in self._latest.values())) / elapsed
         figure_text = "" if math.isnan(figure) else f", {self.figure_name} {figure:.5f}"
-        write(f"[DistributedDBN] {self.name}: epoch {epoch}/{self.epochs}{figure_text}, "
-              f"{rate:,.0f} samples/s")
+        report(self.verbose, f"{self.name}: epoch {epoch}/{self.epochs}{figure_text}, "
+                             f"{rate:,.0f} samples/s", level=2)

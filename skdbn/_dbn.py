@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._console import StageProgress, write
+from ._console import StageProgress, report
 from ._engines import (
     make_engine,
     resolve_backend,
@@ -1142,8 +1142,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             raise
 
     def _report(self, message, level=1):
-        if self.verbose >= level:
-            write(f"[DistributedDBN] {message}")
+        report(self.verbose, message, level)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -89,13 +89,21 @@ def fingerprint(estimator_params, X, y, classes):
 def digest_arrays(digest, parts):
     """``digest`` (a hashlib object) updated with each array's shape, dtype and values."""
     for part in parts:
-        part = np.ascontiguousarray(part)
-        digest.update(str((part.shape, part.dtype.str)).encode())
-        if part.dtype == object:
-            digest.update(repr(part.tolist()).encode())
-        else:
-            digest.update(part.view(np.uint8).reshape(-1) if part.size else b"")  # no copy
+        header, content = described_bytes(part)
+        digest.update(header)
+        digest.update(content)
     return digest
+
+
+def described_bytes(array):
+    """``(header, content)`` to hash for ``array``: its shape and dtype as bytes, and its
+    values as a flat uint8 view (no copy when it is contiguous; the repr of its items for an
+    object array)."""
+    array = np.ascontiguousarray(array)
+    header = str((array.shape, array.dtype.str)).encode()
+    if array.dtype == object:
+        return header, repr(array.tolist()).encode()
+    return header, array.reshape(-1).view(np.uint8)
 
 
 def frame_fingerprint(estimator_params, summary, classes):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._progress import described_bytes
 from ._scratch import (
     available_memory,
     choose_scratch_dir,
@@ -115,9 +116,8 @@ def _content_key(X, codes):
     digest = hashlib.sha1(usedforsecurity=False)
     blocks = []
     for part in parts:
-        part = np.ascontiguousarray(part)
-        digest.update(str((part.shape, part.dtype.str)).encode())
-        raw = part.reshape(-1).view(np.uint8)
+        header, raw = described_bytes(part)
+        digest.update(header)
         blocks += [raw[start:start + _HASH_BLOCK] for start in range(0, raw.size, _HASH_BLOCK)]
     n_threads = min(usable_cpus(), len(blocks))
     if n_threads > 1:

@@ -249,11 +249,6 @@ class GossipSync:
         """
         return min(MAX_STEP_SCALE, max(1 / MAX_STEP_SCALE, self.fair_weight / self.state.weight))
 
-    @property
-    def samples_trained(self):
-        """Samples this worker has trained on in this phase."""
-        return self.progress.own
-
     def after_minibatch(self, n_rows):
         """Count the minibatch, and push at every exchange point."""
         self.progress.count(n_rows)
@@ -343,7 +338,8 @@ class GossipSync:
 
 
 def _weighted_mean(states):
-    """The mean of ``[(values, weight), ...]`` weighted by the weights."""
+    """The mean of ``[(values, weight), ...]`` weighted by the weights, summed in the order
+    given (so the same list gives the same bits on every worker)."""
     total = sum(weight for _, weight in states)
     mean = (states[0][1] / total) * states[0][0]
     for values, weight in states[1:]:
@@ -377,7 +373,6 @@ class AverageSync:
         self.sync_every = sync_every
         self.timeout = timeout
         self.minibatches = 0
-        self.samples_trained = 0
         self._early = []
         self._absent = set()  # peers that missed a deadline: not waited for again this phase
         self.state = None
@@ -395,7 +390,6 @@ class AverageSync:
     def after_minibatch(self, n_rows):
         """Count the minibatch and average with all peers at every sync point."""
         self.minibatches += 1
-        self.samples_trained += n_rows
         if self.minibatches % self.sync_every == 0 or self.minibatches == self.n_minibatches:
             self._average(self.minibatches)
 
@@ -410,19 +404,16 @@ class AverageSync:
     def _average(self, step):
         frame = encode(self.node.spec, KIND_STATE, self.rank, step, self.state.weight,
                        np.zeros(self.n_workers, dtype=np.uint64), self.state.params)
-        for peer in range(self.n_workers):
-            if peer != self.rank and peer not in self._absent:  # see _collect
-                self.node.send(peer, frame)
-                self.log.sent()
+        peers = [peer for peer in range(self.n_workers)
+                 if peer != self.rank and peer not in self._absent]  # see _collect
+        for peer in peers:
+            self.node.send(peer, frame)
+        self.log.sent(len(peers))
         began = time.monotonic()
         states = self._collect(step)
         self.log.waited(time.monotonic() - began)
         self.log.merged(len(states) - 1)
-        total = sum(weight for _, weight in states.values())
-        mean = np.zeros_like(self.state.params)
-        for rank in sorted(states):
-            values, weight = states[rank]
-            mean += (weight / total) * values
+        mean = _weighted_mean([states[rank] for rank in sorted(states)])  # same bits everywhere
         if self.log.drift_is_due():
             self.log.record_drift(self.state.params, mean)
         self.state.params[...] = mean

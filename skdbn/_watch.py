@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from ._gossip import parse_address
 from ._transport import TAG_SIZE, AuthenticatedListener, connect, send_frame, split_frame
 
 # Order of the values in a snapshot (float64 each).
@@ -41,10 +42,9 @@ class WorkerLog:
     ----------
     samples : int
         Samples trained so far.
-    epochs : int
-        Epochs of the phase ended so far, as the worker's synchronizer counts them.
-    figure : float
-        The training figure of the last ended epoch (NaN before the first).
+    ended : tuple of (int, float)
+        Epochs of the phase ended so far, as the worker's synchronizer counts them, and the
+        training figure of the last of them (NaN before the first); replaced whole.
     messages_sent, messages_merged : int
         Parameter states sent to peers and merged from them.
     seconds_waiting : float
@@ -57,7 +57,7 @@ class WorkerLog:
     def __init__(self):
         self.started = time.monotonic()
         self.samples = 0
-        self.ended = (0, math.nan)  # (epochs, figure): replaced whole, so read together
+        self.ended = (0, math.nan)
         self.messages_sent = 0
         self.messages_merged = 0
         self.seconds_waiting = 0.0
@@ -74,16 +74,6 @@ class WorkerLog:
         now = time.monotonic()
         if now >= self._next_point:
             self._add_point(now)
-
-    @property
-    def epochs(self):
-        """Epochs of the phase ended so far."""
-        return self.ended[0]
-
-    @property
-    def figure(self):
-        """The figure of the last ended epoch (NaN before the first)."""
-        return self.ended[1]
 
     def ended_epochs(self, epochs, figure):
         """The synchronizer's epoch count reached ``epochs``; ``figure`` is the last one's."""
@@ -125,13 +115,14 @@ class WorkerLog:
                         dtype=np.float64)
 
     def summary(self):
-        """The exchange counters and the trace, as plain Python numbers (JSON-ready); the
-        samples travel as the result's ``samples_trained``."""
+        """The exchange counters and the trace, as plain Python numbers (drift NaN where none
+        was measured: Python's json and pickle carry it); the samples travel as the result's
+        ``samples_trained``."""
         return {
             "messages_sent": int(self.messages_sent),
             "messages_merged": int(self.messages_merged),
             "seconds_waiting": float(self.seconds_waiting),
-            "trace": [[float(t), int(n), _json_float(d)] for t, n, d in self.trace],
+            "trace": [[float(t), int(n), float(d)] for t, n, d in self.trace],
         }
 
     def _add_point(self, now, drift=math.nan):
@@ -140,10 +131,6 @@ class WorkerLog:
         if len(self.trace) > MAX_TRACE_POINTS:
             self.trace = self.trace[::2]
             self._trace_spacing *= 2
-
-
-def _json_float(value):
-    return None if value is None or math.isnan(value) else float(value)
 
 
 class ProgressReporter:
@@ -202,8 +189,7 @@ class ProgressClient:
     short authenticated connection per snapshot, each wait bounded by ``timeout``."""
 
     def __init__(self, address, secret, phase_key, rank, timeout=2.0):
-        host, port = address.rsplit(":", 1)
-        self.address = (host, int(port))
+        self.address = parse_address(address)
         self.secret = secret
         self.context = progress_context(phase_key)
         self.rank = rank
@@ -308,7 +294,7 @@ class FitRecord:
                 self.trace.append({
                     "stage": stage, "phase": phase, "worker": worker,
                     "seconds": offset + seconds, "samples": samples,
-                    "drift": math.nan if drift is None else drift,
+                    "drift": drift,
                 })
         if len(self.trace) > MAX_FIT_TRACE_ROWS:
             self.trace = self.trace[::2]

@@ -180,7 +180,7 @@ def run_phase(phase, shard, state, below, sync=None, rank=0, log=None):
         )
     final = PhaseState(params.flat, trainer.velocity.flat)
     return PhaseResult(final, weight=weight, n_samples=shard.n_samples, history=history,
-                       hidden_mean=hidden_mean, samples_trained=sync.samples_trained,
+                       hidden_mean=hidden_mean, samples_trained=log.samples,
                        diagnostics=log.summary())
 
 

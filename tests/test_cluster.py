@@ -34,6 +34,20 @@ def _failure_summary(stderr):
     return "\n".join(python_lines[-40:]) + "\n--- end of stderr ---\n" + stderr[-1500:]
 
 
+def _driver_result(driver, timeout=300):
+    """Run the ``driver`` script in a Python process of its own (one SparkContext per
+    process), bounded by ``timeout``; its RESULT line as a dict."""
+    result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+    return _result_line(result.stdout, result.stderr)
+
+
+def _result_line(stdout, stderr):
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, _failure_summary(stderr)
+    return json.loads(lines[0][len("RESULT "):])
+
+
 def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
     driver = textwrap.dedent(f"""
         import json
@@ -56,11 +70,7 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
         finally:
             spark.stop()
     """)
-    result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, _failure_summary(result.stderr)
-    outcome = json.loads(lines[0][len("RESULT "):])
+    outcome = _driver_result(driver)
     assert outcome["master"] == standalone_cluster
     assert outcome["n_workers"] == 2
     assert outcome["accuracy"] > 0.9
@@ -99,11 +109,7 @@ def test_a_connect_session_of_the_cluster_swaps_addresses_through_spark(standalo
         finally:
             spark.stop()
     """)
-    result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, _failure_summary(result.stderr)
-    outcome = json.loads(lines[0][len("RESULT "):])
+    outcome = _driver_result(driver)
     assert outcome["connect"] and outcome["master"] == standalone_cluster
     assert outcome["mode"] == "barrier"
     assert outcome["n_workers"] == 2
@@ -156,9 +162,7 @@ def _fit_with_fault(master, tmp_path, body, strike, delay):
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=STOP_TIMEOUT)
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, _failure_summary(stderr)
-    return json.loads(lines[0][len("RESULT "):]), stdout
+    return _result_line(stdout, stderr), stdout
 
 
 def _kill_an_executor():

@@ -197,8 +197,13 @@ def _joblib_worker_warns():
 
 
 def test_a_spark_session_started_in_a_joblib_worker_is_warned_about():
+    from joblib.externals.loky import get_reusable_executor
+
     assert _joblib_worker_warns() == []
-    in_workers = Parallel(n_jobs=2)(delayed(_joblib_worker_warns)() for _ in range(2))
+    try:
+        in_workers = Parallel(n_jobs=2)(delayed(_joblib_worker_warns)() for _ in range(2))
+    finally:  # joblib keeps its worker processes for the next call: end them now
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
     assert in_workers == [[ParallelSearchWarning.__name__]] * 2
 
 
@@ -210,10 +215,14 @@ def test_the_html_repr_links_to_the_estimator_page():
 # ------------------------------------------------------------------------------- plots
 
 @pytest.fixture(scope="module")
-def fitted(digits):
+def agg():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no window: draw into memory
+
+
+@pytest.fixture(scope="module")
+def fitted(digits, agg):
     X, y = digits
     return DistributedDBN(hidden_layer_sizes=(36, 16), pretrain_epochs=3, max_iter=4,
                           early_stopping=True, backend="local", n_workers=2,
@@ -252,7 +261,7 @@ def test_training_curves_draw_every_recorded_figure(fitted):
         TrainingCurvesDisplay.from_estimator(fitted, ax=axes[0])
 
 
-def test_validation_scores_of_a_warm_start_are_drawn_against_its_own_epochs(fitted):
+def test_validation_scores_of_a_warm_start_are_drawn_against_its_own_epochs(agg):
     from skdbn.plotting import TrainingCurvesDisplay
 
     display = TrainingCurvesDisplay([[0.3, 0.2]], [1.0, 0.8, 0.7, 0.6], [0.9, 0.95]).plot()

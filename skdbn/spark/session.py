@@ -80,9 +80,10 @@ def loopback_session(master="local[*]", app_name="skdbn", config=None, connect=F
         Start a Spark Connect server for ``master`` inside this process (its gRPC endpoint
         bound to 127.0.0.1) and return a Connect client session of it, as
         ``SparkSession.builder.remote(master)`` does for a local master (for another master,
-        such as a standalone cluster's, with ``spark.api.mode=connect``). Needs the
-        ``pyspark[connect]`` extras. A process holds either classic or Connect sessions, not
-        both.
+        such as a standalone cluster's, with ``spark.api.mode=connect``). The server listens on
+        127.0.0.1:15002, pyspark's fixed port for it: one such server per machine at a time.
+        Needs the ``pyspark[connect]`` extras. A process holds either classic or Connect
+        sessions, not both.
 
     Returns
     -------

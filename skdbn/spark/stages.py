@@ -103,8 +103,8 @@ class SparkEngine:
         self._shard_plan = None  # features written by summarize(), labels still to come
         self._shard_dirs = ()  # set before any shard file is written, for close()
         self._mode = None  # rendezvous_mode(spark), asked once per fit
-        if n_workers > 1 and sync != "none":  # a bad setting fails before any data moves
-            self._mode = rendezvous_mode(spark)
+        if self._needs_rendezvous():  # a bad setting fails before any data moves
+            self._rendezvous_mode()
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
@@ -265,6 +265,9 @@ class SparkEngine:
             self._mode = rendezvous_mode(self.spark)
         return self._mode
 
+    def _needs_rendezvous(self):
+        return self._tasks > 1 and self.sync != "none"
+
     def _progress_listener(self, plan, monitor):
         """A started listener for the tasks' progress, or None: without a monitor, and where
         the executors may not reach this process (the terms of the driver's rendezvous, see
@@ -278,8 +281,7 @@ class SparkEngine:
     def _start_rendezvous(self):
         """The driver's rendezvous server and the tasks' client, or ``(None, None)`` when the
         tasks use Spark's allGather or need no rendezvous."""
-        mode = self._rendezvous_mode()
-        if self._tasks == 1 or self.sync == "none" or mode == "barrier":
+        if not self._needs_rendezvous() or self._rendezvous_mode() == "barrier":
             return None, None
         host, bind = self._driver_address()
         server = AllGatherServer(self._secret, self._tasks, self.timeout, host=bind).start()
@@ -409,8 +411,10 @@ def rendezvous_mode(spark):
     if mode not in _RENDEZVOUS_MODES:
         raise ValueError(f"{RENDEZVOUS_CONF} must be 'auto', 'driver' or 'barrier', "
                          f"got {mode!r}")
-    if mode == "barrier" or not is_connect_session(spark):
-        return "barrier" if mode == "barrier" else "driver"
+    if mode == "barrier":
+        return mode
+    if not is_connect_session(spark):
+        return "driver"
     if not local_connect_cluster(spark):
         if mode == "driver":
             raise ValueError(
