@@ -50,7 +50,7 @@ from sklearn.neural_network import BernoulliRBM, MLPClassifier
 from threadpoolctl import threadpool_limits
 
 from skdbn import DistributedDBN
-from skdbn._scratch import usable_cpus
+from skdbn._machine import usable_cpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,12 +69,13 @@ class FirstTraining:
     wrapping the engines' ``run_phase`` (workers stamp ``seconds["started"]``)."""
 
     def __init__(self):
-        from skdbn import _engines
+        from skdbn._engines import LocalEngine
+        from skdbn._processes import ProcessEngine
 
         self.start = None
         self.first = None
         self._patched = []
-        classes = [_engines.LocalEngine, _engines.ProcessEngine]
+        classes = [LocalEngine, ProcessEngine]
         if "pyspark" in sys.modules:
             from skdbn.spark.stages import SparkEngine
 

@@ -18,7 +18,7 @@ import numpy as np
 from bench_cores import _fit_seconds, mnist_like  # beside this script
 
 from skdbn import DistributedDBN
-from skdbn._scratch import usable_cpus
+from skdbn._machine import usable_cpus
 
 
 def fit_seconds(X, workers, epochs, verbose):

@@ -267,31 +267,38 @@ def part_large(args, path):
 # ---------------------------------------------------------------------------- part 2
 
 INGEST = '''
-from skdbn import loopback_session
-from skdbn.spark.stages import SparkEngine
+from skdbn import DistributedDBN, loopback_session
+from skdbn._engines import plan_workers
+from skdbn._inputs import arrays_data
+from skdbn._params import Settings
+from skdbn._schedule import make_engine
+from skdbn.spark import placement
+from skdbn.spark.training_frame import prepare_training_frame
 spark = loopback_session("local[2]", app_name="bench-ingest", connect={connect})
 if {force_cache}:  # read cached partitions, as on a cluster, instead of local shard files
-    SparkEngine._tasks_run_here = lambda self: False
+    placement.tasks_share_files = lambda spark: False
+settings = Settings.of(DistributedDBN(backend="spark", n_workers=2))
 rng = np.random.default_rng(0)
 X = rng.random(({rows}, {n_features}), dtype=np.float32).astype({dtype!r})
 codes = rng.integers(0, 10, {rows})
 times = {{}}
 for repeat in range(2):  # the first also starts the Python workers
-    engine = SparkEngine(spark, 2, "gossip", 10)
+    engine = make_engine(plan_workers(settings, {rows}), settings)
+    data = arrays_data(X, codes, np.arange(10), "bernoulli", None, None)
     started = time.perf_counter()
-    engine.start_from_arrays(X, codes, np.array_split(np.arange({rows}), 2), None, None)
+    engine.start(data, 0)
     times.setdefault("numpy", []).append(time.perf_counter() - started)
     path = "shard files" if engine._layout.shard_dir else "cached partitions"
     engine.close()
 df = spark.read.parquet({path!r}).limit({rows}).cache()
 df.count()
 for repeat in range(2):
-    engine = SparkEngine(spark, 2, "gossip", 10)
     started = time.perf_counter()
-    summary = engine.summarize(df, "features", "label")
-    engine.start_from_dataframe(df, "features", "label", summary.labels, summary, None, None)
-    times.setdefault("dataframe", []).append(time.perf_counter() - started)
-    engine.close()
+    with prepare_training_frame(df, None, settings, None) as data:
+        engine = make_engine(data.workers, settings)
+        engine.start(data, 0)
+        times.setdefault("dataframe", []).append(time.perf_counter() - started)
+        engine.close()
 spark.stop()
 print("RESULT", json.dumps({{"times": times, "path": path}}))
 '''

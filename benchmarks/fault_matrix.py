@@ -44,8 +44,8 @@ from sklearn.model_selection import train_test_split
 from spark_cluster import running_cluster
 
 from skdbn import DistributedDBN, loopback_session
+from skdbn._checkpoint import CHECKPOINT_FILE
 from skdbn._gossip import AllGatherServer, parse_address
-from skdbn._progress import CHECKPOINT_FILE
 
 # Phases of a few seconds on two cores, long enough to be hit in the middle.
 PARAMS = dict(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=2, n_workers=2,
@@ -135,7 +135,7 @@ def fault_row(matrix, fit, inject, fault, where):
 
 
 def killed_local_worker(matrix):
-    from skdbn._engines import ProcessEngine
+    from skdbn._processes import ProcessEngine
 
     fault_row(matrix, lambda: DistributedDBN(backend="local", **PARAMS).fit(matrix.X, matrix.y),
               lambda patches: KillDuringFirstPhase(patches, ProcessEngine, loky_worker),
@@ -235,7 +235,7 @@ def stopped_spark_worker(matrix, spark):
 
 
 def stopped_worker(matrix, sync, seconds_stopped=35.0):
-    from skdbn._engines import ProcessEngine
+    from skdbn._processes import ProcessEngine
 
     params = dict(PARAMS, sync=sync, pretrain_epochs=80)  # phases of several seconds
     clean, clean_s = timed(lambda: DistributedDBN(backend="local", **params).fit(matrix.X,
@@ -420,7 +420,7 @@ ATTACKS = {"3 idle connections": idle(3), "200 idle connections": idle(200),
 
 
 def hostile_peers(matrix):
-    import skdbn._engines as engines
+    import skdbn._processes as engines
 
     params = dict(PARAMS, sync="gossip", pretrain_epochs=10)
     DistributedDBN(backend="local", **params).fit(matrix.X, matrix.y)  # warm the worker pool

@@ -13,7 +13,7 @@ def __getattr__(name):
 
         return DistributedDBN
     if name == "CheckpointWarning":
-        from ._progress import CheckpointWarning
+        from ._checkpoint import CheckpointWarning
 
         return CheckpointWarning
     if name == "release_workers":

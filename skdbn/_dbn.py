@@ -1,12 +1,15 @@
-"""``DistributedDBN``: a deep belief network as a scikit-learn classifier and transformer."""
+"""``DistributedDBN``: a deep belief network as a scikit-learn classifier and transformer.
+
+The estimator is the scikit-learn face of skdbn: its parameters, ``fit`` and ``partial_fit``
+as glue between the input preparation (``_inputs`` for arrays, ``spark.training_frame`` for
+DataFrames) and the training schedule (``_schedule``), inference, and the fitted attributes
+(a warm start's starting state in, the schedule's outcome out).
+"""
 
 import contextlib
 import os
-from dataclasses import dataclass
-from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import (
     BaseEstimator,
     ClassifierMixin,
@@ -15,52 +18,35 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.exceptions import NotFittedError
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._console import StageProgress, report
-from ._engines import (
-    make_engine,
-    resolve_backend,
-    run_phase_retrying,
-    trains_in_driver_process,
-)
+from ._checkpoint import TrainingState
 from ._flat import FlatParams
+from ._inputs import WarmStart, prepare_arrays, prepare_partial_arrays
 from ._network import forward, network_from_layers, network_layout
-from ._progress import (
-    TrainingProgress,
-    check_progress,
-    fingerprint,
-    frame_fingerprint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from ._rbm import BERNOULLI, GAUSSIAN, init_rbm, mean_hidden, rbm_layout
-from ._watch import FitRecord
-from ._worker import FinetunePhase, PhaseState, PretrainPhase, standardize
-from .spark.data import (
-    HANDLE_INVALID,
-    accuracy_of,
-    check_feature_count,
-    feature_column,
-    map_dataframe,
-    read_dataframe,
-    valid_features,
-)
+from ._params import Settings, parameter_constraints
+from ._phase import standardize
+from ._rbm import mean_hidden, rbm_layout
+from ._schedule import Plan, train
+from .spark.data import accuracy_of, check_feature_count, label_column, map_dataframe
 from .spark.session import is_spark_dataframe
-from .spark.shards import partition_rows
+from .spark.training_frame import prepare_training_frame
 
 _SEED_BOUND = np.iinfo(np.int32).max
 # Where the documentation is published; the HTML repr in a notebook links to the
 # estimator's entry there. SKDBN_DOCS_URL points it elsewhere (a local build, a mirror).
 DOCS_URL = os.environ.get("SKDBN_DOCS_URL", "https://skdbn.readthedocs.io/en/latest/")
-_BERNOULLI_RANGE_MESSAGE = (
-    "visible_units='bernoulli' needs every value of X in [0, 1]; scale the data "
-    "(e.g. MinMaxScaler) or use visible_units='gaussian' or 'auto'"
+# Every attribute a fit sets (see the class's Attributes); set_fitted_state takes these.
+FITTED_ATTRIBUTES = (
+    "classes_", "coefs_", "intercepts_", "visible_intercepts_", "visible_units_", "mean_",
+    "scale_", "pretraining_history_", "loss_curve_", "validation_scores_",
+    "best_validation_score_", "best_loss_", "n_iter_", "n_workers_", "n_phase_retries_",
+    "worker_stats_", "worker_trace_", "n_features_in_", "feature_names_in_",
 )
+# What every fitted model has (the others depend on how it was fitted).
+_REQUIRED_FITTED = ("coefs_", "intercepts_", "visible_intercepts_", "visible_units_", "mean_",
+                    "scale_", "n_features_in_")
 
 
 class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, TransformerMixin,
@@ -304,39 +290,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     True
     """
 
-    _parameter_constraints = {
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "visible_units": [StrOptions({"auto", BERNOULLI, GAUSSIAN})],
-        "pretrain_epochs": [Interval(Integral, 0, None, closed="left")],
-        "pretrain_learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "cd_steps": [Interval(Integral, 1, None, closed="left")],
-        "persistent": ["boolean"],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "momentum": [Interval(Real, 0, 1, closed="left")],
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "backend": [StrOptions({"auto", "local", "spark"})],
-        "n_workers": [Interval(Integral, 1, None, closed="left"), None],
-        "sync": [StrOptions({"gossip", "average", "none"})],
-        "sync_every": [Interval(Integral, 1, None, closed="left")],
-        "checkpoint_dir": [str, os.PathLike, None],
-        "phase_retries": [Interval(Integral, 0, None, closed="left")],
-        "network_timeout": [Interval(Real, 0, None, closed="neither"), None],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "random_state": ["random_state"],
-        "features_col": [str, list, tuple],
-        "label_col": [str, None],
-        "handle_invalid": [StrOptions(set(HANDLE_INVALID))],
-        "prediction_col": [str],
-        "probability_col": [str],
-        "transform_col": [str],
-    }
+    _parameter_constraints = parameter_constraints()
 
     # Test and benchmark hook, not a parameter: (worker rank, seconds to sleep per minibatch).
     _slow_worker = None
@@ -417,134 +371,39 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Training data. Sparse input must be CSR (other formats are converted).
+        X : {array-like, sparse matrix} of shape (n_samples, n_features) or Spark DataFrame
+            Training data. Sparse input must be CSR (other formats are converted). A
+            DataFrame holds the features in ``features_col`` and the labels in
+            ``label_col``.
         y : array-like of shape (n_samples,), default=None
-            Class labels. Without them only pretraining runs.
+            Class labels (arrays only). Without them only pretraining runs.
 
         Returns
         -------
         self : DistributedDBN
             The fitted estimator.
         """
-        # The cleanup closes an engine that a DataFrame's preparation started, should the fit
-        # fail before training (training closes it otherwise).
-        with self._unchanged_on_error(), contextlib.ExitStack() as cleanup:
-            continuing = self.warm_start and hasattr(self, "coefs_")
+        with self._unchanged_on_error():
+            settings = Settings.of(self)
+            warm = self._warm_start() if self.warm_start and hasattr(self, "coefs_") else None
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
-            if is_spark_dataframe(X):
-                data, classes, validation, key = self._prepare_dataframe(X, y, continuing,
-                                                                         cleanup)
-            else:
-                data, classes, validation, key = self._prepare_arrays(X, y, continuing, seed)
-            labelled = classes is not None
-            progress = self._starting_progress(seed, key, continuing, labelled, classes,
-                                               data.dtype)
-            if continuing:
-                pretrain = "none" if labelled else "all"
-                max_epochs = progress.n_iter + self.max_iter
-            else:
-                pretrain, max_epochs = "missing", self.max_iter
-            self._train(progress, data, classes, validation, key,
-                        pretrain=pretrain, max_epochs=max_epochs)
+            with self._prepared(X, y, settings, warm, seed) as data:
+                labelled = data.classes is not None
+                state = self._starting_state(seed, warm, labelled)
+                if warm is None:
+                    plan = Plan("missing", settings.pretrain_epochs, settings.max_iter)
+                else:
+                    plan = Plan("none" if labelled else "all", settings.pretrain_epochs,
+                                state.n_iter + settings.max_iter)
+                outcome = train(settings, data, plan, state)
+            self._set_fitted(outcome, data,
+                             input_names=warm is not None or not is_spark_dataframe(X))
         return self
 
-    def _prepare_arrays(self, X, y, continuing, seed):
-        X, y = self._validate_training_data(X, y, reset=not continuing)
-        self._check_warm_start_compatible(continuing)
-        classes = self._classes_for_fit(y, continuing)
-        if not continuing:
-            self._learn_visible_units(X)
-        X_train, y_train, validation = self._split_validation(X, y, classes, seed)
-        key = None
-        if self.checkpoint_dir is not None and not continuing:
-            key = fingerprint(self.get_params(), X, y, classes)
-        return _TrainingData.of_arrays(X_train, y_train, self), classes, validation, key
-
-    def _prepare_dataframe(self, df, y, continuing, cleanup):
-        if y is not None:
-            raise ValueError(
-                "with a Spark DataFrame the labels are a column of it (label_col="
-                f"{self.label_col!r}); do not pass y"
-            )
-        if self.early_stopping:
-            raise NotImplementedError(
-                "early_stopping is not available for Spark DataFrames yet; fit on numpy "
-                "arrays or set early_stopping=False"
-            )
-        label_col = self._checked_label_col(df, "fit")
-        if self.handle_invalid != "error":
-            df = df.filter(self._valid_training_rows(df, label_col))
-        summary, X, labels, engine = self._summarize_dataframe(df, label_col, cleanup)
-        if continuing and summary.n_features != self.n_features_in_:
-            raise ValueError(
-                f"X has {summary.n_features} features, but DistributedDBN is expecting "
-                f"{self.n_features_in_} features as input."
-            )
-        self._check_warm_start_compatible(continuing)
-        classes = None
-        if label_col is not None:
-            check_classification_targets(summary.labels)
-            classes = self._classes_for_fit(summary.labels, continuing)
-        if not continuing:
-            self.n_features_in_ = summary.n_features
-            if hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-            self._learn_visible_units_from_summary(summary)
-        if (self.visible_units_ == BERNOULLI
-                and (summary.minimum.min() < 0 or summary.maximum.max() > 1)):
-            raise ValueError(_BERNOULLI_RANGE_MESSAGE)
-        data = _TrainingData.of_dataframe(df, label_col, summary, self, engine)
-        if X is not None:
-            data = data.held_here(X, labels)
-        key = None
-        if self.checkpoint_dir is not None and not continuing:
-            key = frame_fingerprint(self.get_params(), summary, classes)
-        return data, classes, None, key
-
-    def _checked_label_col(self, df, method):
-        if self.label_col is None:
-            return None
-        if self.label_col not in df.columns:
-            advice = ("name the labels' column, or set label_col=None to pretrain without "
-                      "labels" if method == "fit" else "score needs labels: name their column")
-            raise ValueError(
-                f"label_col {self.label_col!r} is not a column of the DataFrame (its columns: "
-                f"{', '.join(df.columns)}); {advice}"
-            )
-        return self.label_col
-
-    def _valid_training_rows(self, df, label_col):
-        from pyspark.sql import functions, types
-
-        features, _ = feature_column(df, self.features_col)
-        valid = valid_features(features)
-        if label_col is None:
-            return valid
-        label = df[label_col]
-        valid = valid & label.isNotNull()
-        if isinstance(df.schema[label_col].dataType, (types.FloatType, types.DoubleType)):
-            valid = valid & ~functions.isnan(label)
-        return valid
-
-    def _summarize_dataframe(self, df, label_col, cleanup):
-        """Read the DataFrame once: into this process when the fit trains here, else on the
-        executors by the engine that is to train (which may write the shards on the way).
-
-        Returns ``(summary, X, labels, engine)``: the arrays when read here, else the engine.
-        Choosing the number of workers needs the row count, a cheap JVM-only job.
-        """
-        backend = resolve_backend(self.backend, dataframe_input=True)
-        counts = None
-        if backend != "local" and self.n_workers is None:
-            counts = partition_rows(df)
-        n_samples = 0 if counts is None else sum(counts.values())
-        if trains_in_driver_process(backend, self.n_workers, n_samples):
-            return (*read_dataframe(df, self.features_col, label_col), None)
-        engine = make_engine(backend, self.n_workers, self.sync, self.sync_every,
-                             n_samples, df, timeout=self.network_timeout)
-        cleanup.callback(engine.close)
-        return engine.summarize(df, self.features_col, label_col, counts), None, None, engine
+    def _prepared(self, X, y, settings, warm, seed):
+        if is_spark_dataframe(X):
+            return prepare_training_frame(X, y, settings, warm)
+        return prepare_arrays(self, X, y, settings, warm, seed)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None, classes=None):
@@ -573,399 +432,129 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             raise TypeError("partial_fit takes arrays; for a Spark DataFrame use fit (with "
                             "warm_start=True to continue training)")
         with self._unchanged_on_error():
-            first_call = not hasattr(self, "coefs_")
-            X, y = self._validate_training_data(X, y, reset=first_call)
-            if first_call:
-                self._learn_visible_units(X)
-            self._check_warm_start_compatible(not first_call)
-            classes = self._partial_fit_classes(y, classes)
+            settings = Settings.of(self)
+            warm = self._warm_start() if hasattr(self, "coefs_") else None
+            data = prepare_partial_arrays(self, X, y, classes, settings, warm)
+            # Each call draws new minibatches: the seed moves on with the epochs trained.
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
-            progress = self._starting_progress(seed, None, not first_call, y is not None)
-            seed_offset = len(getattr(self, "loss_curve_", [])) + sum(
-                len(h["reconstruction_error"]) for h in getattr(self, "pretraining_history_", [])
-            )
-            progress.seed = (seed + seed_offset) % _SEED_BOUND
-            data = _TrainingData.of_arrays(X, y, self)
+            epochs = len(getattr(self, "loss_curve_", [])) + sum(
+                len(h["reconstruction_error"])
+                for h in getattr(self, "pretraining_history_", []))
+            state = self._starting_state((seed + epochs) % _SEED_BOUND, warm, y is not None)
             if y is None:
-                self._train(progress, data, None, None, None, pretrain="all",
-                            max_epochs=0, pretrain_epochs=1)
+                plan = Plan("all", pretrain_epochs=1, max_epochs=0)
             else:
-                self._train(progress, data, classes, None, None, pretrain="missing",
-                            max_epochs=progress.n_iter + 1, apply_stopping_rule=False)
+                plan = Plan("missing", settings.pretrain_epochs, state.n_iter + 1,
+                            stopping_rule=False)
+            self._set_fitted(train(settings, data, plan, state), data)
         return self
 
-    def _validate_training_data(self, X, y, reset):
-        if y is None:
-            X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
-                              reset=reset)
-        else:
-            X, y = validate_data(self, X, y, accept_sparse="csr",
-                                 dtype=[np.float64, np.float32], reset=reset)
-            check_classification_targets(y)
-        if X.shape[0] < 1:
-            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
-        if sp.issparse(X):
-            X.sort_indices()
-        visible = getattr(self, "visible_units_", None) if not reset else None
-        if (visible or self.visible_units) == BERNOULLI and not _within_unit_interval(X):
-            raise ValueError(_BERNOULLI_RANGE_MESSAGE)
-        return X, y
+    # ------------------------------------------------------------------ fitted attributes
 
-    def _check_warm_start_compatible(self, continuing):
-        if continuing and tuple(self._hidden_sizes()) != tuple(
-            c.shape[1] for c in self.coefs_[: len(self.visible_intercepts_)]
-        ):
-            raise ValueError(
-                "hidden_layer_sizes differs from the fitted model's layers "
-                f"{[c.shape[1] for c in self.coefs_[: len(self.visible_intercepts_)]]}; "
-                "set warm_start=False to train a new model"
-            )
+    def _warm_start(self):
+        """What the fitted model fixes for a fit that continues it."""
+        return WarmStart(self.n_features_in_, self.visible_units_, self.mean_, self.scale_,
+                         getattr(self, "classes_", None),
+                         tuple(c.shape[1] for c in self._hidden_coefs()))
 
-    def _classes_for_fit(self, y, continuing):
-        if y is None:
-            return None
-        classes = unique_labels(y)
-        if len(classes) < 2:
-            raise ValueError(
-                "The number of classes has to be greater than one; got 1 class. A classifier "
-                "needs samples of at least 2 classes (call fit(X) without y to only pretrain)."
-            )
-        previous = getattr(self, "classes_", None)
-        if continuing and previous is not None and not np.array_equal(previous, classes):
-            raise ValueError(
-                f"warm_start fit got classes {classes}, but the model was trained on "
-                f"{previous}; set warm_start=False to train a new model"
-            )
-        return classes
-
-    def _partial_fit_classes(self, y, classes):
-        if y is None:
-            return None
-        previous = getattr(self, "classes_", None)
-        if classes is not None:
-            classes = unique_labels(classes)
-            if previous is not None and not np.array_equal(previous, classes):
-                raise ValueError(
-                    f"classes={classes} is not the same as on an earlier call to partial_fit "
-                    f"or fit ({previous})"
-                )
-        elif previous is None:
-            raise ValueError("classes must be passed on the first call to partial_fit "
-                             "with labels.")
-        classes = previous if classes is None else classes
-        if len(classes) < 2:
-            raise ValueError("The number of classes has to be greater than one; got 1 class.")
-        unseen = np.setdiff1d(unique_labels(y), classes)
-        if unseen.size:
-            raise ValueError(f"y contains labels {unseen} that are not in classes {classes}")
-        return classes
-
-    def _learn_visible_units(self, X):
-        kind = self.visible_units
-        if kind == "auto":
-            kind = BERNOULLI if _within_unit_interval(X) else GAUSSIAN
-        self.visible_units_ = kind
-        if kind == BERNOULLI:
-            self.mean_, self.scale_ = None, None
-            return
-        with np.errstate(over="ignore", invalid="ignore"):
-            if sp.issparse(X):
-                mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
-                variance = np.asarray(X.multiply(X).mean(axis=0, dtype=np.float64)).ravel() \
-                    - mean**2
-            else:
-                mean = X.mean(axis=0, dtype=np.float64)
-                variance = X.var(axis=0, dtype=np.float64)
-        self.mean_, self.scale_ = _standardization(mean, variance, X.dtype)
-
-    def _learn_visible_units_from_summary(self, summary):
-        kind = self.visible_units
-        if kind == "auto":
-            inside = summary.minimum.min() >= 0 and summary.maximum.max() <= 1
-            kind = BERNOULLI if inside else GAUSSIAN
-        self.visible_units_ = kind
-        if kind == BERNOULLI:
-            self.mean_, self.scale_ = None, None
-            return
-        self.mean_, self.scale_ = _standardization(summary.mean, summary.variance,
-                                                   summary.dtype)
-
-    def _split_validation(self, X, y, classes, seed):
-        if y is None or not self.early_stopping:
-            return X, y, None
-        X_train, X_val, y_train, y_val = train_test_split(
-            X, y, test_size=self.validation_fraction, stratify=y, random_state=seed
-        )
-        y_val = np.searchsorted(classes, y_val)
-        if X_val.shape[0] < 2:
-            raise ValueError(
-                f"early_stopping needs at least 2 validation samples; validation_fraction="
-                f"{self.validation_fraction} of {X.shape[0]} samples gives {X_val.shape[0]}"
-            )
-        return X_train, y_train, (X_val, y_val)
-
-    def _starting_progress(self, seed, key, continuing, labelled, classes=None, dtype=None):
-        if self.checkpoint_dir is not None and key is not None:
-            sizes = [self.n_features_in_, *self._hidden_sizes()]
-            n_classes = None if classes is None else len(classes)
-            saved, path = load_checkpoint(
-                self.checkpoint_dir, key,
-                lambda progress: check_progress(progress, sizes, n_classes, dtype))
-            if saved is not None:
-                self._report(f"resumed from {path}: {len(saved.layers)} of {len(sizes) - 1} "
-                             f"layers pretrained, {saved.n_iter} fine-tuning epochs done")
-                return saved
-        progress = TrainingProgress(seed=int(seed))
-        if not continuing:
-            return progress
+    def _starting_state(self, seed, warm, labelled):
+        """The training state a fit starts from: fresh, or the fitted model's layers (and,
+        for a labelled fit, its network) when it continues the model (``warm``)."""
+        state = TrainingState(seed=int(seed))
+        if warm is None:
+            return state
         dtype = self.coefs_[0].dtype
-        n_layers = len(self.visible_intercepts_)
-        sizes = [self.n_features_in_, *self._hidden_sizes()]
-        for i in range(n_layers):
+        sizes = [self.n_features_in_, *warm.layer_sizes]
+        for i, (weights, bias) in enumerate(zip(self._hidden_coefs(), self.intercepts_,
+                                                strict=False)):
             layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype)
-            layer["weights"][...] = self.coefs_[i]
-            layer["hidden_bias"][...] = self.intercepts_[i]
+            layer["weights"][...] = weights
+            layer["hidden_bias"][...] = bias
             layer["visible_bias"][...] = self.visible_intercepts_[i]
-            progress.layers.append(layer.flat)
-        progress.pretraining_history = [dict(h) for h in self.pretraining_history_]
+            state.layers.append(layer.flat)
+        state.pretraining_history = [dict(h) for h in self.pretraining_history_]
         if labelled and hasattr(self, "classes_"):
-            head = network_from_layers(self.coefs_, self.intercepts_, dtype)
-            progress.network = head.flat
-            progress.velocity = np.zeros_like(head.flat)
-            progress.loss_curve = list(self.loss_curve_)
-            progress.best_loss = min(self.loss_curve_, default=np.inf)
-        return progress
+            state.network = network_from_layers(self.coefs_, self.intercepts_, dtype).flat
+            state.velocity = np.zeros_like(state.network)
+            state.loss_curve = list(self.loss_curve_)
+            state.best_loss = min(self.loss_curve_, default=np.inf)
+        return state
 
-    # ------------------------------------------------------------------ phases
-
-    def _train(self, progress, data, classes, validation, key, *, pretrain, max_epochs,
-               pretrain_epochs=None, apply_stopping_rule=True):
-        """Run the phases: ``pretrain`` is "missing" (layers not trained yet), "all" (continue
-        every layer) or "none"; fine-tuning follows when ``classes`` is given."""
-        self._check_n_workers(data.n_samples)
-        self._phase_retries = 0
-        self._fit_record = FitRecord()
-        backend = resolve_backend(self.backend, dataframe_input=data.dataframe is not None)
-        engine = data.engine or make_engine(backend, self.n_workers, self.sync,
-                                            self.sync_every, data.n_samples,
-                                            timeout=self.network_timeout)
-        try:
-            self._start_engine(engine, data, classes, progress.seed)
-            if pretrain != "none":
-                first = 0 if pretrain == "all" else len(progress.layers)
-                epochs = self.pretrain_epochs if pretrain_epochs is None else pretrain_epochs
-                self._pretrain(engine, progress, data, key, first, epochs)
-            if classes is not None:
-                self._finetune(engine, progress, len(classes), validation, key, max_epochs,
-                               apply_stopping_rule, data.n_samples)
-        finally:
-            engine.close()
-        self._store_fitted(progress, classes, engine.n_workers)
-
-    def _start_engine(self, engine, data, classes, seed):
-        if data.dataframe is not None:
-            engine.start_from_dataframe(data.dataframe, self.features_col, data.label_col,
-                                        classes, data.summary, self.mean_, self.scale_)
-            return
-        codes = None if data.y is None else np.searchsorted(classes, data.y)
-        worker_rows = _worker_rows(data.n_samples, engine.n_workers, seed)
-        engine.start_from_arrays(data.X, codes, worker_rows, self.mean_, self.scale_)
-
-    def _check_n_workers(self, n_samples):
-        if self.n_workers is not None and self.n_workers > n_samples:
-            raise ValueError(
-                f"n_workers={self.n_workers} is more than the {n_samples} training samples; "
-                "every worker needs a shard"
-            )
-
-    def _pretrain(self, engine, progress, data, key, first, epochs):
-        sizes = [data.n_features, *self._hidden_sizes()]
-        for index in range(first, len(sizes) - 1):
-            with StageProgress(f"layer {index}", "reconstruction error", data.n_samples,
-                               epochs, self.verbose) as stage:
-                params, history, output_mean = self._pretrain_layer(
-                    engine, progress, data, sizes, index, epochs, stage)
-                self._record_layer(progress, index, params, history, output_mean)
-                stage.close(f"pretrained layer {index}: {_last_figures(history)}")
-            if self.checkpoint_dir is not None and key is not None:
-                save_checkpoint(self.checkpoint_dir, key, progress)
-
-    def _pretrain_layer(self, engine, progress, data, sizes, index, epochs, stage):
-        """Pretrain layer ``index`` for ``epochs`` epochs: its parameters, per-epoch history
-        and mean hidden activation (the next layer's visible mean)."""
-        # A stream of its own per layer: a fit resumed at this layer draws what an
-        # uninterrupted one does.
-        rng = np.random.default_rng([progress.seed, 0, index])
-        phase = self._pretrain_phase(index, sizes, epochs, progress.seed)
-        initial = self._initial_layer(progress, data, sizes, index, phase, rng)
-        if epochs == 0:
-            # Untrained: no better guess of the activations than one half.
-            return initial, {"reconstruction_error": []}, np.full(sizes[index + 1], 0.5)
-        below = [FlatParams(rbm_layout(sizes[i], sizes[i + 1]), data.dtype, progress.layers[i])
-                 for i in range(index)]
-        state, results = self._run_phase(
-            engine, phase, PhaseState(initial, np.zeros_like(initial)), below, stage)
-        history = _mean_history(results)
-        stage.phase_done(results, history["reconstruction_error"], epochs)
-        output_mean = np.average([r.hidden_mean for r in results], axis=0,
-                                 weights=[r.n_samples for r in results])
-        return state.params, history, output_mean
-
-    def _initial_layer(self, progress, data, sizes, index, phase, rng):
-        """The starting parameters of layer ``index``: the layer trained so far, or a new
-        one (Glorot weights when it will not be pretrained)."""
-        if index < len(progress.layers):
-            return progress.layers[index]
-        visible_mean = data.input_mean if index == 0 else progress.layer_means[index - 1]
-        layer = init_rbm(sizes[index], sizes[index + 1], visible_mean, phase.visible_units,
-                         data.dtype, rng)
-        if phase.epochs == 0:
-            layer["weights"][...] = _glorot_uniform(sizes[index], sizes[index + 1], rng)
-        return layer.flat
-
-    def _run_phase(self, engine, phase, state, below, stage):
-        """Run ``phase`` (rerun after a lost worker), shown on ``stage``'s progress bar."""
-        state, results, retries = run_phase_retrying(
-            engine, phase, state, below, self.phase_retries,
-            lambda message: self._report(f"{type(phase).__name__}: {message}"),
-            monitor=stage if self.verbose >= 1 else None)
-        self._phase_retries += retries
-        self._fit_record.add(stage.name, results)
-        return state, results
-
-    def _pretrain_phase(self, index, sizes, epochs, seed):
-        return PretrainPhase(
-            layer=index, n_visible=sizes[index], n_hidden=sizes[index + 1],
-            visible_units=self.visible_units_ if index == 0 else BERNOULLI,
-            epochs=epochs, batch_size=self.batch_size,
-            learning_rate=self.pretrain_learning_rate, momentum=self.momentum,
-            weight_decay=self.alpha, cd_steps=self.cd_steps, persistent=self.persistent,
-            seed=(seed, 1, index), slow_worker=self._slow_worker,
-        )
-
-    @staticmethod
-    def _record_layer(progress, index, params, history, output_mean):
-        if index < len(progress.layer_means):
-            progress.layer_means[index] = output_mean
-        else:
-            progress.layer_means.append(output_mean)
-        if index < len(progress.layers):
-            progress.layers[index] = params
-            merged = {k: list(progress.pretraining_history[index].get(k, [])) + list(v)
-                      for k, v in history.items()}
-            progress.pretraining_history[index] = merged
-        else:
-            progress.layers.append(params)
-            progress.pretraining_history.append({k: list(v) for k, v in history.items()})
-
-    def _finetune(self, engine, progress, n_classes, validation, key, max_epochs,
-                  apply_stopping_rule, n_samples):
-        sizes = (self.n_features_in_, *self._hidden_sizes(), n_classes)
-        if progress.network is None:
-            progress.network = self._initial_network(progress, sizes).flat
-            progress.velocity = np.zeros_like(progress.network)
-        with StageProgress("fine-tuning", "loss", n_samples,
-                           max(0, max_epochs - progress.n_iter), self.verbose) as stage:
-            self._finetune_phases(engine, progress, sizes, validation, key, max_epochs,
-                                  apply_stopping_rule, stage)
-            if validation is not None and progress.best_network is not None:
-                progress.network = progress.best_network
-            stage.close(_finetuning_summary(progress))
-
-    def _finetune_phases(self, engine, progress, sizes, validation, key, max_epochs,
-                         apply_stopping_rule, stage):
-        while not progress.finetune_done and progress.n_iter < max_epochs:
-            phase = FinetunePhase(
-                layer_sizes=sizes,
-                epochs=min(1 if validation else engine.epochs_per_phase,
-                           max_epochs - progress.n_iter),
-                batch_size=self.batch_size, learning_rate=self.learning_rate,
-                momentum=self.momentum, alpha=self.alpha,
-                seed=(progress.seed, 2, progress.n_iter), slow_worker=self._slow_worker,
-            )
-            state, results = self._run_phase(
-                engine, phase, PhaseState(progress.network, progress.velocity), [], stage)
-            progress.network, progress.velocity = state.params, state.velocity
-            losses = _mean_history(results)["loss"][-phase.epochs:]
-            stage.phase_done(results, losses, phase.epochs)
-            for loss in losses:
-                progress.loss_curve.append(loss)
-                if apply_stopping_rule and not progress.finetune_done:
-                    progress.finetune_done = self._update_stopping(progress, validation, sizes)
-                    if validation is not None:
-                        stage.note(f"validation score {progress.validation_scores[-1]:.4f}")
-            if self.checkpoint_dir is not None and key is not None:
-                save_checkpoint(self.checkpoint_dir, key, progress)
-
-    def _initial_network(self, progress, sizes):
-        dtype = progress.layers[0].dtype if progress.layers else np.float64
-        params = FlatParams(network_layout(list(sizes)), dtype)
-        rng = np.random.default_rng([progress.seed, 3])
-        n_hidden = len(sizes) - 2
-        for i in range(n_hidden):
-            layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, progress.layers[i])
-            params[f"weights_{i}"][...] = layer["weights"]
-            params[f"bias_{i}"][...] = layer["hidden_bias"]
-        params[f"weights_{n_hidden}"][...] = _glorot_uniform(*sizes[-2:], rng)
-        return params
-
-    def _update_stopping(self, progress, validation, sizes):
-        """Record this epoch's figure and say whether fine-tuning should stop."""
-        if validation is not None:
-            X_val, y_val = validation
-            params = FlatParams(network_layout(list(sizes)), progress.network.dtype,
-                                progress.network)
-            probabilities = forward(self._standardized(X_val, params.flat.dtype), params,
-                                    len(sizes) - 2)[-1]
-            score = float(np.mean(probabilities.argmax(axis=1) == y_val))
-            progress.validation_scores.append(score)
-            improved = score > progress.best_validation_score + self.tol
-            if score > progress.best_validation_score:
-                progress.best_validation_score = score
-                progress.best_network = progress.network.copy()
-        else:
-            loss = progress.loss_curve[-1]
-            improved = loss < progress.best_loss - self.tol
-            progress.best_loss = min(progress.best_loss, loss)
-        progress.no_improvement_count = 0 if improved else progress.no_improvement_count + 1
-        return bool(progress.no_improvement_count >= self.n_iter_no_change)
-
-    def _store_fitted(self, progress, classes, n_workers):
-        sizes = [self.n_features_in_, *self._hidden_sizes()]
-        dtype = progress.layers[0].dtype
-        layers = [FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype, flat)
-                  for i, flat in enumerate(progress.layers)]
+    def _set_fitted(self, outcome, data, input_names=True):
+        """Take the schedule's ``outcome`` as the fitted attributes; the input's, learned
+        while the ``data`` was prepared, too (a DataFrame has no feature names to keep:
+        ``input_names=False`` drops those of an earlier fit)."""
+        state, sizes = outcome.state, [data.n_features, *Settings.of(self).hidden_sizes]
+        self.n_features_in_ = data.n_features
+        if not input_names and hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self.visible_units_, self.mean_, self.scale_ = data.visible_units, data.mean, data.scale
+        layers = [FlatParams(rbm_layout(*sizes[i:i + 2]), state.layers[0].dtype, flat)
+                  for i, flat in enumerate(state.layers)]
         self.visible_intercepts_ = [layer["visible_bias"].copy() for layer in layers]
-        self.pretraining_history_ = [
-            {k: list(v) for k, v in h.items()} for h in progress.pretraining_history
-        ]
-        if progress.network is not None:
-            params = FlatParams(network_layout([*sizes, len(self.classes_ if classes is None
-                                                             else classes)]),
-                                dtype, progress.network)
-            n = len(sizes)
-            self.coefs_ = [params[f"weights_{i}"].copy() for i in range(n)]
-            self.intercepts_ = [params[f"bias_{i}"].copy() for i in range(n)]
-            if classes is not None:
-                self.classes_ = classes
+        self.pretraining_history_ = [{k: list(v) for k, v in h.items()}
+                                     for h in state.pretraining_history]
+        if state.network is not None:
+            params = FlatParams(network_layout([*sizes, len(data.classes)]),
+                                state.layers[0].dtype, state.network)
+            self.coefs_ = [params[f"weights_{i}"].copy() for i in range(len(sizes))]
+            self.intercepts_ = [params[f"bias_{i}"].copy() for i in range(len(sizes))]
+            self.classes_ = data.classes
         else:
             self.coefs_ = [layer["weights"].copy() for layer in layers]
             self.intercepts_ = [layer["hidden_bias"].copy() for layer in layers]
-            if hasattr(self, "classes_"):
-                del self.classes_
-        self.loss_curve_ = list(progress.loss_curve)
-        self.n_iter_ = progress.n_iter
-        self.validation_scores_ = (list(progress.validation_scores) if self.early_stopping
+            self.__dict__.pop("classes_", None)
+        self._set_fine_tuning_figures(state)
+        self.n_workers_, self.n_phase_retries_ = outcome.n_workers, outcome.n_phase_retries
+        self.worker_stats_, self.worker_trace_ = outcome.worker_stats, outcome.worker_trace
+
+    def _set_fine_tuning_figures(self, state):
+        self.loss_curve_ = list(state.loss_curve)
+        self.n_iter_ = state.n_iter
+        self.validation_scores_ = (list(state.validation_scores) if self.early_stopping
                                    else None)
-        self.best_validation_score_ = (progress.best_validation_score if self.early_stopping
-                                       and progress.validation_scores else None)
-        self.best_loss_ = (progress.best_loss if not self.early_stopping
-                           and np.isfinite(progress.best_loss) else None)
-        self.n_workers_ = n_workers
-        self.n_phase_retries_ = self.__dict__.pop("_phase_retries", 0)
-        record = self.__dict__.pop("_fit_record", None) or FitRecord()
-        self.worker_stats_ = record.workers
-        self.worker_trace_ = record.trace
+        self.best_validation_score_ = (state.best_validation_score if self.early_stopping
+                                       and state.validation_scores else None)
+        self.best_loss_ = (state.best_loss if not self.early_stopping
+                           and np.isfinite(state.best_loss) else None)
+
+    def get_fitted_state(self):
+        """The fitted attributes, for saving the model without pickle.
+
+        The ``pyspark.ml`` stages save models this way: the values are numpy arrays, lists
+        (of arrays, numbers or dicts), numbers, strings and None, which JSON and Parquet
+        carry. :meth:`set_fitted_state` takes them back.
+
+        Returns
+        -------
+        state : dict
+            Each fitted attribute (``coefs_``, ``classes_``, ...) by name.
+        """
+        check_is_fitted(self)
+        return {name: value for name, value in vars(self).items() if name in FITTED_ATTRIBUTES}
+
+    def set_fitted_state(self, state):
+        """Make this estimator the model whose fitted attributes are ``state``.
+
+        Parameters
+        ----------
+        state : dict
+            As :meth:`get_fitted_state` gives it (attribute name to value).
+
+        Returns
+        -------
+        self : DistributedDBN
+            The fitted estimator.
+        """
+        unknown = sorted(set(state) - set(FITTED_ATTRIBUTES))
+        missing = sorted(set(_REQUIRED_FITTED) - set(state))
+        if unknown or missing:
+            raise ValueError(f"not a fitted state of a DistributedDBN: unknown attributes "
+                             f"{unknown}, missing attributes {missing}")
+        for name in FITTED_ATTRIBUTES:
+            self.__dict__.pop(name, None)
+        self.__dict__.update(state)
+        return self
 
     # ------------------------------------------------------------------ inference
 
@@ -1079,7 +668,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             if y is not None or sample_weight is not None:
                 raise ValueError("with a Spark DataFrame the labels are its label_col column; "
                                  "do not pass y or sample_weight")
-            label_col = self._checked_label_col(X, "score")
+            label_col = label_column(X, self.label_col, "score")
             if label_col is None:
                 raise ValueError("score needs labels: set label_col to the DataFrame's column "
                                  "of labels")
@@ -1113,16 +702,6 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     def _hidden_coefs(self):
         return self.coefs_[: len(self.visible_intercepts_)]
 
-    def _hidden_sizes(self):
-        sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
-        if not sizes or not all(isinstance(s, Integral) and s >= 1 for s in sizes):
-            raise ValueError(
-                "hidden_layer_sizes must be a positive integer or a non-empty sequence of "
-                f"positive integers, got {self.hidden_layer_sizes!r}"
-            )
-        return [int(s) for s in sizes]
-
     @property
     def _n_features_out(self):
         return self._hidden_coefs()[-1].shape[1]
@@ -1141,9 +720,6 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             self.__dict__.update(saved)
             raise
 
-    def _report(self, message, level=1):
-        report(self.verbose, message, level)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
@@ -1152,111 +728,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         return tags
 
 
-def _within_unit_interval(X):
-    values = X.data if sp.issparse(X) else X
-    return values.size == 0 or (values.min() >= 0 and values.max() <= 1)
-
-
-def _mean_history(results):
-    """Per-pass figures averaged over the workers (over the passes all of them finished)."""
-    merged = {}
-    for name in results[0].history:
-        series = [r.history[name] for r in results if r.history.get(name)]
-        length = min((len(v) for v in series), default=0)
-        merged[name] = [float(np.mean([v[i] for v in series])) for i in range(length)]
-        if not merged[name] and series:
-            merged[name] = [float(np.mean([v[-1] for v in series]))]
-    return merged
-
-
-def _glorot_uniform(n_in, n_out, rng):
-    # The bound MLPClassifier uses for logistic units (Glorot & Bengio 2010).
-    bound = np.sqrt(2.0 / (n_in + n_out))
-    return rng.uniform(-bound, bound, size=(n_in, n_out))
-
-
-def _column_mean(x):
-    return np.asarray(x.mean(axis=0)).ravel()
-
-
-@dataclass
-class _TrainingData:
-    """What ``_train`` needs to know of the training data, wherever it lives."""
-
-    n_samples: int
-    n_features: int
-    dtype: np.dtype
-    input_mean: np.ndarray  # mean of the first layer's (standardized) input
-    X: object = None
-    y: np.ndarray | None = None
-    dataframe: object = None
-    label_col: str | None = None
-    summary: object = None
-    engine: object = None  # the engine that read the DataFrame, to train on it
-
-    @classmethod
-    def of_arrays(cls, X, y, estimator):
-        """Validated arrays held by the driver."""
-        if estimator.mean_ is None:
-            input_mean = _column_mean(X)
-        else:
-            input_mean = np.zeros(X.shape[1], dtype=X.dtype)  # standardized
-        return cls(X.shape[0], X.shape[1], X.dtype, input_mean, X=X, y=y)
-
-    @classmethod
-    def of_dataframe(cls, df, label_col, summary, estimator, engine):
-        """A Spark DataFrame read on the executors by ``engine``, in the dtype of its
-        feature column."""
-        d = summary.n_features
-        input_mean = summary.mean if estimator.mean_ is None else np.zeros(d)
-        return cls(summary.n_samples, d, summary.dtype, input_mean.astype(summary.dtype),
-                   dataframe=df, label_col=label_col, summary=summary, engine=engine)
-
-    def held_here(self, X, y):
-        """The same data, read into this process as ``X`` and labels ``y`` (or None)."""
-        return _TrainingData(self.n_samples, self.n_features, self.dtype, self.input_mean,
-                             X=X, y=y)
-
-
-def _standardization(mean, variance, dtype):
-    """``(mean_, scale_)`` of Gaussian visible units in ``dtype``, from float64 moments."""
-    scale = np.sqrt(np.maximum(variance, 0))
-    with np.errstate(over="ignore"):
-        mean, scale = np.asarray(mean).astype(dtype), scale.astype(dtype)
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(scale))):
-        raise ValueError(
-            f"X holds values too large to standardize in {np.dtype(dtype).name} (their "
-            "variance overflows); rescale X, e.g. with StandardScaler, before fitting"
-        )
-    scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
-    return mean, scale
-
-
-def _worker_rows(n_samples, n_workers, seed):
-    """Rows of each worker: a seeded random permutation cut in ``n_workers`` near-equal parts
-    (one worker keeps the rows as they are, given as None)."""
-    if n_workers == 1:
-        return [None]
-    order = np.random.default_rng([seed, 4]).permutation(n_samples)
-    return np.array_split(order, n_workers)
-
-
 def _rbm_view(weights, bias, dtype):
     n_visible, n_hidden = weights.shape
     params = FlatParams(rbm_layout(n_visible, n_hidden), dtype)
     params["weights"][...] = weights
     params["hidden_bias"][...] = bias
     return params
-
-
-def _finetuning_summary(progress):
-    text = f"fine-tuned: {progress.n_iter} epochs in all"
-    if progress.loss_curve:
-        text += f": loss {progress.loss_curve[-1]:.5f}"
-    if progress.validation_scores:
-        text += f", best validation score {progress.best_validation_score:.4f}"
-    return text
-
-
-def _last_figures(history):
-    return ", ".join(f"{name} {values[-1]:.4f}" for name, values in history.items() if values)

@@ -1,249 +1,157 @@
-"""Engines start workers and collect their results; they hold no training math.
+"""Engines start workers and run the phases of a fit on them; they hold no training math.
 
-Every engine offers ``phase_workers`` (the workers of each phase),
-``start_from_arrays(X, codes, worker_rows, mean, scale)``,
-``run_phase(phase, state, below, monitor=None)`` returning the consensus state and the
-workers' results (``monitor.update(rank, snapshot)``, if given, hears each worker's progress
-while the phase runs), ``lost_worker(error)`` and ``recover()`` for reruns, and ``close()``.
+``Engine`` is what the training schedule asks of an engine. Three implement it:
 
-- ``LocalEngine``: one worker in the calling process.
-- ``ProcessEngine``: ``n_workers`` warm local processes (a loky pool kept between fits) that
-  map the training data from shared memory and gossip over loopback with the very same
-  transport and protocol as Spark tasks, so the gossip layer runs without a JVM.
-- ``SparkEngine`` (in ``spark.stages``): one barrier task per worker.
+- ``LocalEngine`` (here): one worker in the calling process.
+- ``ProcessEngine`` (``_processes``): warm local processes that map the training data from
+  shared memory and gossip over loopback with the very transport and protocol of Spark tasks.
+- ``SparkEngine`` (``spark.stages``): one barrier task per worker.
+
+Which one a fit gets, and with how many workers, is a ``WorkerPlan`` (``plan_workers``); the
+schedule turns it into an engine.
 """
 
-import contextlib
-import dataclasses
-import secrets
+import abc
 import sys
-import time
-from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, wait
+from dataclasses import dataclass
 from functools import partial
 
-from joblib.externals.loky.process_executor import TerminatedWorkerError
+import numpy as np
 
-from ._gossip import AllGatherClient, AllGatherServer, PeerLost
-from ._pool import acquire_pool, blas_threads, discard_pool, release_pool
-from ._scratch import usable_cpus
-from ._shared import open_shard, shard_sources
-from ._task import (
-    PhaseStalled,
-    Stopwatch,
-    SyncPlan,
-    run_worker,
-    straggler_allowance,
-    train_watched,
-)
-from ._watch import open_progress_listener
-from ._worker import Shard, consensus
+from ._machine import usable_cpus
+from ._phase import Shard, consensus
+from ._worker import Stopwatch, train_watched
 
 # Seconds any single network wait of a phase may take before a peer is given up.
 NETWORK_TIMEOUT = 30.0
 
-
 # Seconds between two progress snapshots of a worker in this process (nothing to send).
 IN_PROCESS_REPORT_SECONDS = 0.2
-
-
-class LocalEngine:
-    """Runs every phase in the calling process, on one worker holding all of the data."""
-
-    n_workers = 1
-    phase_workers = 1  # workers (results) of each phase
-    epochs_per_phase = 1
-
-    def __init__(self):
-        self._shards = None
-
-    def start_from_arrays(self, X, codes, worker_rows, mean, scale):
-        """Keep ``X`` and the class ``codes`` (or None) as the worker's shard.
-
-        ``worker_rows`` holds the worker's rows, in the order it keeps them (None: all rows as
-        they are, without a copy).
-        """
-        shards = []
-        for rows in worker_rows:
-            y = codes if rows is None or codes is None else codes[rows]
-            shards.append(Shard(X if rows is None else X[rows], y, mean, scale))
-        self.start(shards)
-
-    def start(self, shards):
-        """Keep the workers' shards (a list with one ``Shard``) for the phases to come."""
-        if len(shards) != 1:
-            raise ValueError(f"LocalEngine runs one worker, got {len(shards)} shards")
-        self._shards = shards
-
-    def run_phase(self, phase, state, below, monitor=None):
-        """Run ``phase`` on every worker and return ``(consensus_state, results)``."""
-        results = []
-        for rank, shard in enumerate(self._shards):
-            clock = Stopwatch()
-            send = None if monitor is None else partial(monitor.update, rank)
-            result = train_watched(clock, send, IN_PROCESS_REPORT_SECONDS, rank, phase, shard,
-                                   state, below)
-            results.append(clock.stamped(result))
-        return consensus(results), results
-
-    def lost_worker(self, error):
-        """Never: the worker is this process."""
-        return None
-
-    def recover(self):
-        """Nothing to do (see ``lost_worker``)."""
-
-    def close(self):
-        """Release the shards."""
-        self._shards = None
-
-
-class ProcessEngine:
-    """Runs each phase on ``n_workers`` local processes that synchronise by ``sync``.
-
-    The processes come from a warm pool kept between fits (``_pool``) and map the training
-    data from shared memory (``_shared``): a second fit of the same data in this process
-    starts training without starting processes or copying data. Each worker uses
-    ``blas_threads(n_workers)`` BLAS threads (one when there are as many workers as cores).
-
-    Parameters
-    ----------
-    n_workers : int
-        Number of worker processes (one shard each).
-    sync : {"gossip", "average", "none"}
-        Synchronisation within a phase.
-    sync_every : int
-        Minibatches between two synchronisations of a worker.
-    timeout : float, default=NETWORK_TIMEOUT
-        Seconds any single network wait of a phase may take; also (at least) how long the
-        last workers of a phase may take after the first finished before the phase is
-        stopped as stalled.
-    """
-
-    # Up to ten fine-tuning epochs per phase, as on Spark: a phase's dispatch, rendezvous and
-    # consensus cost tens of milliseconds, an epoch of a small data set less.
-    epochs_per_phase = 10
-
-    def __init__(self, n_workers, sync, sync_every, timeout=NETWORK_TIMEOUT):
-        self.n_workers = n_workers
-        self.sync = sync
-        self.sync_every = sync_every
-        self.timeout = timeout
-        self._secret = secrets.token_bytes(32)
-        self._sources = None
-        self._total = 0  # training rows over all workers, once the data is shared
-        self._phase_running = False
-        self._pool = acquire_pool(n_workers)  # its processes start while data is prepared
-
-    def __repr__(self):  # never print the secret
-        return f"ProcessEngine(n_workers={self.n_workers}, sync={self.sync!r})"
-
-    @property
-    def phase_workers(self):
-        """Workers (results) of each phase."""
-        return self.n_workers
-
-    def start_from_arrays(self, X, codes, worker_rows, mean, scale):
-        """Share ``X`` and the class ``codes`` (or None) with the workers, who cut their shards
-        (``worker_rows[w]``, None: all rows) out of it."""
-        self._sources = shard_sources(X, codes, worker_rows, mean, scale)
-        self._total = sum(X.shape[0] if rows is None else len(rows) for rows in worker_rows)
-
-    def run_phase(self, phase, state, below, monitor=None):
-        """Run ``phase`` on every worker process and return ``(consensus_state, results)``."""
-        plan = SyncPlan(
-            mode=self.sync, n_workers=self.n_workers, sync_every=self.sync_every,
-            secret=self._secret, phase_key=secrets.randbits(63), total_samples=self._total,
-            timeout=self.timeout, blas_threads=blas_threads(self.n_workers),
-        )
-        with contextlib.ExitStack() as listeners:
-            progress = open_progress_listener(self._secret, plan.phase_key, self.n_workers,
-                                              monitor)
-            if progress is not None:
-                listeners.callback(progress.close)
-                plan = dataclasses.replace(plan, progress_address=progress.address)
-            rendezvous = None
-            if self.sync != "none":  # independent workers need no rendezvous
-                server = AllGatherServer(self._secret, self.n_workers, self.timeout).start()
-                listeners.callback(server.close)
-                rendezvous = AllGatherClient(server.address, self._secret, self.timeout,
-                                             self.n_workers)
-            self._phase_running = True  # until its results are in (see close)
-            futures = [self._pool.submit(_run_shared_worker, rank, phase, source, state, below,
-                                         plan, rendezvous)
-                       for rank, source in enumerate(self._sources)]
-            results = self._results(futures)
-            self._phase_running = False
-        return consensus(results), results
-
-    def _results(self, futures):
-        """The workers' results in rank order. A worker's error is raised at once; workers
-        far behind the first to finish (``straggler_allowance``) stop the phase."""
-        started = time.monotonic()
-        done, pending = wait(futures, return_when=FIRST_COMPLETED)
-        first_finished = time.monotonic()
-        allowance = straggler_allowance(first_finished - started, self.timeout)
-        while pending:
-            if any(future.exception() is not None for future in done):
-                break
-            left = first_finished + allowance - time.monotonic()
-            more, pending = wait(pending, timeout=max(0.0, left),
-                                 return_when=FIRST_EXCEPTION)
-            if not more:
-                break
-            done |= more
-        for future in done:
-            if future.exception() is not None:
-                self._discard_pool()  # peers may wait for the failed one: end them all
-                raise future.exception()
-        if pending:
-            self._discard_pool()
-            raise PhaseStalled(
-                f"{len(pending)} of {self.n_workers} worker processes had not finished the "
-                f"phase {allowance:.0f}s after the first did (a stopped or hung process)")
-        return [future.result() for future in futures]
-
-    def lost_worker(self, error):
-        """Why ``error`` means a worker process was lost (killed, crashed, stalled), or None."""
-        if isinstance(error, TerminatedWorkerError):
-            return "a worker process was terminated"
-        if isinstance(error, PeerLost):
-            return "a worker did not reach the phase's rendezvous in time"
-        if isinstance(error, PhaseStalled):
-            return "a worker stopped making progress"
-        return None
-
-    def recover(self):
-        """Replace the worker pool after a lost worker (the old one is broken)."""
-        self._discard_pool()
-        self._pool = acquire_pool(self.n_workers)
-
-    def close(self):
-        """Give the worker pool back for later fits; the shared data stays for them too.
-
-        A pool whose phase did not finish (the fit was interrupted, e.g. by Ctrl-C in a
-        notebook) is shut down instead: its workers are still busy with that phase.
-        """
-        if self._phase_running:
-            self._discard_pool()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            release_pool(self.n_workers, pool)
-        self._sources = None
-
-    def _discard_pool(self):
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            discard_pool(pool)
-
-
-def _run_shared_worker(rank, phase, source, state, below, plan, rendezvous):
-    """One worker process's phase: its shard from the shared data, then ``run_worker``."""
-    return run_worker(rank, phase, lambda: open_shard(source), state, below, plan, rendezvous)
-
 
 # With n_workers=None a worker is added per this many samples: below it, the time to start
 # workers and to exchange parameters outweighs the parallel work.
 SAMPLES_PER_WORKER = 5000
+
+
+class Engine(abc.ABC):
+    """Runs the phases of one fit on its workers.
+
+    An engine is made for one fit. ``start`` puts the training data where the workers read
+    it, ``run_phase`` runs each phase on every worker and returns their consensus, and
+    ``close`` lets everything go (also after a failure). When ``run_phase`` fails because a
+    worker was lost (``lost_worker`` says why), the schedule calls ``recover`` and runs the
+    phase again from its starting state.
+
+    Attributes
+    ----------
+    n_workers : int
+        Workers (shards of the data) of the fit.
+    epochs_per_phase : int
+        Fine-tuning epochs the schedule groups into one phase: more where a phase has a
+        fixed cost (a Spark stage, a rendezvous) that a small epoch would not pay back.
+    """
+
+    n_workers: int
+    epochs_per_phase: int
+
+    @property
+    def phase_workers(self):
+        """Workers (results) of each phase: ``n_workers`` unless a phase reran on fewer."""
+        return self.n_workers
+
+    @abc.abstractmethod
+    def start(self, data, seed):
+        """Give the workers their shards of ``data`` (a ``TrainingData``).
+
+        Arrays are dealt to the workers by :func:`dealt_indices` with ``seed``; the shards of a
+        DataFrame were dealt when it was prepared.
+        """
+
+    @abc.abstractmethod
+    def run_phase(self, phase, state, below, monitor=None):
+        """Run ``phase`` from ``state`` on every worker; return ``(consensus, results)``.
+
+        ``below`` are the finished layers under a pretrained one; ``monitor.update(rank,
+        snapshot)``, if a monitor is given, hears each worker's progress while it trains.
+        """
+
+    def lost_worker(self, error):
+        """Why ``error`` from :meth:`run_phase` means a worker was lost, or None when it is
+        an error of the fit itself (bad data, divergence), which is never retried."""
+        return None
+
+    def recover(self):
+        """Get ready to rerun a phase after a lost worker; returns what changed (fewer
+        workers), or None."""
+        return None
+
+    @abc.abstractmethod
+    def close(self):
+        """Let the workers and the data go; never hides the error of a failed fit."""
+
+
+class LocalEngine(Engine):
+    """Runs every phase in the calling process, on one worker holding all of the data."""
+
+    n_workers = 1
+    epochs_per_phase = 1
+
+    def __init__(self):
+        self._shard = None
+
+    def start(self, data, seed):
+        """Keep the data as it is, without a copy, as the one worker's shard."""
+        self._shard = Shard(data.X, data.codes, data.mean, data.scale)
+
+    def run_phase(self, phase, state, below, monitor=None):
+        """Run ``phase`` on the worker and return ``(consensus_state, [result])``."""
+        clock = Stopwatch()
+        send = None if monitor is None else partial(monitor.update, 0)
+        result = train_watched(clock, send, IN_PROCESS_REPORT_SECONDS, 0, phase, self._shard,
+                               state, below)
+        results = [clock.stamped(result)]
+        return consensus(results), results
+
+    def close(self):
+        """Release the shard."""
+        self._shard = None
+
+
+def dealt_indices(n_samples, n_workers, seed):
+    """Rows of each worker: a seeded random permutation cut in ``n_workers`` near-equal parts
+    (one worker keeps the rows as they are, given as None)."""
+    if n_workers == 1:
+        return [None]
+    order = np.random.default_rng([seed, 4]).permutation(n_samples)
+    return np.array_split(order, n_workers)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Where a fit's workers run: ``kind`` is ``"this process"``, ``"processes"`` (local
+    worker processes) or ``"spark"``, with ``n_workers`` workers; ``placement`` is the
+    ``spark.placement.SparkPlacement`` of a Spark fit (its session, slots and rendezvous)."""
+
+    kind: str
+    n_workers: int
+    placement: object = None
+
+
+def plan_workers(settings, n_samples, dataframe=None):
+    """The ``WorkerPlan`` of a fit of ``n_samples`` samples, for its ``settings``.
+
+    See :func:`trains_in_driver_process` for when the workers run in this process; a
+    ``dataframe`` left on the cluster is trained by Spark tasks.
+    """
+    backend = resolve_backend(settings.backend, dataframe_input=dataframe is not None)
+    wanted = settings.n_workers or default_workers(backend, n_samples)
+    if dataframe is None and trains_in_driver_process(backend, settings.n_workers, n_samples):
+        return WorkerPlan("this process" if wanted == 1 else "processes", wanted)
+    from .spark.placement import place_workers
+
+    placement = place_workers(dataframe, settings.n_workers, wanted,
+                              settings.sync != "none")
+    return WorkerPlan("spark", placement.n_tasks, placement)
 
 
 def resolve_backend(backend, dataframe_input):
@@ -288,60 +196,3 @@ def trains_in_driver_process(backend, n_workers, n_samples):
     """
     wanted = n_workers or default_workers(backend, n_samples)
     return backend == "local" or (n_workers is None and wanted == 1)
-
-
-def make_engine(backend, n_workers, sync, sync_every, n_samples, dataframe=None,
-                timeout=None):
-    """The engine for the resolved ``backend``, choosing the number of workers when it is None.
-
-    See :func:`trains_in_driver_process` for when the workers run in this process; a
-    ``dataframe`` left to the engine is read on the executors. ``timeout`` bounds every
-    network wait of the workers (None: the engine's default).
-    """
-    wanted = n_workers or default_workers(backend, n_samples)
-    limits = {} if timeout is None else {"timeout": float(timeout)}
-    if dataframe is None and trains_in_driver_process(backend, n_workers, n_samples):
-        if wanted == 1:
-            return LocalEngine()
-        return ProcessEngine(wanted, sync, sync_every, **limits)
-    from .spark.session import check_barrier_possible, get_session
-    from .spark.stages import SparkEngine
-
-    spark = get_session(dataframe)
-    slots = check_barrier_possible(spark, n_workers or 1)
-    return SparkEngine(spark, n_workers or min(wanted, slots), sync, sync_every, **limits)
-
-
-def run_phase_retrying(engine, phase, state, below, retries, report, monitor=None):
-    """``engine.run_phase(phase, state, below, monitor)``, rerun from the same starting state
-    when it fails because a worker was lost, at most ``retries`` times.
-
-    ``report(message)`` is told of every retry, and of what ``engine.recover()`` changed
-    (fewer workers). Errors that are not a lost worker (bad data, divergence, a bug) are
-    raised at once. ``monitor.attempt(n_workers)``, if a monitor is given, is called before
-    every try with the number of workers it runs on.
-
-    Returns
-    -------
-    consensus_state, results, n_retries
-    """
-    attempt = 0
-    while True:
-        try:
-            if monitor is not None:
-                monitor.attempt(engine.phase_workers)
-            return (*engine.run_phase(phase, state, below, monitor), attempt)
-        except Exception as error:
-            reason = engine.lost_worker(error)
-            if reason is None:
-                raise
-            if attempt == retries:
-                error.add_note(f"skdbn: {reason}; the phase was tried {attempt + 1} times "
-                               f"(phase_retries={retries})")
-                raise
-            report(f"{reason}; rerunning the phase from its starting state "
-                   f"(retry {attempt + 1} of {retries})")
-        attempt += 1
-        change = engine.recover()
-        if change:
-            report(change)

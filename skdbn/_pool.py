@@ -13,7 +13,7 @@ import threading
 
 from joblib.externals.loky import ProcessPoolExecutor
 
-from ._scratch import usable_cpus
+from ._machine import usable_cpus
 
 # Seconds an idle worker process waits for work before it exits.
 IDLE_TIMEOUT = 300.0
@@ -89,7 +89,7 @@ def release_workers():
 
 
 def _import_training_code():
-    from . import _task  # noqa: F401 - imports numpy, threadpoolctl and the training math
+    from . import _worker  # noqa: F401 - imports numpy, threadpoolctl and the training math
 
 
 atexit.register(release_workers)

@@ -1,4 +1,4 @@
-"""Scratch space for training data shared with workers, and the cores this process may use.
+"""Scratch space for training data shared with workers.
 
 Training data goes to files that workers map: in shared memory (``/dev/shm``) when it has
 room, else in the temporary directory. Each directory records its owner's process id, so
@@ -9,6 +9,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+
+from ._machine import available_memory
 
 _SHARED_MEMORY = "/dev/shm"
 _PREFIX = "skdbn-shards-"
@@ -74,33 +76,6 @@ def choose_scratch_dir(on_disk, in_memory, n_bytes):
             and n_bytes <= available_memory() // 4):
         return in_memory
     return on_disk if room_for(on_disk, n_bytes) else None
-
-
-def available_memory():
-    """Bytes of memory the machine can give without swapping (``MemAvailable``; 0 if
-    unknown)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def usable_cpus():
-    """Cores this process may use, as the JVM counts them for ``local[*]``: the CPUs it may
-    run on, capped by a container's CPU quota (cgroup v2 ``cpu.max``)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as handle:
-            quota, period = handle.read().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
 
 
 def remove_tree(directory):

@@ -20,15 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._progress import described_bytes
-from ._scratch import (
-    available_memory,
-    choose_scratch_dir,
-    new_scratch_dirs,
-    remove_tree,
-    usable_cpus,
-)
-from ._worker import Shard
+from ._digest import described_bytes
+from ._machine import available_memory, usable_cpus
+from ._phase import Shard
+from ._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
 
 _HASH_BLOCK = 8 << 20  # bytes hashed per task: enough tasks to share out, few digests
 

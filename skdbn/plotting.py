@@ -96,7 +96,8 @@ class FiltersDisplay:
         display : FiltersDisplay
         """
         check_is_fitted(estimator, "coefs_")
-        hidden = estimator._hidden_coefs()
+        # The RBM layers' weights, without a softmax head's.
+        hidden = estimator.coefs_[:len(estimator.visible_intercepts_)]
         if not 0 <= layer < len(hidden):
             raise ValueError(f"layer must be in [0, {len(hidden) - 1}], got {layer}")
         weights = hidden[0]

@@ -12,7 +12,7 @@ from skdbn import DistributedDBN
 def interrupted_fit(directory, params, X, y, phases):
     """Fit with ``checkpoint_dir=directory`` until ``phases`` phases are saved, then stop as a
     killed driver would (nothing after that phase is written)."""
-    import skdbn._engines as engines
+    import skdbn._processes as engines
 
     original, calls = engines.ProcessEngine.run_phase, {"n": 0}
 

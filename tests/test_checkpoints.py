@@ -16,7 +16,7 @@ from bad_checkpoints import DAMAGE, damage, interrupted_fit, rewrite
 from sklearn.datasets import load_digits
 
 from skdbn import CheckpointWarning, DistributedDBN
-from skdbn._progress import CHECKPOINT_FILE, PREVIOUS_FILE
+from skdbn._checkpoint import CHECKPOINT_FILE, PREVIOUS_FILE
 
 PARAMS = dict(hidden_layer_sizes=(32, 16), pretrain_epochs=3, max_iter=3, backend="local",
               n_workers=2, sync="average", random_state=0)

@@ -85,7 +85,7 @@ def test_a_connect_session_of_the_cluster_swaps_addresses_through_spark(standalo
         from sklearn.datasets import load_digits
         from skdbn import DistributedDBN, loopback_session
         from skdbn.spark import is_connect_session
-        from skdbn.spark.stages import rendezvous_mode
+        from skdbn.spark.placement import rendezvous_mode
 
         spark = loopback_session({standalone_cluster!r}, app_name="skdbn-cluster-connect",
                                  config={{"spark.executor.memory": "512m"}}, connect=True)

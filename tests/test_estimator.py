@@ -154,9 +154,9 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(digits, tmp_path, monke
     reference = small(**{**params, "checkpoint_dir": None}).fit(X, y)
 
     # Interrupt the first fit during the fourth fine-tuning epoch.
-    import skdbn._task as task  # in-process phases call its run_phase
+    import skdbn._worker as task  # in-process phases call its train_phase
 
-    original = task.run_phase
+    original = task.train_phase
     calls = {"n": 0}
 
     def failing_run_phase(phase, *args, **kwargs):
@@ -165,10 +165,10 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(digits, tmp_path, monke
             raise KeyboardInterrupt("simulated loss of the driver")
         return original(phase, *args, **kwargs)
 
-    monkeypatch.setattr(task, "run_phase", failing_run_phase)
+    monkeypatch.setattr(task, "train_phase", failing_run_phase)
     with pytest.raises(KeyboardInterrupt):
         small(**params).fit(X, y)
-    monkeypatch.setattr(task, "run_phase", original)
+    monkeypatch.setattr(task, "train_phase", original)
     assert (tmp_path / "skdbn-checkpoint.npz").exists()
 
     resumed_calls = {"n": 0}
@@ -177,7 +177,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(digits, tmp_path, monke
         resumed_calls["n"] += 1
         return original(phase, *args, **kwargs)
 
-    monkeypatch.setattr(task, "run_phase", counting_run_phase)
+    monkeypatch.setattr(task, "train_phase", counting_run_phase)
     resumed = small(**params).fit(X, y)
     assert resumed_calls["n"] == 3  # epochs 4 to 6 only
     for a, b in zip(reference.coefs_, resumed.coefs_, strict=True):

@@ -14,7 +14,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from skdbn import DistributedDBN
-from skdbn._engines import LocalEngine, ProcessEngine, run_phase_retrying
+from skdbn._engines import LocalEngine
+from skdbn._processes import ProcessEngine
+from skdbn._schedule import run_with_retries
 
 pytestmark = pytest.mark.slow
 
@@ -91,16 +93,16 @@ class _FailingEngine(LocalEngine):
 def test_the_retry_policy():
     reports = []
     lost = _FailingEngine(ConnectionError("gone"), failures=2, lost=True)
-    assert run_phase_retrying(lost, None, "state", [], 2, reports.append) == ("state",
+    assert run_with_retries(lost, None, "state", [], 2, reports.append) == ("state",
                                                                             ["result"], 2)
     assert lost.recovered == 2 and len(reports) == 2 and "retry 2 of 2" in reports[-1]
     exhausted = _FailingEngine(ConnectionError("gone"), failures=3, lost=True)
     with pytest.raises(ConnectionError) as caught:
-        run_phase_retrying(exhausted, None, "state", [], 2, reports.append)
+        run_with_retries(exhausted, None, "state", [], 2, reports.append)
     assert "tried 3 times (phase_retries=2)" in "".join(caught.value.__notes__)
     own_error = _FailingEngine(ValueError("bad data"), failures=1, lost=False)
     with pytest.raises(ValueError, match="bad data"):  # never retried
-        run_phase_retrying(own_error, None, "state", [], 2, reports.append)
+        run_with_retries(own_error, None, "state", [], 2, reports.append)
     assert own_error.recovered == 0
 
 

@@ -249,9 +249,9 @@ class _HostileRendezvous(AllGatherServer):
 def test_a_local_fit_completes_beside_hostile_connections(monkeypatch):
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, random_state=0, stratify=y)
-    import skdbn._engines
+    import skdbn._processes
 
-    monkeypatch.setattr(skdbn._engines, "AllGatherServer", _HostileRendezvous)
+    monkeypatch.setattr(skdbn._processes, "AllGatherServer", _HostileRendezvous)
     _HostileRendezvous.attacks.clear()
     started = time.monotonic()
     model = DistributedDBN(hidden_layer_sizes=(64,), pretrain_epochs=5, max_iter=10,

@@ -5,7 +5,7 @@ import scipy.sparse as sp
 
 from skdbn._flat import FlatParams
 from skdbn._network import Backprop, forward, network_layout, penalty
-from skdbn._worker import PhaseResult, PhaseState, consensus
+from skdbn._phase import PhaseResult, PhaseState, consensus
 
 
 def _loss(params, x, onehot, alpha):

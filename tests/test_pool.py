@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from skdbn import DistributedDBN, _pool, _shared, release_workers
 from skdbn._engines import default_workers, resolve_backend
-from skdbn._scratch import usable_cpus
+from skdbn._machine import usable_cpus
 
 PARAMS = dict(hidden_layer_sizes=(32,), pretrain_epochs=2, max_iter=2, backend="local",
               n_workers=2, sync="average", random_state=0)

@@ -83,7 +83,7 @@ def test_spark_gives_the_same_model_as_local_processes(spark, digits_split):
 
 
 def test_rendezvous_modes(spark, digits_split):
-    from skdbn.spark.stages import rendezvous_mode
+    from skdbn.spark.placement import rendezvous_mode
 
     X_train, X_test, y_train, y_test = digits_split
     params = dict(SMALL, n_workers=2, sync="gossip")
@@ -111,7 +111,7 @@ def test_a_probe_task_that_cannot_reach_the_client_says_so():
     import socket
 
     from skdbn._gossip import AllGatherClient
-    from skdbn.spark.stages import _probe_task
+    from skdbn.spark.placement import _probe_task
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -355,7 +355,7 @@ def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode
         pytest.skip("Connect sessions always read cached partitions")
     import tempfile
 
-    from skdbn.spark import stages
+    from skdbn.spark import placement
 
     made, original = [], tempfile.mkdtemp
 
@@ -372,7 +372,7 @@ def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode
     from_files = [DistributedDBN(**params).fit(X_train, y_train),
                   DistributedDBN(**params).fit(frame)]
     assert made and not list(tmp_path.iterdir())  # each fit removes its files
-    monkeypatch.setattr(stages.SparkEngine, "_tasks_run_here", lambda self: False)
+    monkeypatch.setattr(placement, "tasks_share_files", lambda spark: False)
     from_cache = [DistributedDBN(**params).fit(X_train, y_train),
                   DistributedDBN(**params).fit(frame)]
     for a, b in zip(from_files, from_cache, strict=True):

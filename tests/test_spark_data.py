@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from skdbn import _scratch
-from skdbn._scratch import usable_cpus
+from skdbn._machine import usable_cpus
 from skdbn.spark import shards
 from skdbn.spark.data import (
     ShardLayout,

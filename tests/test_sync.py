@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from skdbn import DistributedDBN
-from skdbn._engines import ProcessEngine
+from skdbn._processes import ProcessEngine
 from skdbn._sync import LocalBudget, PeerProgress, exponential_graph_peer
 
 

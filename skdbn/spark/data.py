@@ -7,11 +7,11 @@ run on the executors; the others on the driver (the client, for a Spark Connect 
 """
 
 from dataclasses import dataclass
-from functools import partial, reduce
+from functools import reduce
 
 import numpy as np
 
-from .._worker import Shard
+from .._phase import Shard
 
 # Column names inside the training DataFrame.
 FEATURES = "features"
@@ -165,60 +165,19 @@ class FrameSummary:
     partition_rows: dict
 
 
-def summarize_dataframe(df, features_col, label_col):
-    """Count, per-feature mean, variance and extremes, and the distinct labels, in one pass.
-
-    Each partition is summarised on its executor from Arrow batches (a Spark job, no data
-    comes to the driver but one row per partition), and the driver merges the partitions.
-    Nulls, vectors of different lengths, NaN and infinity are refused with a clear error.
-
-    Parameters
-    ----------
-    df : pyspark.sql.DataFrame
-    features_col : str or list of str
-        As for :func:`feature_column`.
-    label_col : str or None
-        Column of class labels; None for unlabelled data.
-
-    Returns
-    -------
-    summary : FrameSummary
-    """
-    columns, dtype, label_type = training_columns(df, features_col, label_col)
-    task = partial(_partition_statistics, label_type is not None)
-    rows = (df.select(*columns).mapInArrow(task, statistics_schema(label_type))
-            .toArrow().to_pylist())
-    return merged_summary(rows, features_col, label_col, dtype)
-
-
-def read_dataframe(df, features_col, label_col):
-    """Read a DataFrame into this process in one pass, for fits small enough to train here.
-
-    Returns
-    -------
-    summary : FrameSummary
-        As :func:`summarize_dataframe` gives it, with the same checks.
-    X : ndarray of shape (n_samples, n_features)
-        The features in their training dtype, rows in the DataFrame's order.
-    labels : ndarray of shape (n_samples,) or None
-        The labels as numpy values (None without ``label_col``).
-    """
-    columns, dtype, label_type = training_columns(df, features_col, label_col)
-    table = df.select(*columns).toArrow()
-    statistics = statistics_of(table.to_batches(), label_type is not None)
-    if statistics is not None and label_type is not None:
-        statistics["labels"] = statistics["labels"].to_pylist()
-    summary = merged_summary([{"partition": 0, **statistics}] if statistics else [],
-                              features_col, label_col, dtype)
-    X = np.empty((summary.n_samples, summary.n_features), dtype=dtype)
-    start = 0
-    for chunk in table.column(FEATURES).chunks:  # chunk by chunk: 32-bit list offsets
-        X[start:start + len(chunk)] = matrix_of(chunk, summary.n_features, dtype)
-        start += len(chunk)
-    labels = None
-    if label_type is not None:
-        labels = table.column(LABEL).to_numpy(zero_copy_only=False)
-    return summary, X, labels
+def label_column(df, label_col, purpose):
+    """``label_col`` when ``df`` has that column (None stays None), else a ValueError that
+    says what to do for ``purpose`` ("fit" or "score")."""
+    if label_col is None:
+        return None
+    if label_col not in df.columns:
+        advice = ("name the labels' column, or set label_col=None to pretrain without "
+                  "labels" if purpose == "fit" else "score needs labels: name their column")
+        raise ValueError(
+            f"label_col {label_col!r} is not a column of the DataFrame (its columns: "
+            f"{', '.join(df.columns)}); {advice}"
+        )
+    return label_col
 
 
 def training_columns(df, features_col, label_col):
@@ -255,7 +214,8 @@ def dealt_rows(n_samples, n_workers):
                  for rank in range(n_workers))
 
 
-def _partition_statistics(labelled, batches):
+def partition_statistics_task(labelled, batches):
+    """The statistics of one partition's batches as one row (runs on an executor)."""
     from pyspark import TaskContext
 
     statistics = statistics_of(batches, labelled)
@@ -483,42 +443,6 @@ def _byte_size(value):
     if text and text[-1] in units:
         return int(float(text[:-1]) * units[text[-1]])
     return int(text)
-
-
-def frame_from_dataframe(df, features_col, label_col, classes, summary, n_workers):
-    """A user's DataFrame as training rows with a worker and a shard position for every row.
-
-    Rows are dealt to workers in turn in the order of the source partitions (so each worker
-    gets ``n_samples / n_workers`` rows, give or take one): row ``g`` overall goes to worker
-    ``g % n_workers`` at position ``g // n_workers``. Labels become class codes in the JVM.
-    """
-    from pyspark.sql import functions
-
-    features, _ = feature_column(df, features_col)
-    columns = [features.alias(FEATURES)]
-    if label_col is not None:
-        columns.append(label_codes(label_col, classes).alias(LABEL))
-    partition = functions.spark_partition_id()
-    counts = [summary.partition_rows.get(index, 0)
-              for index in range(max(summary.partition_rows, default=0) + 1)]
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
-    first_row = functions.element_at(functions.array(*map(functions.lit, offsets)),
-                                     partition + 1)
-    position_in_partition = (functions.monotonically_increasing_id()
-                             - functions.shiftleft(partition.cast("long"), 33))
-    row = first_row.cast("long") + position_in_partition
-    workers = functions.lit(n_workers)
-    return df.select(*columns, functions.floor(row / workers).alias(POSITION),
-                     functions.pmod(row, workers).cast("int").alias(_WORKER))
-
-
-def label_codes(label_col, classes):
-    """A column of each row's index into ``classes`` (-1 for a label not among them),
-    computed in the JVM."""
-    from pyspark.sql import functions
-
-    known = functions.array(*[functions.lit(c) for c in np.asarray(classes).tolist()])
-    return (functions.array_position(known, functions.col(label_col)) - 1).cast("int")
 
 
 def cache_partitions(source, n_workers):

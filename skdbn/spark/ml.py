@@ -13,6 +13,7 @@ row per array (``name``, ``dtype``, ``shape``, ``values`` as doubles, exact for 
 float64). Both go through Spark's own writers, so any Hadoop-compatible path works.
 """
 
+import copy
 import json
 
 import numpy as np
@@ -40,64 +41,30 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
+from .._params import HYPER_PARAMETERS
 from .session import is_connect_session
 
-# Spark name, DistributedDBN name, converter, default (None: unset), what it is.
-_HYPER_PARAMETERS = (
-    ("hiddenLayerSizes", "hidden_layer_sizes", TypeConverters.toListInt, [256, 256],
-     "units of each hidden layer, bottom to top"),
-    ("visibleUnits", "visible_units", TypeConverters.toString, "auto",
-     "visible units of the first RBM: 'bernoulli', 'gaussian' or 'auto'"),
-    ("pretrainEpochs", "pretrain_epochs", TypeConverters.toInt, 20,
-     "contrastive-divergence epochs per RBM layer"),
-    ("pretrainLearningRate", "pretrain_learning_rate", TypeConverters.toFloat, 0.1,
-     "learning rate of pretraining"),
-    ("cdSteps", "cd_steps", TypeConverters.toInt, 1, "Gibbs steps of contrastive divergence"),
-    ("persistent", "persistent", TypeConverters.toBoolean, False,
-     "persistent contrastive divergence"),
-    ("learningRate", "learning_rate", TypeConverters.toFloat, 0.1,
-     "learning rate of fine-tuning"),
-    ("momentum", "momentum", TypeConverters.toFloat, 0.9, "momentum of both phases"),
-    ("alpha", "alpha", TypeConverters.toFloat, 1e-4, "L2 penalty"),
-    ("batchSize", "batch_size", TypeConverters.toInt, 32, "rows of a minibatch"),
-    ("earlyStopping", "early_stopping", TypeConverters.toBoolean, False,
-     "hold out validationFraction of the rows and stop on validation accuracy"),
-    ("validationFraction", "validation_fraction", TypeConverters.toFloat, 0.1,
-     "share of the rows held out with earlyStopping"),
-    ("nIterNoChange", "n_iter_no_change", TypeConverters.toInt, 10,
-     "epochs without improvement before fine-tuning stops"),
-    ("numWorkers", "n_workers", TypeConverters.toInt, None,
-     "workers (barrier tasks); unset: one per 5,000 rows, at most the free task slots"),
-    ("sync", "sync", TypeConverters.toString, "gossip",
-     "synchronisation of the workers: 'gossip', 'average' or 'none'"),
-    ("syncEvery", "sync_every", TypeConverters.toInt, 10,
-     "minibatches between two synchronisations of a worker"),
-    ("checkpointDir", "checkpoint_dir", TypeConverters.toString, None,
-     "directory of the driver's training checkpoints (unset: none)"),
-    ("phaseRetries", "phase_retries", TypeConverters.toInt, 2,
-     "reruns of a phase that lost a worker"),
-    ("networkTimeout", "network_timeout", TypeConverters.toFloat, None,
-     "seconds any network wait of a worker may take (unset: 60)"),
-    ("verbose", "verbose", TypeConverters.toInt, 0, "progress lines on the driver"),
-)
+# The hyper-parameters that are Params of skdbn's own, and those of pyspark's shared Params
+# (maxIter, tol, featuresCol, handleInvalid) that pass through as they are; seed and labelCol
+# are mapped on their own (Spark seeds are any long, and the label column is the classifier's).
+_OWN_PARAMS = tuple(p for p in HYPER_PARAMETERS if p.converter is not None)
+_SHARED_PARAMS = tuple(p for p in HYPER_PARAMETERS if p.spark is not None
+                       and p.converter is None and p.spark not in ("seed", "labelCol"))
 
 
 class _DBNParams(HasFeaturesCol, HasMaxIter, HasTol, HasSeed, HasHandleInvalid):
     """The hyper-parameters of :class:`skdbn.DistributedDBN` as Spark ``Param`` objects."""
 
     def _set_dbn_defaults(self):
-        self._setDefault(maxIter=100, tol=1e-4, handleInvalid="error")
-        self._setDefault(**{name: default for name, _, _, default, _ in _HYPER_PARAMETERS
-                            if default is not None})
+        self._setDefault(**{p.spark: _spark_value(p.default)
+                            for p in (*_OWN_PARAMS, *_SHARED_PARAMS) if p.default is not None})
 
     def _dbn_arguments(self):
         """``DistributedDBN`` keyword arguments for the params as set."""
-        arguments = {sklearn: self.getOrDefault(name) for name, sklearn, _, _, _ in
-                     _HYPER_PARAMETERS if self.isDefined(name)}
+        arguments = {p.name: self.getOrDefault(p.spark) for p in (*_OWN_PARAMS, *_SHARED_PARAMS)
+                     if self.isDefined(p.spark)}
         arguments["hidden_layer_sizes"] = tuple(arguments["hidden_layer_sizes"])
-        arguments.update(max_iter=self.getMaxIter(), tol=self.getTol(),
-                         features_col=self.getFeaturesCol(),
-                         handle_invalid=self.getHandleInvalid(), backend="spark")
+        arguments["backend"] = "spark"
         if self.isSet("seed"):  # Spark seeds are any long; numpy's are 32-bit unsigned
             arguments["random_state"] = self.getSeed() % (1 << 32)
         return arguments
@@ -166,8 +133,15 @@ class _FittedDBN:
         return self._dbn
 
 
-for _name, _, _converter, _default, _doc in _HYPER_PARAMETERS:
-    setattr(_DBNParams, _name, Param(Params._dummy(), _name, _doc, typeConverter=_converter))
+for _parameter in _OWN_PARAMS:
+    setattr(_DBNParams, _parameter.spark, Param(
+        Params._dummy(), _parameter.spark, _parameter.doc,
+        typeConverter=getattr(TypeConverters, _parameter.converter)))
+
+
+def _spark_value(value):
+    """A default of the table as a Param value (Spark lists where scikit-learn has tuples)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 class DBNClassifier(Estimator, _DBNParams, _ClassifierColumns, _Persisted):
@@ -230,7 +204,7 @@ class DBNClassificationModel(_FittedDBN, Model, _DBNParams, _ClassifierColumns, 
         from pyspark.sql import functions
 
         probability = f"_skdbn_probability_{self.uid}"
-        frame = _mapped(self, dataset, self._dbn._probabilities, probability)
+        frame = _reading_stage_columns(self, probability_col=probability).predict_proba(dataset)
         values = functions.col(probability)
         classes = functions.array(*[functions.lit(float(c)) for c in self._dbn.classes_])
         best = functions.array_position(values, functions.array_max(values)).cast("int")
@@ -290,32 +264,25 @@ class DBNFeatureModel(_FittedDBN, Model, _DBNParams, _FeatureColumn, _Persisted)
         from pyspark.sql import functions
 
         column = self.getOutputCol()
-        frame = _mapped(self, dataset, self._dbn._features, column)
+        frame = _reading_stage_columns(self, transform_col=column).transform(dataset)
         return frame.withColumn(column, array_to_vector(functions.col(column)))
 
 
 
-def _mapped(model, dataset, compute, column):
-    """``dataset`` with ``column``: ``compute`` of the model's features, on the executors."""
-    from .data import check_feature_count, map_dataframe
-
-    n_features = model._dbn.n_features_in_
-    # An early, clear error for a wrong width (a stream cannot be peeked at: its batches
-    # get the same error from the UDF).
-    if model.getHandleInvalid() == "error" and not dataset.isStreaming:
-        check_feature_count(dataset, model.getFeaturesCol(), n_features)
-    return map_dataframe(dataset, model.getFeaturesCol(), n_features, compute, column,
-                         "array", model.getHandleInvalid())
+def _reading_stage_columns(model, **output):
+    """The model's ``DistributedDBN`` (a shallow copy) reading the stage's features column,
+    treating invalid rows as the stage says, and writing the ``output`` column it is given
+    (e.g. ``probability_col=...``): its DataFrame inference runs on the executors."""
+    return copy.copy(model._dbn).set_params(features_col=model.getFeaturesCol(),
+                                            handle_invalid=model.getHandleInvalid(), **output)
 
 
 def _params_of(dbn):
     """Spark params for the settings of a ``DistributedDBN``."""
     settings = dbn.get_params()
-    params = {name: settings[sklearn] for name, sklearn, _, _, _ in _HYPER_PARAMETERS
-              if settings[sklearn] is not None}
+    params = {p.spark: settings[p.name] for p in (*_OWN_PARAMS, *_SHARED_PARAMS)
+              if settings[p.name] is not None and p.name != "features_col"}
     params["hiddenLayerSizes"] = list(np.atleast_1d(settings["hidden_layer_sizes"]))
-    params.update(maxIter=settings["max_iter"], tol=settings["tol"],
-                  handleInvalid=settings["handle_invalid"])
     if isinstance(settings["features_col"], str):
         params["featuresCol"] = settings["features_col"]
     if isinstance(settings["random_state"], int):
@@ -328,9 +295,7 @@ def _params_of(dbn):
 def _fitted_state(dbn):
     """A fitted ``DistributedDBN``'s attributes: JSON values, and numeric arrays by name."""
     plain, arrays = {}, {}
-    for name, value in vars(dbn).items():
-        if not name.endswith("_") or name.startswith("_"):
-            continue
+    for name, value in dbn.get_fitted_state().items():
         if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.number):
             arrays[name] = value
         elif isinstance(value, list) and value and all(isinstance(v, np.ndarray)
@@ -351,16 +316,16 @@ def _plain_value(value):
 
 
 def _restore_fitted(dbn, plain, arrays):
+    """``dbn`` with the fitted state that ``_fitted_state`` split into ``plain`` values and
+    ``arrays``."""
+    state = {name: array for name, array in arrays.items() if "[" not in name}
     for name, value in plain.items():
         if isinstance(value, dict) and "list_of_arrays" in value:
             value = [arrays[f"{name}[{i}]"] for i in range(value["list_of_arrays"])]
         elif isinstance(value, dict) and "array" in value:
             value = np.array(value["array"], dtype=np.dtype(value["dtype"]))
-        setattr(dbn, name, value)
-    for name, array in arrays.items():
-        if "[" not in name:
-            setattr(dbn, name, array)
-    return dbn
+        state[name] = value
+    return dbn.set_fitted_state(state)
 
 
 class _StageWriter(MLWriter):

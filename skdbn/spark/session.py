@@ -4,15 +4,13 @@ Only DataFrame and configuration APIs are used here (no SparkContext, no RDD), s
 works on a Spark Connect session, where the client may run outside the cluster.
 """
 
-import contextlib
 import os
 import re
 import sys
-import threading
 import warnings
 from pathlib import Path
 
-from .._scratch import usable_cpus
+from .._machine import usable_cpus
 
 _EMBEDDED_SESSION = None
 
@@ -223,49 +221,6 @@ def default_parallelism(spark):
 def free_task_slots(spark):
     """Tasks that can run at once: the default parallelism over ``spark.task.cpus``."""
     return max(1, default_parallelism(spark) // task_cpus(spark))
-
-
-def task_slots_now(spark, timeout):
-    """Task slots of the executors registered now, waiting at most ``timeout`` seconds.
-
-    Unlike :func:`free_task_slots` this never waits for executors to come: on a classic
-    session the scheduler is asked (slots of the live executors, ``spark.task.cpus`` taken
-    into account); on a Connect session the probe job is interrupted after ``timeout``
-    (no executor: 0 slots). A local master's slots come from its URL.
-    """
-    cores = local_master_cores(conf_value(spark, "spark.master", ""))
-    if cores is not None:
-        return max(1, cores // task_cpus(spark))
-    if not is_connect_session(spark):
-        from .classic import scheduler_slots
-
-        with contextlib.suppress(Exception):  # a private scheduler call; probe otherwise
-            return scheduler_slots(spark)
-    return _interruptible_probe(spark, timeout)
-
-
-def _interruptible_probe(spark, timeout):
-    """``free_task_slots(spark)``, or 0 when the probe job has not run within ``timeout``."""
-    tag = f"skdbn-slot-probe-{os.getpid()}-{threading.get_ident()}"
-    found = []
-
-    def probe():
-        spark.addTag(tag)  # tags belong to the thread that starts the job
-        try:
-            found.append(free_task_slots(spark))
-        except Exception:  # interrupted, or no session left: no slots known
-            found.append(0)
-        finally:
-            spark.removeTag(tag)
-
-    thread = threading.Thread(target=probe, name="skdbn-slot-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        with contextlib.suppress(Exception):
-            spark.interruptTag(tag)
-        thread.join(10.0)
-    return found[0] if found else 0
 
 
 def check_barrier_possible(spark, n_workers):

@@ -15,20 +15,16 @@ import io
 import os
 import tempfile
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
+from .._phase import Shard
 from .._scratch import choose_scratch_dir
-from .._worker import Shard
 from .data import (
     dealt_rows,
     matrix_of,
-    merged_summary,
     statistics_batch,
     statistics_of,
-    statistics_schema,
-    training_columns,
 )
 
 _STATE_FILE = "shards.state"  # "ready <n_features> <directory>" once created, else "no-room"
@@ -71,22 +67,8 @@ def write_array_shard(X, codes, rows, rank, layout, chunk_rows=8192):
 
 # ---------------------------------------------------------------------------- DataFrame input
 
-def partition_rows(df):
-    """Rows of each non-empty partition of ``df``, by partition id.
-
-    Each task counts the rows of a one-byte column, so a file source reads no columns for
-    it. (``spark_partition_id()`` in a plain projection would not do: Spark may evaluate
-    projections of local data on the driver, where every row is in partition 0.)
-    """
-    from pyspark.sql import functions
-
-    rows = (df.select(functions.lit(True).alias("row"))
-            .mapInArrow(_count_rows_task, "partition int, n_rows long")
-            .toArrow().to_pydict())
-    return dict(sorted(zip(rows["partition"], rows["n_rows"], strict=True)))
-
-
-def _count_rows_task(batches):
+def count_rows_task(batches):
+    """The row count of one partition as one row (runs on an executor)."""
     import pyarrow as pa
     from pyspark import TaskContext
 
@@ -124,33 +106,6 @@ class ShardPlan:
         if partition not in self.partition_rows:
             return None
         return sum(n for p, n in self.partition_rows.items() if p < partition)
-
-
-def summarize_and_write(df, features_col, label_col, plan):
-    """Summarise ``df`` as :func:`~skdbn.spark.data.summarize_dataframe` does and, in the same
-    pass, write its features into the shard files of ``plan``.
-
-    Returns
-    -------
-    summary : FrameSummary
-    features_dir : str or None
-        The directory of the features files when every row is in them; None when there was
-        no room for them (any files are then incomplete and must be dropped).
-    """
-    columns, dtype, label_type = training_columns(df, features_col, label_col)
-    schema = statistics_schema(label_type, extra="written long")
-    task = partial(write_shards_task, label_type is not None, plan)
-    rows = df.select(*columns).mapInArrow(task, schema).toArrow().to_pylist()
-    summary = merged_summary(rows, features_col, label_col, dtype)
-    state = read_state(plan)
-    # Other partitions than the count saw: adaptive execution may coalesce a shuffle's
-    # output differently when other columns cross it, or the plan is not deterministic. The
-    # rows are then not where the plan put them: the cached partitions take over (and refuse
-    # a DataFrame that changes between reads).
-    if (state is None or summary.partition_rows != plan.partition_rows
-            or not all(row["written"] == row["n_rows"] for row in rows)):
-        return summary, None
-    return summary, state[1]
 
 
 def write_shards_task(labelled, plan, batches):

@@ -16,45 +16,24 @@ from functools import partial
 
 import numpy as np
 
+from .._engines import Engine, dealt_indices
 from .._gossip import AllGatherClient, AllGatherServer
+from .._phase import PhaseResult, PhaseState, consensus
 from .._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
-from .._task import PhaseStalled, SyncPlan, run_worker
 from .._watch import open_progress_listener
-from .._worker import PhaseResult, PhaseState, consensus
+from .._worker import PhaseStalled, SyncPlan, run_worker
 from .classic import StragglerWatch
 from .data import (
     ShardLayout,
     cache_partitions,
-    dealt_rows,
-    feature_column,
     frame_from_arrays,
-    frame_from_dataframe,
     read_shard,
     regroup_partitions,
-    summarize_dataframe,
     task_ranks,
 )
-from .session import conf_value, is_connect_session, local_connect_cluster, task_slots_now
-from .shards import (
-    ShardPlan,
-    partition_rows,
-    publish_shard,
-    saved_shards,
-    summarize_and_write,
-    write_array_shard,
-    write_label_shards,
-)
-
-# Spark configuration key choosing how a phase's tasks swap addresses:
-# - "driver": a small authenticated rendezvous served by this process (on classic sessions,
-#   where executors already connect to the driver, and on Spark Connect when the server and
-#   its executors run on this machine); adds milliseconds to a phase.
-# - "barrier": Spark's BarrierTaskContext.allGather, which stays inside the cluster but polls
-#   once a second, so adds about a second to every phase.
-# - "auto" (default): "driver" where it is possible, else "barrier" (a Connect client whose
-#   cluster may not reach it).
-RENDEZVOUS_CONF = "spark.skdbn.rendezvous"
-_RENDEZVOUS_MODES = ("auto", "driver", "barrier")
+from .placement import RENDEZVOUS_CONF, rendezvous_mode, task_slots_now
+from .session import conf_value, is_connect_session
+from .shards import saved_shards, write_array_shard
 
 # Texts of Spark errors that mean a worker was lost rather than that a task failed.
 _LOST_WORKER_SIGNS = (
@@ -69,16 +48,15 @@ _RESULT_SCHEMA = ("rank int, weight double, n_samples long, samples_trained long
                   "started double")
 
 
-class SparkEngine:
+class SparkEngine(Engine):
     """Runs every phase as one Spark barrier stage with one task per worker.
 
     Parameters
     ----------
-    spark : SparkSession
-        Session to run on, classic or Connect (found at fit time; never stored on the
-        estimator).
-    n_workers : int
-        Number of barrier tasks; the caller has checked that the session has the slots.
+    placement : SparkPlacement
+        The session (classic or Connect, found at fit time and never stored on the
+        estimator), the number of barrier tasks (the session has the slots) and how they
+        meet, from :func:`~skdbn.spark.placement.place_workers`.
     sync, sync_every
         Synchronisation within a phase, as for ``ProcessEngine``.
     timeout : float, default=60.0
@@ -89,101 +67,65 @@ class SparkEngine:
 
     epochs_per_phase = 10  # each barrier stage has a fixed cost; group fine-tuning epochs
 
-    def __init__(self, spark, n_workers, sync, sync_every, timeout=60.0):
-        self.spark = spark
-        self.n_workers = n_workers
+    def __init__(self, placement, sync, sync_every, timeout=60.0):
+        self.spark = placement.spark
+        self.n_workers = placement.n_tasks
         self.sync = sync
         self.sync_every = sync_every
         self.timeout = timeout
         self._secret = secrets.token_bytes(32)
-        self._tasks = n_workers  # fewer after a phase reran on the slots that were left
+        self._tasks = self.n_workers  # fewer after a phase reran on the slots that were left
+        self._shard_files = placement.shard_files
         self._frame = None  # what the phases' stage maps: one partition per task
         self._cached = None  # the cached training partitions, one per worker
         self._layout = None
-        self._shard_plan = None  # features written by summarize(), labels still to come
-        self._shard_dirs = ()  # set before any shard file is written, for close()
-        self._mode = None  # rendezvous_mode(spark), asked once per fit
-        if self._needs_rendezvous():  # a bad setting fails before any data moves
-            self._rendezvous_mode()
+        self._shard_dirs = ()  # shard files of numpy input, set before any is written
+        self._mode = placement.rendezvous  # asked once per fit (None: not yet needed)
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
 
-    def start_from_arrays(self, X, codes, worker_rows, mean, scale):
-        """Put numpy training data where the tasks read it, one shard per worker.
+    def start(self, data, seed):
+        """Put the training data where the tasks read it, one shard per worker.
 
-        ``worker_rows[w]`` are the rows of ``X`` (and of the class ``codes``, or None) that
-        worker ``w`` trains on, in the order it keeps them (None: all rows, in order). When
-        every task runs on this machine the shards are written straight to shard files;
-        otherwise X travels as Arrow batches into a cached DataFrame.
+        A DataFrame was dealt to the workers when it was prepared (``data.frame``): its shard
+        files are ready, or its dealt rows are cached here. Numpy arrays are dealt by
+        ``dealt_indices``; when every task runs on this machine their shards are written
+        straight to shard files, otherwise they travel as Arrow batches into a cached
+        DataFrame.
         """
-        worker_rows = [np.arange(X.shape[0]) if rows is None else rows for rows in worker_rows]
-        layout = self._plan_layout(tuple(len(rows) for rows in worker_rows), X.shape[1],
-                                   X.dtype, codes is not None, mean, scale)
-        if layout.shard_dir is not None:
+        if data.frame is not None:
+            self._layout = data.frame.layout
+            if data.frame.source is None:
+                self._frame = self._one_row_per_task()
+            else:
+                self._cache_partitions(data.frame.source)
+            return
+        rows = [np.arange(data.n_samples) if part is None else part
+                for part in dealt_indices(data.n_samples, self.n_workers, seed)]
+        self._start_from_arrays(data.X, data.codes, rows, data.mean, data.scale)
+
+    def _start_from_arrays(self, X, codes, worker_rows, mean, scale):
+        self._layout = self._plan_layout(tuple(len(rows) for rows in worker_rows), X.shape[1],
+                                         X.dtype, codes is not None, mean, scale)
+        if self._layout.shard_dir is not None:
             for rank, rows in enumerate(worker_rows):
-                write_array_shard(X, codes, rows, rank, layout)
+                write_array_shard(X, codes, rows, rank, self._layout)
             self._frame = self._one_row_per_task()
             return
         source = frame_from_arrays(self.spark, X, codes, worker_rows, X.dtype,
                                    is_connect_session(self.spark))
         self._cache_partitions(source)
 
-    def summarize(self, df, features_col, label_col, counts=None):
-        """The ``FrameSummary`` of ``df``, in one pass over its features.
-
-        When every task runs on this machine, the same pass writes the features into the
-        workers' shard files, which :meth:`start_from_dataframe` then completes; ``counts``
-        are the rows of each partition (``partition_rows(df)``) if the caller has them.
-        """
-        if not self._tasks_run_here():
-            return summarize_dataframe(df, features_col, label_col)
-        counts = partition_rows(df) if counts is None else counts
-        _, dtype = feature_column(df, features_col)
-        self._shard_dirs = new_scratch_dirs()
-        plan = ShardPlan(*self._shard_dirs, counts, self.n_workers, np.dtype(dtype).name)
-        summary, features_dir = summarize_and_write(df, features_col, label_col, plan)
-        if features_dir is not None:
-            self._shard_plan = dataclasses.replace(plan, features_dir=features_dir)
-        else:  # no room: the tasks will read cached partitions
-            self._remove_shard_dirs()
-        return summary
-
-    def start_from_dataframe(self, df, features_col, label_col, classes, summary, mean, scale):
-        """Deal the rows of ``df`` into one shard per worker, in its training dtype.
-
-        ``summary`` is the ``FrameSummary`` of ``df``, from :meth:`summarize` when the shard
-        files are to be completed; ``classes`` the sorted class labels (None without
-        ``label_col``). Without shard files the shards are a cached DataFrame with one
-        partition per worker.
-        """
-        plan, workers = self._shard_plan, self.n_workers
-        rows = dealt_rows(summary.n_samples, workers)
-        self._layout = ShardLayout(
-            rows=rows, n_features=summary.n_features, dtype=np.dtype(summary.dtype).name,
-            labelled=label_col is not None, mean=mean, scale=scale,
-            shard_dir=None if plan is None else plan.features_dir)
-        if plan is not None:
-            if label_col is not None:
-                write_label_shards(plan, classes, self._layout)
-            for rank in range(workers):
-                publish_shard(rank, self._layout)
-            self._frame = self._one_row_per_task()
-            return
-        source = frame_from_dataframe(df, features_col, label_col, classes, summary, workers)
-        self._cache_partitions(source)
-
     def _plan_layout(self, rows, n_features, dtype, labelled, mean, scale):
         """The shards to come, with a fresh shard directory when the tasks can use one."""
         shard_bytes = sum(rows) * (n_features * np.dtype(dtype).itemsize + 9)
         shard_dir = None
-        if self._tasks_run_here():
+        if self._shard_files:
             self._shard_dirs = new_scratch_dirs()
             shard_dir = choose_scratch_dir(*self._shard_dirs, shard_bytes)
-        self._layout = ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
-                                   labelled=labelled, mean=mean, scale=scale,
-                                   shard_dir=shard_dir)
-        return self._layout
+        return ShardLayout(rows=rows, n_features=n_features, dtype=np.dtype(dtype).name,
+                           labelled=labelled, mean=mean, scale=scale, shard_dir=shard_dir)
 
     def _one_row_per_task(self):
         # The phases' stage needs only one partition per task: each task maps its shard files.
@@ -198,14 +140,6 @@ class SparkEngine:
                 f"{list(self._layout.rows)}: the DataFrame gave other rows on a second read "
                 "(a nondeterministic plan); cache it before fit"
             )
-
-    def _tasks_run_here(self):
-        """Whether every task runs on this machine and shares its files: a classic session
-        with a local master (a Connect server on this machine may still see another file
-        system, from a container, so Connect tasks read cached partitions)."""
-        if is_connect_session(self.spark):
-            return False
-        return conf_value(self.spark, "spark.master", "").startswith("local")
 
     @property
     def phase_workers(self):
@@ -366,7 +300,7 @@ class SparkEngine:
             self._remove_shard_dirs()
 
     def _remove_shard_dirs(self):
-        shard_dirs, self._shard_dirs, self._shard_plan = self._shard_dirs, (), None
+        shard_dirs, self._shard_dirs = self._shard_dirs, ()
         for shard_dir in shard_dirs:
             remove_tree(shard_dir)
 
@@ -397,75 +331,6 @@ class _DriverRendezvous(AllGatherClient):
                 f"{self.server_address} ({exc}); if executors cannot open connections to the "
                 f"driver, set the Spark configuration {RENDEZVOUS_CONF}=barrier"
             ) from exc
-
-
-def rendezvous_mode(spark):
-    """How the tasks of a phase on ``spark`` swap addresses: ``"driver"`` or ``"barrier"``.
-
-    Follows ``spark.skdbn.rendezvous`` (``RENDEZVOUS_CONF``). ``"auto"`` means ``"driver"`` on
-    classic sessions, and on Spark Connect sessions whose tasks are seen to reach this process
-    (:func:`tasks_reach_client`); else ``"barrier"``. Raises ValueError for an unknown value,
-    and for ``"driver"`` on a Connect session whose executors may be on other machines.
-    """
-    mode = conf_value(spark, RENDEZVOUS_CONF, "auto")
-    if mode not in _RENDEZVOUS_MODES:
-        raise ValueError(f"{RENDEZVOUS_CONF} must be 'auto', 'driver' or 'barrier', "
-                         f"got {mode!r}")
-    if mode == "barrier":
-        return mode
-    if not is_connect_session(spark):
-        return "driver"
-    if not local_connect_cluster(spark):
-        if mode == "driver":
-            raise ValueError(
-                f"{RENDEZVOUS_CONF}=driver is not possible on this Spark Connect session: its "
-                "executors may not reach the client (only a server on this machine with a "
-                "local master is known to). Use 'auto' or 'barrier'")
-        return "barrier"
-    return "driver" if mode == "driver" or tasks_reach_client(spark) else "barrier"
-
-
-_PROBE_TIMEOUT = 10.0
-_reaching_sessions = {}  # Connect session id -> whether its tasks reached this process
-
-
-def tasks_reach_client(spark):
-    """Whether a task of ``spark``, a Connect session of a server on this machine with a local
-    master, opens an authenticated connection to this process on 127.0.0.1.
-
-    A server reached as ``localhost`` may still run where 127.0.0.1 is another machine's (in a
-    container with a published port, behind an SSH or kubectl port-forward), so one task of a
-    one-row job tries; the answer is kept for the session.
-    """
-    key = spark.session_id
-    if key not in _reaching_sessions:
-        _reaching_sessions[key] = _probe_from_a_task(spark)
-    return _reaching_sessions[key]
-
-
-def _probe_from_a_task(spark):
-    secret = secrets.token_bytes(32)
-    server = AllGatherServer(secret, 1, _PROBE_TIMEOUT).start()
-    try:
-        client = AllGatherClient(server.address, secret, _PROBE_TIMEOUT, 1)
-        table = spark.range(0, 1, 1, 1).mapInArrow(partial(_probe_task, client),
-                                                   "reached boolean").toArrow()
-    finally:
-        server.close()
-    return table.column("reached").to_pylist() == [True]
-
-
-def _probe_task(client, batches):
-    """The probe job's task: whether the rendezvous ``client`` gets its own address back."""
-    import pyarrow as pa
-
-    for _ in batches:  # one row; read so that Spark can reuse this Python worker
-        pass
-    try:
-        reached = client(0, "probe") == ["probe"]
-    except (OSError, ValueError):  # refused, timed out, or not our server (WireError)
-        reached = False
-    yield pa.RecordBatch.from_pydict({"reached": [reached]})
 
 
 def _phase_task(phase, state, below, plan, layout, rendezvous, batches):

@@ -1,8 +1,8 @@
 """What a fit has achieved so far, and its checkpoint on disk.
 
-The estimator records every finished phase in a ``TrainingProgress``; with ``checkpoint_dir``
-set the progress is written after each phase and a later fit with the same settings and data
-resumes from it. Checkpoints hold arrays and JSON only and are read with
+The training schedule records every finished phase in a ``TrainingState``; with
+``checkpoint_dir`` set the state is written after each phase, and a later fit with the same
+settings and data resumes from it. Checkpoints hold arrays and JSON only and are read with
 ``allow_pickle=False``.
 
 A checkpoint is written to a temporary file, flushed to disk and then renamed over the
@@ -24,6 +24,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from ._digest import digest_arrays
+from ._network import network_layout
+from ._params import MODEL_NEUTRAL
+from ._rbm import rbm_layout
+
 CHECKPOINT_FILE = "skdbn-checkpoint.npz"
 PREVIOUS_FILE = "skdbn-checkpoint.previous.npz"
 _FORMAT_VERSION = 1
@@ -39,7 +44,7 @@ class DamagedCheckpoint(ValueError):
 
 
 @dataclass
-class TrainingProgress:
+class TrainingState:
     """State of a fit between phases; all arrays are flat parameter vectors."""
 
     seed: int
@@ -64,10 +69,8 @@ class TrainingProgress:
 
 def _settings_digest(estimator_params, classes):
     digest = hashlib.sha256()
-    # Settings that do not change the model: changing them must not orphan a checkpoint.
-    ignored = {"checkpoint_dir", "verbose", "warm_start", "phase_retries", "network_timeout",
-               "prediction_col", "probability_col", "transform_col"}
-    settings = {k: repr(v) for k, v in sorted(estimator_params.items()) if k not in ignored}
+    settings = {k: repr(v) for k, v in sorted(estimator_params.items())
+                if k not in MODEL_NEUTRAL}
     digest.update(json.dumps(settings).encode())
     classes = np.asarray(classes if classes is not None else [])
     digest.update(repr(classes.tolist()).encode())
@@ -86,26 +89,6 @@ def fingerprint(estimator_params, X, y, classes):
     return digest_arrays(digest, parts).hexdigest()
 
 
-def digest_arrays(digest, parts):
-    """``digest`` (a hashlib object) updated with each array's shape, dtype and values."""
-    for part in parts:
-        header, content = described_bytes(part)
-        digest.update(header)
-        digest.update(content)
-    return digest
-
-
-def described_bytes(array):
-    """``(header, content)`` to hash for ``array``: its shape and dtype as bytes, and its
-    values as a flat uint8 view (no copy when it is contiguous; the repr of its items for an
-    object array)."""
-    array = np.ascontiguousarray(array)
-    header = str((array.shape, array.dtype.str)).encode()
-    if array.dtype == object:
-        return header, repr(array.tolist()).encode()
-    return header, array.reshape(-1).view(np.uint8)
-
-
 def frame_fingerprint(estimator_params, summary, classes):
     """Digest of a DataFrame fit: parameters, and what the statistics pass saw of the data.
 
@@ -122,18 +105,18 @@ def frame_fingerprint(estimator_params, summary, classes):
     return digest.hexdigest()
 
 
-def save_checkpoint(directory, key, progress):
-    """Write ``progress`` under ``directory``, replacing any earlier checkpoint atomically."""
+def save_checkpoint(directory, key, state):
+    """Write ``state`` under ``directory``, replacing any earlier checkpoint atomically."""
     os.makedirs(directory, exist_ok=True)
-    arrays = {f"layer_{i}": layer for i, layer in enumerate(progress.layers)}
-    arrays.update({f"layer_mean_{i}": m for i, m in enumerate(progress.layer_means)})
+    arrays = {f"layer_{i}": layer for i, layer in enumerate(state.layers)}
+    arrays.update({f"layer_mean_{i}": m for i, m in enumerate(state.layer_means)})
     for name in ("network", "velocity", "best_network"):
-        if getattr(progress, name) is not None:
-            arrays[name] = getattr(progress, name)
-    meta = {k: v for k, v in asdict(progress).items()
+        if getattr(state, name) is not None:
+            arrays[name] = getattr(state, name)
+    meta = {k: v for k, v in asdict(state).items()
             if k not in {"layers", "layer_means", "network", "velocity", "best_network"}}
-    meta.update(version=_FORMAT_VERSION, key=key, n_layers=len(progress.layers),
-                n_layer_means=len(progress.layer_means))
+    meta.update(version=_FORMAT_VERSION, key=key, n_layers=len(state.layers),
+                n_layer_means=len(state.layer_means))
     arrays["meta"] = np.array(json.dumps(meta, default=_plain))
     handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=f"{_TMP_PREFIX}{os.getpid()}.",
                                         suffix=_TMP_SUFFIX)
@@ -202,16 +185,16 @@ def _process_exists(pid):
 
 
 def load_checkpoint(directory, key, check):
-    """The latest valid progress saved under ``directory`` for fingerprint ``key``.
+    """The latest valid state saved under ``directory`` for fingerprint ``key``.
 
-    ``check(progress)`` raises ``DamagedCheckpoint`` when the progress does not fit this fit
-    (see :func:`check_progress`). A damaged file is set aside with a ``CheckpointWarning`` and
+    ``check(state)`` raises ``DamagedCheckpoint`` when the state does not fit this fit
+    (see :func:`check_state`). A damaged file is set aside with a ``CheckpointWarning`` and
     the previous checkpoint is tried; a checkpoint of another fit (another fingerprint) is
     left to be replaced.
 
     Returns
     -------
-    progress : TrainingProgress or None
+    state : TrainingState or None
     path : str or None
         The file it came from.
     """
@@ -221,14 +204,14 @@ def load_checkpoint(directory, key, check):
         if not os.path.exists(path):
             continue
         try:
-            saved_key, progress = _read_checkpoint(path)
+            saved_key, state = _read_checkpoint(path)
             if saved_key != key:
                 continue
-            check(progress)
+            check(state)
         except Exception as error:  # every way a file can be damaged: set it aside
             _set_aside(path, error)
             continue
-        return progress, path
+        return state, path
     return None, None
 
 
@@ -244,7 +227,7 @@ def _read_checkpoint(path):
         layers = [data[f"layer_{i}"] for i in range(meta.pop("n_layers"))]
         layer_means = [data[f"layer_mean_{i}"] for i in range(meta.pop("n_layer_means"))]
         arrays = {name: data[name] if name in data.files else None for name in _ARRAYS}
-    return key, TrainingProgress(layers=layers, layer_means=layer_means, **arrays, **meta)
+    return key, TrainingState(layers=layers, layer_means=layer_means, **arrays, **meta)
 
 
 def _check_members(path):
@@ -302,13 +285,10 @@ def _check_meta(meta):
         raise DamagedCheckpoint("pretraining_history is not a list of {name: numbers}")
 
 
-def check_progress(progress, layer_sizes, n_classes, dtype):
-    """Raise ``DamagedCheckpoint`` unless ``progress`` is a state of a fit of ``layer_sizes``
+def check_state(state, layer_sizes, n_classes, dtype):
+    """Raise ``DamagedCheckpoint`` unless ``state`` is a state of a fit of ``layer_sizes``
     (``[n_features, *hidden]``) with ``n_classes`` classes (None: unlabelled) in ``dtype``.
     """
-    from ._network import network_layout
-    from ._rbm import rbm_layout
-
     def check_array(name, array, size):
         if array.dtype != dtype or array.shape != (size,):
             raise DamagedCheckpoint(f"{name} is {array.dtype}{array.shape}, expected "
@@ -317,34 +297,34 @@ def check_progress(progress, layer_sizes, n_classes, dtype):
             raise DamagedCheckpoint(f"{name} holds NaN or infinity")
 
     n_hidden = len(layer_sizes) - 1
-    if len(progress.layers) > n_hidden or len(progress.layer_means) != len(progress.layers) \
-            or len(progress.pretraining_history) != len(progress.layers):
-        raise DamagedCheckpoint(f"{len(progress.layers)} layers, {len(progress.layer_means)} "
-                                f"layer means and {len(progress.pretraining_history)} "
+    if len(state.layers) > n_hidden or len(state.layer_means) != len(state.layers) \
+            or len(state.pretraining_history) != len(state.layers):
+        raise DamagedCheckpoint(f"{len(state.layers)} layers, {len(state.layer_means)} "
+                                f"layer means and {len(state.pretraining_history)} "
                                 f"histories for a network of {n_hidden} hidden layers")
-    for i, layer in enumerate(progress.layers):
+    for i, layer in enumerate(state.layers):
         size = sum(int(np.prod(s)) for s in rbm_layout(*layer_sizes[i:i + 2]).values())
         check_array(f"layer {i}", layer, size)
-        mean = progress.layer_means[i]
+        mean = state.layer_means[i]
         if mean.dtype.kind != "f" or mean.shape != (layer_sizes[i + 1],) or \
                 not np.all((mean >= 0) & (mean <= 1)):
             raise DamagedCheckpoint(f"the mean activation of layer {i} is not valid")
-    for i, history in enumerate(progress.pretraining_history):
+    for i, history in enumerate(state.pretraining_history):
         if not all(np.all(np.isfinite(values)) for values in history.values()):
             raise DamagedCheckpoint(f"the history of layer {i} holds NaN or infinity")
-    scores = progress.validation_scores
-    best_is_lost = bool(scores) and not np.isfinite(progress.best_validation_score)
-    if len(scores) > progress.n_iter or best_is_lost or \
-            progress.no_improvement_count > progress.n_iter:
+    scores = state.validation_scores
+    best_is_lost = bool(scores) and not np.isfinite(state.best_validation_score)
+    if len(scores) > state.n_iter or best_is_lost or \
+            state.no_improvement_count > state.n_iter:
         raise DamagedCheckpoint("the fine-tuning figures do not add up")
-    arrays = [getattr(progress, name) for name in _ARRAYS]
-    if n_classes is None or progress.network is None:
-        if any(a is not None for a in arrays) or progress.loss_curve or progress.finetune_done:
+    arrays = [getattr(state, name) for name in _ARRAYS]
+    if n_classes is None or state.network is None:
+        if any(a is not None for a in arrays) or state.loss_curve or state.finetune_done:
             raise DamagedCheckpoint("fine-tuning state in a fit that has none yet")
         return
     size = sum(int(np.prod(s)) for s in network_layout([*layer_sizes, n_classes]).values())
     for name, array in zip(_ARRAYS, arrays, strict=True):
         if array is not None:
             check_array(name, array, size)
-    if progress.velocity is None or len(progress.layers) != n_hidden:
+    if state.velocity is None or len(state.layers) != n_hidden:
         raise DamagedCheckpoint("a fine-tuning state without its velocity or its layers")

@@ -1,0 +1,191 @@
+"""Every hyper-parameter of ``DistributedDBN``, declared once.
+
+``HYPER_PARAMETERS`` holds each one's name, default, constraint and a one-line description,
+its name on the ``pyspark.ml`` stages, and whether it changes the model a fit makes. From it
+come the estimator's ``_parameter_constraints``, the stages' Spark ``Param`` objects (names,
+converters, defaults, docs: ``skdbn.spark.ml``), the settings a checkpoint ignores
+(``MODEL_NEUTRAL``), and ``Settings``, the frozen snapshot a fit trains with.
+``tests/test_params.py`` checks that the estimator's signature, its docstring and every
+derivation agree with the table.
+"""
+
+import dataclasses
+import os
+from numbers import Integral, Real
+
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._rbm import BERNOULLI, GAUSSIAN
+
+HANDLE_INVALID = ("error", "skip", "keep")
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperParameter:
+    """One hyper-parameter of ``DistributedDBN``.
+
+    Attributes
+    ----------
+    name : str
+        Its name in scikit-learn (``__init__``, ``get_params``).
+    default : object
+        Its default.
+    constraint : list
+        scikit-learn's parameter constraints (``_parameter_constraints``).
+    doc : str
+        One line saying what it is (the Spark ``Param``'s doc).
+    spark : str or None
+        Its name on the ``pyspark.ml`` stages; None where the stages have no such setting
+        (they always train on Spark, never warm-start, and name their output columns in
+        Spark's way).
+    converter : str or None
+        The ``pyspark.ml.param.TypeConverters`` method of a ``Param`` of skdbn's own; None for
+        one of pyspark's shared params (``maxIter``, ``tol``, ``seed``, ...).
+    changes_model : bool
+        False for a setting that does not change what a fit learns: changing it keeps a
+        checkpoint valid.
+    """
+
+    name: str
+    default: object
+    constraint: list
+    doc: str
+    spark: str | None = None
+    converter: str | None = None
+    changes_model: bool = True
+
+
+def _at_least(low):
+    return Interval(Integral, low, None, closed="left")
+
+
+def _positive():
+    return Interval(Real, 0, None, closed="neither")
+
+
+HYPER_PARAMETERS = (
+    HyperParameter("hidden_layer_sizes", (256, 256), ["array-like", _at_least(1)],
+                   "units of each hidden layer, bottom to top", "hiddenLayerSizes",
+                   "toListInt"),
+    HyperParameter("visible_units", "auto", [StrOptions({"auto", BERNOULLI, GAUSSIAN})],
+                   "visible units of the first RBM: 'bernoulli', 'gaussian' or 'auto'",
+                   "visibleUnits", "toString"),
+    HyperParameter("pretrain_epochs", 20, [_at_least(0)],
+                   "contrastive-divergence epochs per RBM layer", "pretrainEpochs", "toInt"),
+    HyperParameter("pretrain_learning_rate", 0.1, [_positive()],
+                   "learning rate of pretraining", "pretrainLearningRate", "toFloat"),
+    HyperParameter("cd_steps", 1, [_at_least(1)], "Gibbs steps of contrastive divergence",
+                   "cdSteps", "toInt"),
+    HyperParameter("persistent", False, ["boolean"], "persistent contrastive divergence",
+                   "persistent", "toBoolean"),
+    HyperParameter("max_iter", 100, [_at_least(1)], "fine-tuning epochs at most", "maxIter"),
+    HyperParameter("learning_rate", 0.1, [_positive()], "learning rate of fine-tuning",
+                   "learningRate", "toFloat"),
+    HyperParameter("momentum", 0.9, [Interval(Real, 0, 1, closed="left")],
+                   "momentum of both phases", "momentum", "toFloat"),
+    HyperParameter("alpha", 1e-4, [Interval(Real, 0, None, closed="left")], "L2 penalty",
+                   "alpha", "toFloat"),
+    HyperParameter("batch_size", 32, [_at_least(1)], "rows of a minibatch", "batchSize",
+                   "toInt"),
+    HyperParameter("early_stopping", False, ["boolean"],
+                   "hold out validationFraction of the rows and stop on validation accuracy",
+                   "earlyStopping", "toBoolean"),
+    HyperParameter("validation_fraction", 0.1, [Interval(Real, 0, 1, closed="neither")],
+                   "share of the rows held out with earlyStopping", "validationFraction",
+                   "toFloat"),
+    HyperParameter("n_iter_no_change", 10, [_at_least(1)],
+                   "epochs without improvement before fine-tuning stops", "nIterNoChange",
+                   "toInt"),
+    HyperParameter("tol", 1e-4, [Interval(Real, 0, None, closed="left")],
+                   "smallest improvement that counts as progress", "tol"),
+    HyperParameter("backend", "auto", [StrOptions({"auto", "local", "spark"})],
+                   "where the workers run: 'auto', 'local' or 'spark'"),
+    HyperParameter("n_workers", None, [_at_least(1), None],
+                   "workers (barrier tasks); unset: one per 5,000 rows, at most the free task "
+                   "slots", "numWorkers", "toInt"),
+    HyperParameter("sync", "gossip", [StrOptions({"gossip", "average", "none"})],
+                   "synchronisation of the workers: 'gossip', 'average' or 'none'", "sync",
+                   "toString"),
+    HyperParameter("sync_every", 10, [_at_least(1)],
+                   "minibatches between two synchronisations of a worker", "syncEvery",
+                   "toInt"),
+    HyperParameter("checkpoint_dir", None, [str, os.PathLike, None],
+                   "directory of the driver's training checkpoints (unset: none)",
+                   "checkpointDir", "toString", changes_model=False),
+    HyperParameter("phase_retries", 2, [_at_least(0)], "reruns of a phase that lost a worker",
+                   "phaseRetries", "toInt", changes_model=False),
+    HyperParameter("network_timeout", None, [_positive(), None],
+                   "seconds any network wait of a worker may take (unset: 30 locally, 60 on "
+                   "Spark)", "networkTimeout", "toFloat", changes_model=False),
+    HyperParameter("warm_start", False, ["boolean"],
+                   "start from the weights of the previous fit", changes_model=False),
+    HyperParameter("verbose", 0, ["verbose"], "progress lines on the driver", "verbose",
+                   "toInt", changes_model=False),
+    HyperParameter("random_state", None, ["random_state"], "seed of every random draw",
+                   "seed"),
+    HyperParameter("features_col", "features", [str, list, tuple],
+                   "features of a Spark DataFrame: a vector or array column, or numeric "
+                   "columns", "featuresCol"),
+    HyperParameter("label_col", "label", [str, None],
+                   "column of class labels of a Spark DataFrame", "labelCol"),
+    HyperParameter("prediction_col", "prediction", [str],
+                   "column predict adds to a Spark DataFrame", changes_model=False),
+    HyperParameter("probability_col", "probability", [str],
+                   "column predict_proba adds to a Spark DataFrame", changes_model=False),
+    HyperParameter("transform_col", "dbn_features", [str],
+                   "column transform adds to a Spark DataFrame", changes_model=False),
+    HyperParameter("handle_invalid", "error", [StrOptions(set(HANDLE_INVALID))],
+                   "rows of a Spark DataFrame with invalid features: 'error', 'skip' or "
+                   "'keep'", "handleInvalid"),
+)
+
+PARAMETERS = {parameter.name: parameter for parameter in HYPER_PARAMETERS}
+
+# Settings that do not change the model: changing them must not orphan a checkpoint.
+MODEL_NEUTRAL = frozenset(p.name for p in HYPER_PARAMETERS if not p.changes_model)
+
+
+def parameter_constraints():
+    """scikit-learn's ``_parameter_constraints`` of the table."""
+    return {p.name: list(p.constraint) for p in HYPER_PARAMETERS}
+
+
+def _hidden_sizes(settings):
+    sizes = settings.hidden_layer_sizes
+    sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
+    if not sizes or not all(isinstance(s, Integral) and s >= 1 for s in sizes):
+        raise ValueError(
+            "hidden_layer_sizes must be a positive integer or a non-empty sequence of "
+            f"positive integers, got {settings.hidden_layer_sizes!r}"
+        )
+    return tuple(int(s) for s in sizes)
+
+
+def _params(settings):
+    return {p.name: getattr(settings, p.name) for p in HYPER_PARAMETERS}
+
+
+def _settings_of(cls, estimator):
+    return cls(**estimator.get_params(deep=False),
+               slow_worker=getattr(estimator, "_slow_worker", None))
+
+
+Settings = dataclasses.make_dataclass(
+    "Settings",
+    [(p.name, object) for p in HYPER_PARAMETERS]
+    + [("slow_worker", object, dataclasses.field(default=None))],
+    frozen=True,
+    namespace={
+        "__doc__": (
+            "The settings of one fit, frozen: every hyper-parameter of the table by its "
+            "name, and ``slow_worker`` (a test and benchmark hook: ``(rank, seconds)`` that "
+            "worker sleeps after each minibatch). ``Settings.of(estimator)`` takes them from "
+            "an estimator; ``hidden_sizes`` is ``hidden_layer_sizes`` checked, as a tuple; "
+            "``params()`` the hyper-parameters as ``get_params`` gives them."
+        ),
+        "of": classmethod(_settings_of),
+        "hidden_sizes": property(_hidden_sizes),
+        "params": _params,
+    },
+)
+Settings.__module__ = __name__

@@ -1,0 +1,187 @@
+"""Where a Spark fit's workers run: one barrier task each, on the session's task slots.
+
+``place_workers`` finds the session, checks that a barrier stage of the fit's tasks can run,
+and decides, once per fit and before any data moves, how the tasks of a phase will meet
+(``rendezvous_mode``) and whether they share this machine's files (``tasks_share_files``);
+``task_slots_now`` counts the slots left when a phase is to run again after a lost worker. The
+result, a ``SparkPlacement``, is what ``SparkEngine`` and the DataFrame preparation
+(``training_frame``) work from.
+"""
+
+import contextlib
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from functools import partial
+
+from .._gossip import AllGatherClient, AllGatherServer
+from .classic import scheduler_slots
+from .session import (
+    check_barrier_possible,
+    conf_value,
+    free_task_slots,
+    get_session,
+    is_connect_session,
+    local_connect_cluster,
+    local_master_cores,
+    task_cpus,
+)
+
+# Spark configuration key choosing how a phase's tasks swap addresses:
+# - "driver": a small authenticated rendezvous served by this process (on classic sessions,
+#   where executors already connect to the driver, and on Spark Connect when the server and
+#   its executors run on this machine); adds milliseconds to a phase.
+# - "barrier": Spark's BarrierTaskContext.allGather, which stays inside the cluster but polls
+#   once a second, so adds about a second to every phase.
+# - "auto" (default): "driver" where it is possible, else "barrier" (a Connect client whose
+#   cluster may not reach it).
+RENDEZVOUS_CONF = "spark.skdbn.rendezvous"
+_RENDEZVOUS_MODES = ("auto", "driver", "barrier")
+
+
+@dataclass(frozen=True)
+class SparkPlacement:
+    """The barrier tasks of a Spark fit: its session, the number of tasks (one per worker),
+    how they swap addresses (``rendezvous``: ``"driver"``, ``"barrier"``, or None where the
+    fit's phases need no rendezvous: one task, or ``sync="none"``), and whether they map shard
+    files on this machine's disk (``shard_files``) instead of reading cached partitions."""
+
+    spark: object
+    n_tasks: int
+    rendezvous: str | None
+    shard_files: bool
+
+
+def place_workers(dataframe, n_workers, wanted, needs_rendezvous):
+    """The ``SparkPlacement`` of a fit on ``dataframe``'s session (None: the active or the
+    embedded one): ``n_workers`` tasks, or with None the ``wanted`` count capped by the
+    session's free task slots.
+
+    Raises before any data moves when the barrier stage cannot run (dynamic allocation, too
+    few slots) or ``spark.skdbn.rendezvous`` has a value it cannot take.
+    """
+    spark = get_session(dataframe)
+    slots = check_barrier_possible(spark, n_workers or 1)
+    n_tasks = n_workers or min(wanted, slots)
+    mode = rendezvous_mode(spark) if n_tasks > 1 and needs_rendezvous else None
+    return SparkPlacement(spark, n_tasks, mode, tasks_share_files(spark))
+
+
+def tasks_share_files(spark):
+    """Whether every task of ``spark`` runs on this machine and shares its files: a classic
+    session with a local master (a Connect server on this machine may still see another file
+    system, from a container, so Connect tasks read cached partitions)."""
+    if is_connect_session(spark):
+        return False
+    return conf_value(spark, "spark.master", "").startswith("local")
+
+
+def rendezvous_mode(spark):
+    """How the tasks of a phase on ``spark`` swap addresses: ``"driver"`` or ``"barrier"``.
+
+    Follows ``spark.skdbn.rendezvous`` (``RENDEZVOUS_CONF``). ``"auto"`` means ``"driver"`` on
+    classic sessions, and on Spark Connect sessions whose tasks are seen to reach this process
+    (:func:`tasks_reach_client`); else ``"barrier"``. Raises ValueError for an unknown value,
+    and for ``"driver"`` on a Connect session whose executors may be on other machines.
+    """
+    mode = conf_value(spark, RENDEZVOUS_CONF, "auto")
+    if mode not in _RENDEZVOUS_MODES:
+        raise ValueError(f"{RENDEZVOUS_CONF} must be 'auto', 'driver' or 'barrier', "
+                         f"got {mode!r}")
+    if mode == "barrier":
+        return mode
+    if not is_connect_session(spark):
+        return "driver"
+    if not local_connect_cluster(spark):
+        if mode == "driver":
+            raise ValueError(
+                f"{RENDEZVOUS_CONF}=driver is not possible on this Spark Connect session: its "
+                "executors may not reach the client (only a server on this machine with a "
+                "local master is known to). Use 'auto' or 'barrier'")
+        return "barrier"
+    return "driver" if mode == "driver" or tasks_reach_client(spark) else "barrier"
+
+
+_PROBE_TIMEOUT = 10.0
+_reaching_sessions = {}  # Connect session id -> whether its tasks reached this process
+
+
+def tasks_reach_client(spark):
+    """Whether a task of ``spark``, a Connect session of a server on this machine with a local
+    master, opens an authenticated connection to this process on 127.0.0.1.
+
+    A server reached as ``localhost`` may still run where 127.0.0.1 is another machine's (in a
+    container with a published port, behind an SSH or kubectl port-forward), so one task of a
+    one-row job tries; the answer is kept for the session.
+    """
+    key = spark.session_id
+    if key not in _reaching_sessions:
+        _reaching_sessions[key] = _probe_from_a_task(spark)
+    return _reaching_sessions[key]
+
+
+def _probe_from_a_task(spark):
+    secret = secrets.token_bytes(32)
+    server = AllGatherServer(secret, 1, _PROBE_TIMEOUT).start()
+    try:
+        client = AllGatherClient(server.address, secret, _PROBE_TIMEOUT, 1)
+        table = spark.range(0, 1, 1, 1).mapInArrow(partial(_probe_task, client),
+                                                   "reached boolean").toArrow()
+    finally:
+        server.close()
+    return table.column("reached").to_pylist() == [True]
+
+
+def _probe_task(client, batches):
+    """The probe job's task: whether the rendezvous ``client`` gets its own address back."""
+    import pyarrow as pa
+
+    for _ in batches:  # one row; read so that Spark can reuse this Python worker
+        pass
+    try:
+        reached = client(0, "probe") == ["probe"]
+    except (OSError, ValueError):  # refused, timed out, or not our server (WireError)
+        reached = False
+    yield pa.RecordBatch.from_pydict({"reached": [reached]})
+
+
+def task_slots_now(spark, timeout):
+    """Task slots of the executors registered now, waiting at most ``timeout`` seconds.
+
+    Unlike :func:`free_task_slots` this never waits for executors to come: on a classic
+    session the scheduler is asked (slots of the live executors, ``spark.task.cpus`` taken
+    into account); on a Connect session the probe job is interrupted after ``timeout``
+    (no executor: 0 slots). A local master's slots come from its URL.
+    """
+    cores = local_master_cores(conf_value(spark, "spark.master", ""))
+    if cores is not None:
+        return max(1, cores // task_cpus(spark))
+    if not is_connect_session(spark):
+        with contextlib.suppress(Exception):  # a private scheduler call; probe otherwise
+            return scheduler_slots(spark)
+    return _interruptible_probe(spark, timeout)
+
+
+def _interruptible_probe(spark, timeout):
+    """``free_task_slots(spark)``, or 0 when the probe job has not run within ``timeout``."""
+    tag = f"skdbn-slot-probe-{os.getpid()}-{threading.get_ident()}"
+    found = []
+
+    def probe():
+        spark.addTag(tag)  # tags belong to the thread that starts the job
+        try:
+            found.append(free_task_slots(spark))
+        except Exception:  # interrupted, or no session left: no slots known
+            found.append(0)
+        finally:
+            spark.removeTag(tag)
+
+    thread = threading.Thread(target=probe, name="skdbn-slot-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        with contextlib.suppress(Exception):
+            spark.interruptTag(tag)
+        thread.join(10.0)
+    return found[0] if found else 0

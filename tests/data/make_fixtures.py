@@ -1,0 +1,44 @@
+"""Write the files that tests/test_compatibility.py loads: a pickled model and a checkpoint
+directory, both written by skdbn 0.1.0 (commit 3fdec2c, before the estimator was split into
+its rooms). Later versions must load the one and resume from the other; do not write them
+again with a newer version unless a format changes on purpose (and say so in the changelog).
+
+Run from the repository root with the old version first on the path:
+``PYTHONPATH=/path/to/old/checkout python tests/data/make_fixtures.py``.
+"""
+
+import os
+import pickle
+import shutil
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+from skdbn import DistributedDBN
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The settings and data of both files (tests/test_compatibility.py uses the same).
+PARAMS = dict(hidden_layer_sizes=(8, 6), pretrain_epochs=2, max_iter=3, batch_size=50,
+              random_state=0)
+ROWS = 300
+
+
+def data():
+    X, y = load_digits(return_X_y=True)
+    return X[:ROWS] / 16.0, y[:ROWS]
+
+
+def main():
+    X, y = data()
+    model = DistributedDBN(**PARAMS).fit(X, y)
+    with open(os.path.join(HERE, "model-0.1.0.pkl"), "wb") as handle:
+        pickle.dump(model, handle, protocol=4)
+    np.save(os.path.join(HERE, "model-0.1.0-proba.npy"), model.predict_proba(X))
+    directory = os.path.join(HERE, "checkpoint-0.1.0")
+    shutil.rmtree(directory, ignore_errors=True)
+    DistributedDBN(checkpoint_dir=directory, **PARAMS).fit(X, y)
+    os.remove(os.path.join(directory, "skdbn-checkpoint.previous.npz"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""What an earlier version wrote still works: its pickled model loads and predicts, and its
+checkpoint resumes. The files in ``tests/data`` were written by skdbn 0.1.0 (commit 3fdec2c)
+with ``tests/data/make_fixtures.py``; they are never written again by a newer version."""
+
+import os
+import pickle
+import shutil
+import sys
+
+import numpy as np
+
+from skdbn import DistributedDBN
+from skdbn._checkpoint import CHECKPOINT_FILE, fingerprint
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+sys.path.insert(0, DATA)
+from make_fixtures import PARAMS, data  # noqa: E402
+
+
+def test_a_model_pickled_by_version_0_1_0_loads_and_predicts():
+    X, y = data()
+    with open(os.path.join(DATA, "model-0.1.0.pkl"), "rb") as handle:
+        model = pickle.load(handle)  # a file of this repository, not of the network
+    np.testing.assert_allclose(model.predict_proba(X),
+                               np.load(os.path.join(DATA, "model-0.1.0-proba.npy")),
+                               rtol=1e-10, atol=1e-12)
+    assert model.transform(X).shape == (len(X), 6)
+    assert model.get_params() == DistributedDBN(**PARAMS).get_params()
+    state = model.get_fitted_state()  # and saves as a model of this version does
+    assert DistributedDBN(**PARAMS).set_fitted_state(state).score(X, y) == model.score(X, y)
+
+
+def test_a_checkpoint_of_version_0_1_0_resumes(tmp_path):
+    X, y = data()
+    directory = tmp_path / "checkpoint"
+    shutil.copytree(os.path.join(DATA, "checkpoint-0.1.0"), directory)
+    with np.load(directory / CHECKPOINT_FILE) as saved:
+        meta = saved["meta"][()]
+        network = saved["network"]
+    # The fit's fingerprint is the one the old version wrote: the checkpoint is this fit's.
+    assert f'"key": "{fingerprint(DistributedDBN(**PARAMS).get_params(), X, y, np.unique(y))}"' \
+        in str(meta)
+    model = DistributedDBN(checkpoint_dir=str(directory), **PARAMS).fit(X, y)
+    assert model.worker_stats_ == []  # every phase came from the checkpoint
+    assert model.n_iter_ == PARAMS["max_iter"]
+    n_weights = sum(c.size for c in model.coefs_)
+    np.testing.assert_array_equal(np.concatenate([c.ravel() for c in model.coefs_]),
+                                  network[:n_weights])
