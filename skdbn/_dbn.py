@@ -563,14 +563,15 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Input data.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features) or Spark DataFrame
+            Input data; a DataFrame holds the features in ``features_col``.
 
         Returns
         -------
-        features : ndarray of shape (n_samples, hidden_layer_sizes[-1])
+        features : ndarray of shape (n_samples, hidden_layer_sizes[-1]) or Spark DataFrame
             Mean activations of the top hidden layer, in the dtype of ``X`` (float32 stays
-            float32).
+            float32); for a DataFrame, the DataFrame with them in ``transform_col``, computed
+            on the executors.
         """
         if is_spark_dataframe(X):
             return self._map_dataframe(X, self._features, self.transform_col, "array")
@@ -587,13 +588,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Input data.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features) or Spark DataFrame
+            Input data; a DataFrame holds the features in ``features_col``.
 
         Returns
         -------
-        proba : ndarray of shape (n_samples, n_classes)
-            Probability of each class in ``classes_`` order.
+        proba : ndarray of shape (n_samples, n_classes) or Spark DataFrame
+            Probability of each class in ``classes_`` order; for a DataFrame, the DataFrame
+            with them as an array in ``probability_col``, computed on the executors.
         """
         if is_spark_dataframe(X):
             self._check_has_head()
@@ -627,13 +629,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Input data.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features) or Spark DataFrame
+            Input data; a DataFrame holds the features in ``features_col``.
 
         Returns
         -------
-        y : ndarray of shape (n_samples,)
-            Predicted labels, from ``classes_``.
+        y : ndarray of shape (n_samples,) or Spark DataFrame
+            Predicted labels, from ``classes_``; for a DataFrame, the DataFrame with them in
+            ``prediction_col``, computed on the executors.
         """
         if is_spark_dataframe(X):
             self._check_has_head()

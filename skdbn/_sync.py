@@ -352,10 +352,8 @@ class AverageSync:
 
     Parameters
     ----------
-    node : GossipNode
-        Started transport of this worker.
-    epochs : int
-        Epochs of the phase.
+    node, epochs
+        As for ``GossipSync``: this worker's started transport, the phase's epochs.
     n_minibatches : int
         Minibatches every worker runs in this phase.
     sync_every : int

@@ -254,3 +254,29 @@ def test_pandas_output_and_feature_names(digits):
 def test_html_repr_for_notebooks(fitted):
     html = fitted._repr_html_()
     assert "DistributedDBN" in html and "hidden_layer_sizes" in html
+
+
+def test_the_fitted_state_is_every_fitted_attribute_and_makes_the_model_again(digits):
+    from skdbn._dbn import FITTED_ATTRIBUTES
+
+    X, y = digits
+    named = pd.DataFrame(X, columns=[f"pixel{i}" for i in range(X.shape[1])])
+    models = [(small().fit(named, y), named), (small(early_stopping=True).fit(X, y), X),
+              (small().fit(X), X), (small().partial_fit(X, y, classes=np.unique(y)), X)]
+    for model, inputs in models:
+        fitted = {name for name in vars(model) if name.endswith("_")
+                  and not name.startswith("_")}
+        state = model.get_fitted_state()
+        assert set(state) == fitted and fitted <= set(FITTED_ATTRIBUTES)
+        again = DistributedDBN(**model.get_params()).set_fitted_state(state)
+        np.testing.assert_array_equal(again.transform(inputs), model.transform(inputs))
+        if hasattr(model, "classes_"):
+            np.testing.assert_array_equal(again.predict_proba(inputs),
+                                          model.predict_proba(inputs))
+    with pytest.raises(NotFittedError):
+        small().get_fitted_state()
+    state = models[1][0].get_fitted_state()
+    with pytest.raises(ValueError, match=r"unknown attributes \['weights_'\]"):
+        small().set_fitted_state({**state, "weights_": []})
+    with pytest.raises(ValueError, match=r"missing attributes \['coefs_'\]"):
+        small().set_fitted_state({k: v for k, v in state.items() if k != "coefs_"})

@@ -112,7 +112,8 @@ def test_a_stopped_worker_costs_at_most_a_timeout(digits_split, monkeypatch, syn
     # stopped one up for the rest of the phase (once, not at every sync point) and the fit
     # completes; nothing waits without a bound.
     X_train, X_test, y_train, y_test = digits_split
-    params = dict(PARAMS, sync=sync, network_timeout=2.0, pretrain_epochs=20,
+    # A first phase of a second or two, so that the stop lands in it on a fast machine too.
+    params = dict(PARAMS, sync=sync, network_timeout=2.0, pretrain_epochs=50,
                   phase_retries=5)
     stopper = StopDuringFirstPhase(monkeypatch.setattr, ProcessEngine, loky_worker, seconds=5.0)
     begun = time.monotonic()
@@ -138,7 +139,8 @@ def test_a_stopped_spark_task_costs_one_phase(spark, digits_split, monkeypatch, 
     from skdbn.spark.stages import SparkEngine
 
     X_train, X_test, y_train, y_test = digits_split
-    params = dict(PARAMS, pretrain_epochs=30, network_timeout=3.0)
+    # The whole fit must outlast the stop's delay: a first phase of a few seconds.
+    params = dict(PARAMS, network_timeout=3.0)
     reference = DistributedDBN(**params).fit(X_train, y_train)
     connect = is_connect_session(spark)
     stopper = StopDuringFirstPhase(monkeypatch.setattr, SparkEngine, spark_python_worker,

@@ -347,25 +347,31 @@ def test_missing_java_is_reported_with_advice():
     assert "Java runtime" in result.stdout
 
 
-def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode, digits_split,
-                                                               monkeypatch, tmp_path):
-    # A classic session with a local master keeps each worker's shard in a file; any other
-    # session reads cached DataFrame partitions. Both must hand the workers the same shards.
-    if spark_mode == "connect":
-        pytest.skip("Connect sessions always read cached partitions")
+def _shard_dirs_made_in(folder, monkeypatch):
+    """The shard directories fits make from now on, made in ``folder`` (a list that grows)."""
     import tempfile
-
-    from skdbn.spark import placement
 
     made, original = [], tempfile.mkdtemp
 
     def mkdtemp(*args, **options):
         if options.get("prefix") != "skdbn-shards-":
             return original(*args, **options)
-        made.append(original(dir=tmp_path, prefix="skdbn-shards-"))
+        made.append(original(dir=folder, prefix="skdbn-shards-"))
         return made[-1]
 
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    return made
+
+
+def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode, digits_split,
+                                                               monkeypatch, tmp_path):
+    # A classic session with a local master keeps each worker's shard in a file; any other
+    # session reads cached DataFrame partitions. Both must hand the workers the same shards.
+    if spark_mode == "connect":
+        pytest.skip("Connect sessions always read cached partitions")
+    from skdbn.spark import placement
+
+    made = _shard_dirs_made_in(tmp_path, monkeypatch)
     X_train, _, y_train, _ = digits_split
     params = dict(QUICK, n_workers=2, sync="average")
     frame = _frame(spark, X_train, y_train, "array", partitions=3)
@@ -378,6 +384,24 @@ def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode
     for a, b in zip(from_files, from_cache, strict=True):
         for x, z in zip(a.coefs_, b.coefs_, strict=True):
             np.testing.assert_array_equal(x, z)
+
+
+def test_a_dataframe_fit_that_fails_after_its_statistics_pass_leaves_no_files(
+        spark, spark_mode, digits_split, monkeypatch, tmp_path):
+    # The statistics pass writes the shard files; an error found in its figures (here a warm
+    # start on another number of features) must not leave them behind, nor change the model.
+    if spark_mode == "connect":
+        pytest.skip("Connect sessions write no shard files")
+    X_train, _, y_train, _ = digits_split
+    model = DistributedDBN(n_workers=2, warm_start=True, **QUICK).fit(X_train, y_train)
+    before = [c.copy() for c in model.coefs_]
+    made = _shard_dirs_made_in(tmp_path, monkeypatch)
+    narrow = _frame(spark, X_train[:, :10], y_train, "array", partitions=3)
+    with pytest.raises(ValueError, match="X has 10 features, but DistributedDBN is expecting 64"):
+        model.fit(narrow)
+    assert made and not list(tmp_path.iterdir())
+    for a, b in zip(model.coefs_, before, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_small_integer_labels(spark, digits_split):

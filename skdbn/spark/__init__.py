@@ -1,7 +1,11 @@
 """skdbn on Spark: sessions, training stages, DataFrame data and pyspark.ml stages.
 
 - ``session``: finding or embedding a session, task slots and cores (classic and Connect).
-- ``data``: feature columns, one-pass statistics, training partitions, Arrow inference.
+- ``training_frame``: a DataFrame prepared for a fit (label column, valid rows, the
+  statistics pass, shard files, rows dealt to the workers).
+- ``placement``: where a fit's barrier tasks run (slots, rendezvous, shard files).
+- ``data``: feature columns, statistics of Arrow batches, training partitions, Arrow
+  inference; ``shards``: shard files on a local master.
 - ``stages``: ``SparkEngine``, every training phase as a barrier ``mapInArrow`` stage.
 - ``classic``: what only a classic session tells (scheduler slots, task status).
 - ``ml``: ``DBNClassifier`` / ``DBNClassificationModel`` and ``DBNFeatureLearner`` /

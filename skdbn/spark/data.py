@@ -1,9 +1,11 @@
-"""DataFrame data in and out: feature columns, statistics, training partitions, inference.
+"""DataFrame data in and out: feature columns, statistics of Arrow batches, training
+partitions, inference.
 
-Data crosses between the JVM and Python only as Arrow record batches, and is read into numpy
-through the batches' value buffers, never through per-row Python objects. ``read_shard``,
-``saved_shard`` and the functions whose name ends in ``_task`` or starts with ``_partition``
-run on the executors; the others on the driver (the client, for a Spark Connect session).
+The tools that ``training_frame`` (a DataFrame prepared for a fit) and the engine use. Data
+crosses between the JVM and Python only as Arrow record batches, and is read into numpy
+through the batches' value buffers, never through per-row Python objects. ``read_shard`` and
+the functions whose name ends in ``_task`` run on the executors; the others on the driver
+(the client, for a Spark Connect session).
 """
 
 from dataclasses import dataclass

@@ -50,18 +50,19 @@ from .session import is_connect_session
 _OWN_PARAMS = tuple(p for p in HYPER_PARAMETERS if p.converter is not None)
 _SHARED_PARAMS = tuple(p for p in HYPER_PARAMETERS if p.spark is not None
                        and p.converter is None and p.spark not in ("seed", "labelCol"))
+_PASSED_PARAMS = _OWN_PARAMS + _SHARED_PARAMS
 
 
 class _DBNParams(HasFeaturesCol, HasMaxIter, HasTol, HasSeed, HasHandleInvalid):
     """The hyper-parameters of :class:`skdbn.DistributedDBN` as Spark ``Param`` objects."""
 
     def _set_dbn_defaults(self):
-        self._setDefault(**{p.spark: _spark_value(p.default)
-                            for p in (*_OWN_PARAMS, *_SHARED_PARAMS) if p.default is not None})
+        self._setDefault(**{p.spark: _spark_value(p.default) for p in _PASSED_PARAMS
+                            if p.default is not None})
 
     def _dbn_arguments(self):
         """``DistributedDBN`` keyword arguments for the params as set."""
-        arguments = {p.name: self.getOrDefault(p.spark) for p in (*_OWN_PARAMS, *_SHARED_PARAMS)
+        arguments = {p.name: self.getOrDefault(p.spark) for p in _PASSED_PARAMS
                      if self.isDefined(p.spark)}
         arguments["hidden_layer_sizes"] = tuple(arguments["hidden_layer_sizes"])
         arguments["backend"] = "spark"
@@ -280,7 +281,7 @@ def _reading_stage_columns(model, **output):
 def _params_of(dbn):
     """Spark params for the settings of a ``DistributedDBN``."""
     settings = dbn.get_params()
-    params = {p.spark: settings[p.name] for p in (*_OWN_PARAMS, *_SHARED_PARAMS)
+    params = {p.spark: settings[p.name] for p in _PASSED_PARAMS
               if settings[p.name] is not None and p.name != "features_col"}
     params["hiddenLayerSizes"] = list(np.atleast_1d(settings["hidden_layer_sizes"]))
     if isinstance(settings["features_col"], str):

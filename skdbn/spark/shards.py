@@ -6,8 +6,8 @@ DataFrame's rows are written by the same pass that computes its statistics: a ch
 partition first gives every partition the global index of its first row, so each task knows
 where its rows go (row ``g`` to worker ``g % n_workers`` at position ``g // n_workers``) and
 writes them straight into the shard files, without a shuffle and without a second read of
-the features. ``write_shards_task`` and ``saved_shard`` run on the executors; the other
-functions on the driver.
+the features (``training_frame`` runs that pass). ``count_rows_task``, ``write_shards_task``
+and ``saved_shard`` run on the executors; the other functions on the driver.
 """
 
 import contextlib
