@@ -420,7 +420,7 @@ ATTACKS = {"3 idle connections": idle(3), "200 idle connections": idle(200),
 
 
 def hostile_peers(matrix):
-    import skdbn._processes as engines
+    import skdbn._processes as processes
 
     params = dict(PARAMS, sync="gossip", pretrain_epochs=10)
     DistributedDBN(backend="local", **params).fit(matrix.X, matrix.y)  # warm the worker pool
@@ -429,7 +429,7 @@ def hostile_peers(matrix):
     for name, attack in ATTACKS.items():
         patches = Patches()
         HostileRendezvous.attack = staticmethod(attack)
-        patches(engines, "AllGatherServer", HostileRendezvous)
+        patches(processes, "AllGatherServer", HostileRendezvous)
         try:
             model, seconds = timed(lambda: DistributedDBN(backend="local", **params).fit(
                 matrix.X, matrix.y))

@@ -5,8 +5,10 @@ skdbn, e.g. made with ``git worktree add /tmp/skdbn-old <commit>``; a few minute
 
 Every fit that is deterministic for a fixed ``random_state`` is made by both trees, each in
 a fresh Python process importing skdbn from its tree: one worker in this process, local
-processes with ``sync="average"``, and on Spark (classic ``local[2]`` and a local Spark
-Connect server) numpy and DataFrame input with one worker and with two workers averaging.
+processes with ``sync="average"``, ``partial_fit`` and a warm start; and on Spark (classic
+``local[2]`` and a local Spark Connect server) numpy and DataFrame input (float32, and
+float64 with Gaussian units, and a warm start) with one worker and with two workers
+averaging.
 Each model's arrays (``coefs_``, ``intercepts_``, ``visible_intercepts_``, ``loss_curve_``)
 are compared byte for byte; a line per fit says ``identical`` or where the first difference
 is. Gossip fits depend on message timing and are not compared.
@@ -45,6 +47,8 @@ def keep(name, model):
 mode = sys.argv[2]
 if mode == "local":
     keep("numpy, one worker in this process", DistributedDBN(**SMALL).fit(X_train, y_train))
+    keep("numpy float64, one worker in this process", DistributedDBN(**SMALL).fit(
+        X_train.astype(np.float64), y_train))
     keep("numpy, one worker, gaussian units, early stopping", DistributedDBN(
         visible_units="gaussian", early_stopping=True, **SMALL).fit(X_train, y_train))
     keep("numpy, 2 local processes, sync=average", DistributedDBN(
@@ -61,12 +65,21 @@ else:
     frame = spark.createDataFrame(rows, "features array<float>, label int").repartition(3)
     frame = frame.sortWithinPartitions("label").cache()
     frame.count()
+    doubles = spark.createDataFrame(
+        [(x.tolist(), int(label)) for x, label in zip(X_train.astype(np.float64), y_train)],
+        "features array<double>, label int").repartition(2).cache()
+    doubles.count()
     for n_workers in (1, 2):
         params = dict(SMALL, backend="spark", n_workers=n_workers, sync="average")
         keep(f"{mode} Spark, numpy input, {n_workers} worker(s)",
              DistributedDBN(**params).fit(X_train, y_train))
         keep(f"{mode} Spark, DataFrame input, {n_workers} worker(s)",
              DistributedDBN(**params).fit(frame))
+        keep(f"{mode} Spark, float64 DataFrame, gaussian units, {n_workers} worker(s)",
+             DistributedDBN(visible_units="gaussian", **params).fit(doubles))
+        model = DistributedDBN(label_col=None, **params).fit(frame)
+        keep(f"{mode} Spark, DataFrame warm start after pretraining, {n_workers} worker(s)",
+             model.set_params(warm_start=True, label_col="label").fit(frame))
     spark.stop()
 np.savez(sys.argv[1], **fits)
 '''
@@ -86,12 +99,13 @@ def fits_of(source, mode, folder):
 
 
 def compare(ours, theirs):
-    """A line per fit: identical, or the first array that differs."""
-    fits = sorted({name.split("|")[0] for name in ours})
+    """A line per fit of either tree: identical, or the first array that differs."""
+    fits = sorted({name.split("|")[0] for name in (*ours, *theirs)})
     for fit in fits:
-        names = sorted((n for n in ours if n.startswith(fit + "|")),
+        names = sorted({n for n in (*ours, *theirs) if n.startswith(fit + "|")},
                        key=lambda n: int(n.split("|")[1]))
-        differing = [n for n in names if n not in theirs or ours[n].dtype != theirs[n].dtype
+        differing = [n for n in names if n not in ours or n not in theirs
+                     or ours[n].dtype != theirs[n].dtype
                      or ours[n].tobytes() != theirs[n].tobytes()]
         verdict = "identical" if not differing else f"DIFFERS (array {differing[0]})"
         print(f"   {fit}: {verdict}")

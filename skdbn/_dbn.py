@@ -396,7 +396,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                     plan = Plan("none" if labelled else "all", settings.pretrain_epochs,
                                 state.n_iter + settings.max_iter)
                 outcome = train(settings, data, plan, state)
-            self._set_fitted(outcome, data,
+            self._set_fitted(outcome, data, settings,
                              input_names=warm is not None or not is_spark_dataframe(X))
         return self
 
@@ -446,7 +446,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             else:
                 plan = Plan("missing", settings.pretrain_epochs, state.n_iter + 1,
                             stopping_rule=False)
-            self._set_fitted(train(settings, data, plan, state), data)
+            self._set_fitted(train(settings, data, plan, state), data, settings)
         return self
 
     # ------------------------------------------------------------------ fitted attributes
@@ -480,11 +480,12 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             state.best_loss = min(self.loss_curve_, default=np.inf)
         return state
 
-    def _set_fitted(self, outcome, data, input_names=True):
+    def _set_fitted(self, outcome, data, settings, input_names=True):
         """Take the schedule's ``outcome`` as the fitted attributes; the input's, learned
-        while the ``data`` was prepared, too (a DataFrame has no feature names to keep:
-        ``input_names=False`` drops those of an earlier fit)."""
-        state, sizes = outcome.state, [data.n_features, *Settings.of(self).hidden_sizes]
+        while the ``data`` was prepared, too. Arrays set their feature names in
+        ``validate_data``; a DataFrame has none to keep (``input_names=False`` drops those of
+        an earlier fit)."""
+        state, sizes = outcome.state, [data.n_features, *settings.hidden_sizes]
         self.n_features_in_ = data.n_features
         if not input_names and hasattr(self, "feature_names_in_"):
             del self.feature_names_in_

@@ -66,7 +66,8 @@ class TrainingData:
     Arrays held by this process are ``X`` and the class ``codes``; a Spark DataFrame left on
     the cluster is ``frame`` (``spark.training_frame.DealtFrame``: where each worker's shard
     is), already dealt to the workers of ``workers`` (an ``_engines.WorkerPlan``). Used as a
-    context manager, it removes the shard files a DataFrame's preparation wrote.
+    context manager, it removes the shard files a DataFrame's preparation wrote (whoever
+    writes shard files removes them: the engine those it writes from arrays).
 
     Attributes
     ----------
@@ -134,8 +135,8 @@ def prepare_arrays(estimator, X, y, settings, warm, seed):
     key = None
     if settings.checkpoint_dir is not None and warm is None:
         key = fingerprint(settings.params(), X, y, classes)
-    return arrays_data(X_train, y_train, classes, kind, mean, scale,
-                       validation=validation, checkpoint_key=key)
+    return arrays_data(X_train, y_train, classes, kind, mean, scale, validation=validation,
+                       checkpoint_key=key)
 
 
 def prepare_partial_arrays(estimator, X, y, classes, settings, warm):
@@ -149,15 +150,18 @@ def prepare_partial_arrays(estimator, X, y, classes, settings, warm):
     return arrays_data(X, y, classes, kind, mean, scale)
 
 
-def arrays_data(X, y, classes, visible_units, mean, scale, **more):
-    """``TrainingData`` of validated arrays held by this process (``y``: labels or None)."""
+def arrays_data(X, y, classes, visible_units, mean, scale, validation=None,
+                checkpoint_key=None):
+    """``TrainingData`` of validated arrays held by this process (``y``: labels or None),
+    with the rows held out for early stopping and the checkpoint fingerprint, if any."""
     if mean is None:
         input_mean = np.asarray(X.mean(axis=0)).ravel()
     else:
         input_mean = np.zeros(X.shape[1], dtype=X.dtype)  # standardized
     codes = None if y is None else np.searchsorted(classes, y)
     return TrainingData(X.shape[0], X.shape[1], X.dtype, input_mean, visible_units, mean,
-                        scale, classes, X=X, codes=codes, **more)
+                        scale, classes, X=X, codes=codes, validation=validation,
+                        checkpoint_key=checkpoint_key)
 
 
 def validated(estimator, X, y, warm, visible_units):

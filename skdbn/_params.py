@@ -115,8 +115,8 @@ HYPER_PARAMETERS = (
     HyperParameter("phase_retries", 2, [_at_least(0)], "reruns of a phase that lost a worker",
                    "phaseRetries", "toInt", changes_model=False),
     HyperParameter("network_timeout", None, [_positive(), None],
-                   "seconds any network wait of a worker may take (unset: 30 locally, 60 on "
-                   "Spark)", "networkTimeout", "toFloat", changes_model=False),
+                   "seconds any network wait of a worker may take (unset: 60)",
+                   "networkTimeout", "toFloat", changes_model=False),
     HyperParameter("warm_start", False, ["boolean"],
                    "start from the weights of the previous fit", changes_model=False),
     HyperParameter("verbose", 0, ["verbose"], "progress lines on the driver", "verbose",
@@ -150,42 +150,41 @@ def parameter_constraints():
     return {p.name: list(p.constraint) for p in HYPER_PARAMETERS}
 
 
-def _hidden_sizes(settings):
-    sizes = settings.hidden_layer_sizes
+def checked_hidden_sizes(hidden_layer_sizes):
+    """``hidden_layer_sizes`` as a tuple of ints, or a ValueError that says what it must be."""
+    sizes = hidden_layer_sizes
     sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
     if not sizes or not all(isinstance(s, Integral) and s >= 1 for s in sizes):
         raise ValueError(
             "hidden_layer_sizes must be a positive integer or a non-empty sequence of "
-            f"positive integers, got {settings.hidden_layer_sizes!r}"
+            f"positive integers, got {hidden_layer_sizes!r}"
         )
     return tuple(int(s) for s in sizes)
 
 
-def _params(settings):
-    return {p.name: getattr(settings, p.name) for p in HYPER_PARAMETERS}
-
-
-def _settings_of(cls, estimator):
-    return cls(**estimator.get_params(deep=False),
-               slow_worker=getattr(estimator, "_slow_worker", None))
-
-
-Settings = dataclasses.make_dataclass(
-    "Settings",
+# The fields of Settings: every hyper-parameter of the table, then what a fit derives.
+_SettingsFields = dataclasses.make_dataclass(
+    "_SettingsFields",
     [(p.name, object) for p in HYPER_PARAMETERS]
-    + [("slow_worker", object, dataclasses.field(default=None))],
+    + [("hidden_sizes", tuple), ("slow_worker", object, dataclasses.field(default=None))],
     frozen=True,
-    namespace={
-        "__doc__": (
-            "The settings of one fit, frozen: every hyper-parameter of the table by its "
-            "name, and ``slow_worker`` (a test and benchmark hook: ``(rank, seconds)`` that "
-            "worker sleeps after each minibatch). ``Settings.of(estimator)`` takes them from "
-            "an estimator; ``hidden_sizes`` is ``hidden_layer_sizes`` checked, as a tuple; "
-            "``params()`` the hyper-parameters as ``get_params`` gives them."
-        ),
-        "of": classmethod(_settings_of),
-        "hidden_sizes": property(_hidden_sizes),
-        "params": _params,
-    },
 )
-Settings.__module__ = __name__
+
+
+class Settings(_SettingsFields):
+    """The settings of one fit, frozen: every hyper-parameter of the table by its name,
+    ``hidden_sizes`` (``hidden_layer_sizes`` checked, as a tuple of ints) and
+    ``slow_worker`` (a test and benchmark hook: ``(rank, seconds)`` that worker sleeps after
+    each minibatch)."""
+
+    @classmethod
+    def of(cls, estimator):
+        """The settings of ``estimator`` now; a bad ``hidden_layer_sizes`` raises here,
+        before any data is prepared."""
+        values = {p.name: getattr(estimator, p.name) for p in HYPER_PARAMETERS}
+        return cls(**values, hidden_sizes=checked_hidden_sizes(values["hidden_layer_sizes"]),
+                   slow_worker=getattr(estimator, "_slow_worker", None))
+
+    def params(self):
+        """The hyper-parameters, as ``get_params`` gives them."""
+        return {p.name: getattr(self, p.name) for p in HYPER_PARAMETERS}

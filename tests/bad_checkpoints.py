@@ -12,9 +12,9 @@ from skdbn import DistributedDBN
 def interrupted_fit(directory, params, X, y, phases):
     """Fit with ``checkpoint_dir=directory`` until ``phases`` phases are saved, then stop as a
     killed driver would (nothing after that phase is written)."""
-    import skdbn._processes as engines
+    from skdbn._processes import ProcessEngine
 
-    original, calls = engines.ProcessEngine.run_phase, {"n": 0}
+    original, calls = ProcessEngine.run_phase, {"n": 0}
 
     def run_phase(engine, *args):
         calls["n"] += 1
@@ -22,13 +22,13 @@ def interrupted_fit(directory, params, X, y, phases):
             raise KeyboardInterrupt("the driver stops here")
         return original(engine, *args)
 
-    engines.ProcessEngine.run_phase = run_phase
+    ProcessEngine.run_phase = run_phase
     try:
         DistributedDBN(checkpoint_dir=str(directory), **params).fit(X, y)
     except KeyboardInterrupt:
         return
     finally:
-        engines.ProcessEngine.run_phase = original
+        ProcessEngine.run_phase = original
     raise AssertionError(f"the fit ended within {phases} phases")
 
 

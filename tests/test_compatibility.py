@@ -1,6 +1,7 @@
-"""What an earlier version wrote still works: its pickled model loads and predicts, and its
-checkpoint resumes. The files in ``tests/data`` were written by skdbn 0.1.0 (commit 3fdec2c)
-with ``tests/data/make_fixtures.py``; they are never written again by a newer version."""
+"""What an earlier version wrote still works: its pickled model loads and predicts, its
+checkpoint resumes, and its saved pyspark.ml model loads. The files in ``tests/data`` were
+written by skdbn 0.1.0 (commit 3fdec2c) with ``tests/data/make_fixtures.py``; they are never
+written again by a newer version."""
 
 import os
 import pickle
@@ -46,3 +47,21 @@ def test_a_checkpoint_of_version_0_1_0_resumes(tmp_path):
     n_weights = sum(c.size for c in model.coefs_)
     np.testing.assert_array_equal(np.concatenate([c.ravel() for c in model.coefs_]),
                                   network[:n_weights])
+
+
+def test_a_pyspark_ml_model_saved_by_version_0_1_0_loads_and_predicts(spark):
+    from pyspark.ml.linalg import Vectors
+
+    from skdbn.spark import DBNClassificationModel
+
+    X, y = data()
+    model = DBNClassificationModel.load(os.path.join(DATA, "classifier-0.1.0"))
+    np.testing.assert_allclose(model.to_sklearn().predict_proba(X),
+                               np.load(os.path.join(DATA, "classifier-0.1.0-proba.npy")),
+                               rtol=1e-10, atol=1e-12)
+    assert model.getOrDefault("hiddenLayerSizes") == [8, 6] and model.numClasses == 10
+    frame = spark.createDataFrame([(Vectors.dense(x), float(label))
+                                   for x, label in zip(X[:20], y[:20], strict=True)],
+                                  ["features", "label"])
+    predicted = np.array([row.prediction for row in model.transform(frame).collect()])
+    np.testing.assert_array_equal(predicted, model.to_sklearn().predict(X[:20]))

@@ -154,30 +154,30 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(digits, tmp_path, monke
     reference = small(**{**params, "checkpoint_dir": None}).fit(X, y)
 
     # Interrupt the first fit during the fourth fine-tuning epoch.
-    import skdbn._worker as task  # in-process phases call its train_phase
+    import skdbn._worker as worker  # in-process phases call its train_phase
 
-    original = task.train_phase
+    original = worker.train_phase
     calls = {"n": 0}
 
-    def failing_run_phase(phase, *args, **kwargs):
+    def failing_train_phase(phase, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2 + 4:
             raise KeyboardInterrupt("simulated loss of the driver")
         return original(phase, *args, **kwargs)
 
-    monkeypatch.setattr(task, "train_phase", failing_run_phase)
+    monkeypatch.setattr(worker, "train_phase", failing_train_phase)
     with pytest.raises(KeyboardInterrupt):
         small(**params).fit(X, y)
-    monkeypatch.setattr(task, "train_phase", original)
+    monkeypatch.setattr(worker, "train_phase", original)
     assert (tmp_path / "skdbn-checkpoint.npz").exists()
 
     resumed_calls = {"n": 0}
 
-    def counting_run_phase(phase, *args, **kwargs):
+    def counting_train_phase(phase, *args, **kwargs):
         resumed_calls["n"] += 1
         return original(phase, *args, **kwargs)
 
-    monkeypatch.setattr(task, "train_phase", counting_run_phase)
+    monkeypatch.setattr(worker, "train_phase", counting_train_phase)
     resumed = small(**params).fit(X, y)
     assert resumed_calls["n"] == 3  # epochs 4 to 6 only
     for a, b in zip(reference.coefs_, resumed.coefs_, strict=True):

@@ -93,8 +93,8 @@ class _FailingEngine(LocalEngine):
 def test_the_retry_policy():
     reports = []
     lost = _FailingEngine(ConnectionError("gone"), failures=2, lost=True)
-    assert run_with_retries(lost, None, "state", [], 2, reports.append) == ("state",
-                                                                            ["result"], 2)
+    assert run_with_retries(lost, None, "state", [], 2, reports.append) == (
+        "state", ["result"], 2)
     assert lost.recovered == 2 and len(reports) == 2 and "retry 2 of 2" in reports[-1]
     exhausted = _FailingEngine(ConnectionError("gone"), failures=3, lost=True)
     with pytest.raises(ConnectionError) as caught:

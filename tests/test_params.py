@@ -77,7 +77,7 @@ def test_settings_are_a_frozen_snapshot_of_the_estimator():
     with pytest.raises(AttributeError):
         settings.batch_size = 30
     with pytest.raises(ValueError, match="hidden_layer_sizes must be a positive integer"):
-        _ = Settings.of(DistributedDBN(hidden_layer_sizes=[16, 0])).hidden_sizes
+        Settings.of(DistributedDBN(hidden_layer_sizes=[16, 0]))
 
 
 def test_the_spark_params_are_the_tables():

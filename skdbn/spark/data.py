@@ -578,9 +578,6 @@ def check_feature_count(df, features_col, n_features):
         )
 
 
-HANDLE_INVALID = ("error", "skip", "keep")
-
-
 def valid_features(features, n_features=None):
     """A boolean Spark column: the row's features (an array column) are there, finite, and
     ``n_features`` long (when given). Computed in the JVM."""

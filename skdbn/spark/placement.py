@@ -59,7 +59,8 @@ def place_workers(dataframe, n_workers, wanted, needs_rendezvous):
     session's free task slots.
 
     Raises before any data moves when the barrier stage cannot run (dynamic allocation, too
-    few slots) or ``spark.skdbn.rendezvous`` has a value it cannot take.
+    few slots) or, for the tasks of a fit that meet at every phase (several of them, and a
+    ``sync`` other than "none"), when ``spark.skdbn.rendezvous`` has a value it cannot take.
     """
     spark = get_session(dataframe)
     slots = check_barrier_possible(spark, n_workers or 1)

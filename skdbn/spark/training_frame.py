@@ -61,15 +61,20 @@ class DealtFrame:
     dealt rows for the engine to cache (``source``) or, with ``source`` None, complete shard
     files in ``layout.shard_dir``; ``close()`` removes the ``scratch_dirs`` that hold them."""
 
-    layout: ShardLayout | None
+    layout: ShardLayout
     source: object = None
     scratch_dirs: tuple = ()
 
     def close(self):
         """Remove the shard files (the engine that mapped them is closed)."""
-        dirs, self.scratch_dirs = self.scratch_dirs, ()
-        for directory in dirs:
-            remove_tree(directory)
+        self.scratch_dirs = _removed(self.scratch_dirs)
+
+
+def _removed(directories):
+    """Remove ``directories`` and what they hold; ``()``, what is left of them."""
+    for directory in directories:
+        remove_tree(directory)
+    return ()
 
 
 @dataclass(frozen=True)
@@ -100,19 +105,18 @@ def prepare_training_frame(df, y, settings, warm):
         learned = _learned_input(summary, settings, warm, label_col)
         codes = None if labels is None else np.searchsorted(learned.classes, labels)
         return _as_training_data(summary, learned, settings, warm, X=X, codes=codes)
-    frame = DealtFrame(None, scratch_dirs=new_scratch_dirs()
-                       if workers.placement.shard_files else ())
+    dirs = new_scratch_dirs() if workers.placement.shard_files else ()
     try:
-        summary, plan = _statistics_pass(df, settings, label_col, workers, counts,
-                                         frame.scratch_dirs)
+        summary, plan = _statistics_pass(df, settings, label_col, workers, counts, dirs)
         if plan is None:  # no shard files, or no room for them: the rows are cached
-            frame.close()
+            dirs = _removed(dirs)
         learned = _learned_input(summary, settings, warm, label_col)
-        frame.layout, frame.source = _dealt(df, settings, label_col, summary, learned, plan,
-                                            workers.n_workers)
-        return _as_training_data(summary, learned, settings, warm, frame=frame, workers=workers)
+        layout, source = _dealt(df, settings, label_col, summary, learned, plan,
+                                workers.n_workers)
+        return _as_training_data(summary, learned, settings, warm, workers=workers,
+                                 frame=DealtFrame(layout, source, dirs))
     except BaseException:
-        frame.close()
+        _removed(dirs)
         raise
 
 
@@ -161,10 +165,11 @@ def _choose_workers(df, settings):
 
 def _statistics_pass(df, settings, label_col, workers, counts, dirs):
     """``(summary, plan)``: the ``FrameSummary`` of ``df`` from one pass over its features,
-    which on a local master (``dirs`` given) also writes the features into the workers'
-    shard files of ``plan`` (None where there was no room: the engine caches the rows)."""
+    which, where the tasks share this machine's files, also writes the features into the
+    workers' shard files of ``plan`` in ``dirs`` (None where they do not, or where there was
+    no room: the engine caches the rows)."""
     features_col = settings.features_col
-    if not dirs:
+    if not workers.placement.shard_files:
         return summarize_dataframe(df, features_col, label_col), None
     counts = partition_rows(df) if counts is None else counts
     _, dtype = feature_column(df, features_col)

@@ -1,15 +1,18 @@
-"""Write the files that tests/test_compatibility.py loads: a pickled model and a checkpoint
-directory, both written by skdbn 0.1.0 (commit 3fdec2c, before the estimator was split into
-its rooms). Later versions must load the one and resume from the other; do not write them
-again with a newer version unless a format changes on purpose (and say so in the changelog).
+"""Write the files that tests/test_compatibility.py loads: a pickled model, a checkpoint
+directory and a saved pyspark.ml model, all written by skdbn 0.1.0 (commit 3fdec2c, before
+the estimator was split into its rooms). Later versions must load the model, resume from the
+checkpoint and load the stage; do not write them again with a newer version unless a format
+changes on purpose (and say so in the changelog).
 
 Run from the repository root with the old version first on the path:
-``PYTHONPATH=/path/to/old/checkout python tests/data/make_fixtures.py``.
+``PYTHONPATH=/path/to/old/checkout python tests/data/make_fixtures.py [model] [stage]``
+(both by default; ``stage`` needs Java for its local Spark session).
 """
 
 import os
 import pickle
 import shutil
+import sys
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -28,7 +31,7 @@ def data():
     return X[:ROWS] / 16.0, y[:ROWS]
 
 
-def main():
+def save_model():
     X, y = data()
     model = DistributedDBN(**PARAMS).fit(X, y)
     with open(os.path.join(HERE, "model-0.1.0.pkl"), "wb") as handle:
@@ -40,5 +43,33 @@ def main():
     os.remove(os.path.join(directory, "skdbn-checkpoint.previous.npz"))
 
 
+def save_stage():
+    from pyspark.ml.linalg import Vectors
+
+    from skdbn import loopback_session
+    from skdbn.spark import DBNClassifier
+
+    X, y = data()
+    spark = loopback_session("local[1]", app_name="skdbn-fixtures")
+    try:
+        frame = spark.createDataFrame([(Vectors.dense(x), float(label))
+                                       for x, label in zip(X, y, strict=True)],
+                                      ["features", "label"])
+        model = DBNClassifier(hiddenLayerSizes=list(PARAMS["hidden_layer_sizes"]),
+                              pretrainEpochs=2, maxIter=3, batchSize=50, seed=0,
+                              numWorkers=1).fit(frame)
+        directory = os.path.join(HERE, "classifier-0.1.0")
+        shutil.rmtree(directory, ignore_errors=True)
+        model.write().save(directory)
+        np.save(os.path.join(HERE, "classifier-0.1.0-proba.npy"),
+                model.to_sklearn().predict_proba(X))
+    finally:
+        spark.stop()
+
+
 if __name__ == "__main__":
-    main()
+    parts = sys.argv[1:] or ["model", "stage"]
+    if "model" in parts:
+        save_model()
+    if "stage" in parts:
+        save_stage()
