@@ -4,9 +4,10 @@ the estimator was split into its rooms). Later versions must load the model, res
 checkpoint and load the stage; do not write them again with a newer version unless a format
 changes on purpose (and say so in the changelog).
 
-Run from the repository root with the old version first on the path:
-``PYTHONPATH=/path/to/old/checkout python tests/data/make_fixtures.py [model] [stage]``
-(both by default; ``stage`` needs Java for its local Spark session).
+Run it with the old version first on the path, from a directory outside both checkouts
+(Spark's Python workers put their working directory first on ``sys.path``):
+``cd /tmp && PYTHONPATH=/path/to/old/checkout python /path/to/tests/data/make_fixtures.py
+[model] [stage]`` (both by default; ``stage`` needs Java for its local Spark session).
 """
 
 import os
