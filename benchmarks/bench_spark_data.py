@@ -28,6 +28,11 @@ belong to it alone. Parts (``--parts``, default all):
    Connect sessions.
 4. **Connect parity.** The same fits (numpy and DataFrame input, ``sync="average"``, fixed
    seed, 2 workers) on a classic and on a Connect session: whether the models are identical.
+5. **Vectors against arrays.** ``DistributedDBN((500, 500), n_workers=2)`` at its defaults on
+   the 8,000 x 784 distorted digits of ``benchmark_datasets.digits_28``: from a cached
+   DataFrame of ``pyspark.ml`` vectors (doubles) on ``local[2]``, and from the float32 array
+   on local worker processes, alternating (median of ``--repeats``), with the test error of
+   each, on classic and Connect sessions.
 """
 
 import argparse
@@ -421,7 +426,7 @@ def part_parity(args):
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="1,2,3,4")
+    parser.add_argument("--parts", default="1,2,3,4,5")
     parser.add_argument("--rows", type=int, default=200_000, help="1: rows of the parquet")
     parser.add_argument("--dtype", choices=sorted(ELEMENT), default="float64",
                         help="1, 2: element type of the parquet's array column (float64)")
@@ -431,11 +436,64 @@ def parse_args():
                         help="1: rows the baseline fits")
     parser.add_argument("--baseline-memory", default="4g",
                         help="1: spark.driver.memory the baseline needs")
+    parser.add_argument("--repeats", type=int, default=3, help="5: fits of each kind")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.ingest_rows, args.baseline_rows = 20_000, 10_000, 10_000
+        args.repeats = 1
     return args
+
+
+VECTORS = '''
+sys.path.insert(0, {here!r})
+import pyarrow as pa
+from benchmark_datasets import digits_28
+from pyspark.ml.functions import array_to_vector
+from skdbn import DistributedDBN, loopback_session
+spark = loopback_session("local[2]", app_name="bench-vectors", **({connect_kwargs}))
+X, X_test, y, y_test = digits_28()
+offsets = pa.array(np.arange(len(X) + 1, dtype=np.int32) * X.shape[1])
+table = pa.table({{"features": pa.ListArray.from_arrays(offsets, pa.array(X.ravel())),
+                   "label": pa.array(y)}})
+frame = spark.createDataFrame(table).select(array_to_vector("features").alias("features"),
+                                            "label").cache()
+assert frame.schema["features"].dataType.typeName() == "vector"
+frame.count()
+params = dict(hidden_layer_sizes=(500, 500), n_workers=2, random_state=0)
+out = {{"dataframe": [], "array": [], "dataframe_error": [], "array_error": []}}
+DistributedDBN(**dict(params, pretrain_epochs=1, max_iter=1)).fit(frame)  # Python workers
+for repeat in range({repeats}):
+    started = time.perf_counter()
+    model = DistributedDBN(**params).fit(frame)
+    out["dataframe"].append(time.perf_counter() - started)
+    out["dataframe_error"].append(1 - model.score(X_test, y_test))
+    out["dtype"] = str(model.dtype_)
+    started = time.perf_counter()
+    model = DistributedDBN(backend="local", **params).fit(X.astype(np.float32), y)
+    out["array"].append(time.perf_counter() - started)
+    out["array_error"].append(1 - model.score(X_test, y_test))
+spark.stop()
+print("RESULT", json.dumps(out))
+'''
+
+
+def part_vectors(args):
+    print(f"\n5. Vectors against arrays: (500, 500), 2 workers, 8,000 x 784 digits, "
+          f"median of {args.repeats}")
+    for name, connect in (("classic", False), ("Connect", True)):
+        result = run_child(VECTORS.format(here=HERE, repeats=args.repeats,
+                                          connect_kwargs='{"connect": True}' if connect
+                                          else '{}'), timeout=3600)
+        if result is None:
+            print(f"   {name}: no result")
+            continue
+        frame_fit, array_fit = (statistics.median(result[k]) for k in ("dataframe", "array"))
+        print(f"   {name}: DataFrame of vectors {frame_fit:.1f} s (trains in "
+              f"{result['dtype']}, test error {statistics.mean(result['dataframe_error']):.4f})"
+              f", float32 array on local processes {array_fit:.1f} s (test error "
+              f"{statistics.mean(result['array_error']):.4f}): {frame_fit / array_fit:.2f}x",
+              flush=True)
 
 
 def main():
@@ -459,6 +517,8 @@ def main():
             part_fixed(args)
         if 4 in parts:
             part_parity(args)
+        if 5 in parts:
+            part_vectors(args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from ._digest import digest_arrays
 from ._network import network_layout
-from ._params import MODEL_NEUTRAL
+from ._params import ADDED_SINCE_0_1, MODEL_NEUTRAL
 from ._rbm import rbm_layout
 
 CHECKPOINT_FILE = "skdbn-checkpoint.npz"
@@ -70,11 +70,20 @@ class TrainingState:
 def _settings_digest(estimator_params, classes):
     digest = hashlib.sha256()
     settings = {k: repr(v) for k, v in sorted(estimator_params.items())
-                if k not in MODEL_NEUTRAL}
+                if k not in MODEL_NEUTRAL and not _at_later_default(k, v)}
     digest.update(json.dumps(settings).encode())
     classes = np.asarray(classes if classes is not None else [])
     digest.update(repr(classes.tolist()).encode())
     return digest
+
+
+def _at_later_default(name, value):
+    """Whether ``name`` was added after 0.1.0 and is at its default, which leaves it out
+    of the fingerprint: the fits of 0.1.0 had it so."""
+    if name not in ADDED_SINCE_0_1:
+        return False
+    default = ADDED_SINCE_0_1[name]
+    return type(value) is type(default) and value == default
 
 
 def fingerprint(estimator_params, X, y, classes):

@@ -18,6 +18,10 @@ from sklearn.utils.validation import validate_data
 from ._checkpoint import fingerprint
 from ._rbm import BERNOULLI, GAUSSIAN
 
+# What a Spark DataFrame trains in unless the dtype setting says otherwise: its vectors hold
+# doubles, and float32 trains about twice as fast with the same accuracy (docs/benchmarks.md).
+DATAFRAME_DTYPE = np.dtype(np.float32)
+
 BERNOULLI_RANGE_MESSAGE = (
     "visible_units='bernoulli' needs every value of X in [0, 1]; scale the data "
     "(e.g. MinMaxScaler) or use visible_units='gaussian' or 'auto'"
@@ -126,7 +130,7 @@ def prepare_arrays(estimator, X, y, settings, warm, seed):
 
     ``seed`` draws the validation split of early stopping.
     """
-    X, y = validated(estimator, X, y, warm, settings.visible_units)
+    X, y = validated(estimator, X, y, warm, settings.visible_units, settings.dtype)
     if warm is not None:
         warm.check_layers(settings.hidden_sizes)
     classes = classes_for_fit(y, warm)
@@ -142,12 +146,23 @@ def prepare_arrays(estimator, X, y, settings, warm, seed):
 def prepare_partial_arrays(estimator, X, y, classes, settings, warm):
     """The ``TrainingData`` of ``partial_fit(X, y, classes)`` (``warm``: as for
     :func:`prepare_arrays`, None on the first call)."""
-    X, y = validated(estimator, X, y, warm, settings.visible_units)
+    X, y = validated(estimator, X, y, warm, settings.visible_units, settings.dtype)
     kind, mean, scale = _visible_units(X, settings.visible_units, warm)
     if warm is not None:
         warm.check_layers(settings.hidden_sizes)
     classes = classes_for_partial_fit(y, classes, warm)
     return arrays_data(X, y, classes, kind, mean, scale)
+
+
+def frame_dtype(setting):
+    """The dtype a DataFrame trains in: the ``dtype`` setting, else ``DATAFRAME_DTYPE``."""
+    return np.dtype(DATAFRAME_DTYPE if setting is None else setting)
+
+
+def array_dtypes(setting):
+    """The dtypes an array may train in, for ``validate_data``: the ``dtype`` setting, else
+    scikit-learn's rule (float32 stays float32, anything else becomes float64)."""
+    return [np.float64, np.float32] if setting is None else np.dtype(setting)
 
 
 def arrays_data(X, y, classes, visible_units, mean, scale, validation=None,
@@ -164,17 +179,16 @@ def arrays_data(X, y, classes, visible_units, mean, scale, validation=None,
                         checkpoint_key=checkpoint_key)
 
 
-def validated(estimator, X, y, warm, visible_units):
-    """``X`` (float, CSR with sorted indices) and ``y`` as ``validate_data`` checks them,
-    and in [0, 1] for Bernoulli visible units (``warm``'s, else the ``visible_units``
-    setting)."""
+def validated(estimator, X, y, warm, visible_units, dtype=None):
+    """``X`` (float in the ``dtype`` setting's dtype, CSR with sorted indices) and ``y`` as
+    ``validate_data`` checks them, and in [0, 1] for Bernoulli visible units (``warm``'s,
+    else the ``visible_units`` setting)."""
     reset = warm is None
+    dtypes = array_dtypes(dtype)
     if y is None:
-        X = validate_data(estimator, X, accept_sparse="csr", dtype=[np.float64, np.float32],
-                          reset=reset)
+        X = validate_data(estimator, X, accept_sparse="csr", dtype=dtypes, reset=reset)
     else:
-        X, y = validate_data(estimator, X, y, accept_sparse="csr",
-                             dtype=[np.float64, np.float32], reset=reset)
+        X, y = validate_data(estimator, X, y, accept_sparse="csr", dtype=dtypes, reset=reset)
         check_classification_targets(y)
     if X.shape[0] < 1:
         raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")

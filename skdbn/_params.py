@@ -13,7 +13,8 @@ import dataclasses
 import os
 from numbers import Integral, Real
 
-from sklearn.utils._param_validation import Interval, StrOptions
+import numpy as np
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from ._rbm import BERNOULLI, GAUSSIAN
 
@@ -39,11 +40,15 @@ class HyperParameter:
         (they always train on Spark, never warm-start, and name their output columns in
         Spark's way).
     converter : str or None
-        The ``pyspark.ml.param.TypeConverters`` method of a ``Param`` of skdbn's own; None for
-        one of pyspark's shared params (``maxIter``, ``tol``, ``seed``, ...).
+        The ``pyspark.ml.param.TypeConverters`` method of a ``Param`` of skdbn's own (or
+        ``"toIntOrAuto"``, skdbn's: an int or "auto"); None for one of pyspark's shared
+        params (``maxIter``, ``tol``, ``seed``, ...).
     changes_model : bool
         False for a setting that does not change what a fit learns: changing it keeps a
         checkpoint valid.
+    added_in : str or None
+        The version that added it, if later than 0.1.0: at its default it stays out of a
+        checkpoint's fingerprint, so checkpoints of earlier versions still resume.
     """
 
     name: str
@@ -53,6 +58,7 @@ class HyperParameter:
     spark: str | None = None
     converter: str | None = None
     changes_model: bool = True
+    added_in: str | None = None
 
 
 def _at_least(low):
@@ -70,7 +76,7 @@ HYPER_PARAMETERS = (
     HyperParameter("visible_units", "auto", [StrOptions({"auto", BERNOULLI, GAUSSIAN})],
                    "visible units of the first RBM: 'bernoulli', 'gaussian' or 'auto'",
                    "visibleUnits", "toString"),
-    HyperParameter("pretrain_epochs", 20, [_at_least(0)],
+    HyperParameter("pretrain_epochs", 5, [_at_least(0)],
                    "contrastive-divergence epochs per RBM layer", "pretrainEpochs", "toInt"),
     HyperParameter("pretrain_learning_rate", 0.1, [_positive()],
                    "learning rate of pretraining", "pretrainLearningRate", "toFloat"),
@@ -78,26 +84,33 @@ HYPER_PARAMETERS = (
                    "cdSteps", "toInt"),
     HyperParameter("persistent", False, ["boolean"], "persistent contrastive divergence",
                    "persistent", "toBoolean"),
-    HyperParameter("max_iter", 100, [_at_least(1)], "fine-tuning epochs at most", "maxIter"),
+    HyperParameter("max_iter", 200, [_at_least(1)], "fine-tuning epochs at most", "maxIter"),
     HyperParameter("learning_rate", 0.1, [_positive()], "learning rate of fine-tuning",
                    "learningRate", "toFloat"),
     HyperParameter("momentum", 0.9, [Interval(Real, 0, 1, closed="left")],
                    "momentum of both phases", "momentum", "toFloat"),
     HyperParameter("alpha", 1e-4, [Interval(Real, 0, None, closed="left")], "L2 penalty",
                    "alpha", "toFloat"),
-    HyperParameter("batch_size", 32, [_at_least(1)], "rows of a minibatch", "batchSize",
-                   "toInt"),
+    HyperParameter("batch_size", "auto", [_at_least(1), StrOptions({"auto"})],
+                   "rows of a minibatch, or 'auto': the rows over 80, from 10 to 100",
+                   "batchSize", "toIntOrAuto"),
     HyperParameter("early_stopping", False, ["boolean"],
                    "hold out validationFraction of the rows and stop on validation accuracy",
                    "earlyStopping", "toBoolean"),
     HyperParameter("validation_fraction", 0.1, [Interval(Real, 0, 1, closed="neither")],
                    "share of the rows held out with earlyStopping", "validationFraction",
                    "toFloat"),
-    HyperParameter("n_iter_no_change", 10, [_at_least(1)],
+    HyperParameter("n_iter_no_change", 5, [_at_least(1)],
                    "epochs without improvement before fine-tuning stops", "nIterNoChange",
                    "toInt"),
-    HyperParameter("tol", 1e-4, [Interval(Real, 0, None, closed="left")],
+    HyperParameter("tol", 3e-3, [Interval(Real, 0, None, closed="left")],
                    "smallest improvement that counts as progress", "tol"),
+    HyperParameter("dtype", None,
+                   [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
+                    None],
+                   "dtype training runs in: 'float32' or 'float64' (unset: float32 for a "
+                   "DataFrame, float32 input stays float32 and other arrays train in float64)",
+                   "dtype", "toString", added_in="0.2.0"),
     HyperParameter("backend", "auto", [StrOptions({"auto", "local", "spark"})],
                    "where the workers run: 'auto', 'local' or 'spark'"),
     HyperParameter("n_workers", None, [_at_least(1), None],
@@ -144,10 +157,29 @@ PARAMETERS = {parameter.name: parameter for parameter in HYPER_PARAMETERS}
 # Settings that do not change the model: changing them must not orphan a checkpoint.
 MODEL_NEUTRAL = frozenset(p.name for p in HYPER_PARAMETERS if not p.changes_model)
 
+# Settings added after 0.1.0, by name, with their defaults (see HyperParameter.added_in).
+ADDED_SINCE_0_1 = {p.name: p.default for p in HYPER_PARAMETERS if p.added_in is not None}
+
 
 def parameter_constraints():
     """scikit-learn's ``_parameter_constraints`` of the table."""
     return {p.name: list(p.constraint) for p in HYPER_PARAMETERS}
+
+
+# batch_size="auto": at least this many minibatches per epoch on small data (fewer updates
+# cost accuracy there), and at most this many rows per minibatch on large data (larger
+# batches cost accuracy at the same epochs); docs/benchmarks.md has the measurements.
+_AUTO_BATCHES_PER_EPOCH = 80
+_AUTO_BATCH_RANGE = (10, 100)
+
+
+def batch_size_for(setting, n_samples):
+    """The minibatch rows of a fit of ``n_samples`` rows: the ``batch_size`` setting, or for
+    ``"auto"`` ``n_samples // 80`` clipped to [10, 100]."""
+    if setting != "auto":
+        return int(setting)
+    low, high = _AUTO_BATCH_RANGE
+    return int(min(high, max(low, n_samples // _AUTO_BATCHES_PER_EPOCH)))
 
 
 def checked_hidden_sizes(hidden_layer_sizes):

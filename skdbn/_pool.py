@@ -71,12 +71,14 @@ def discard_pool(executor):
 
 
 def release_workers():
-    """End the idle local worker processes kept for later fits, and free the training data
-    they share (see :mod:`skdbn._shared`).
+    """End the idle local worker processes kept for later fits, and remove this process's
+    directories of shared training data (see :mod:`skdbn._shared`).
 
-    Fits keep their worker processes and data for the next fit of the same process (a grid
-    search starts training at once); they go by themselves after five idle minutes or when
-    the process exits. Call this to free them now, e.g. in a notebook after a search.
+    Fits keep their worker processes for the next fit of the same process (a grid search
+    starts training at once); they go by themselves after five idle minutes or when the
+    process exits. Call this to free them now, e.g. in a notebook after a search. (Each fit
+    removes its own shard files when it ends; an idle process lets go of the last fit's
+    pages when it next trains or ends.)
     """
     from ._shared import release_shared_data
 

@@ -1,8 +1,9 @@
 """``ProcessEngine``: the workers of a fit in warm local processes.
 
-The processes come from a pool kept between fits (``_pool``) and map the training data from
-shared memory (``_shared``); they gossip over loopback with the very transport and protocol of
-Spark tasks (``_worker.run_worker``), so the gossip layer runs without a JVM.
+The processes come from a pool kept between fits (``_pool``) and map their shards of the
+training data from shared memory (``_shared``); they gossip over loopback with the very
+transport and protocol of Spark tasks (``_worker.run_worker``), so the gossip layer runs
+without a JVM.
 """
 
 import contextlib
@@ -17,7 +18,7 @@ from ._engines import NETWORK_TIMEOUT, Engine, dealt_indices
 from ._gossip import AllGatherClient, AllGatherServer, PeerLost
 from ._phase import consensus
 from ._pool import acquire_pool, blas_threads, discard_pool, release_pool
-from ._shared import open_shard, shard_sources
+from ._shared import SharedShards, open_shard
 from ._watch import open_progress_listener
 from ._worker import PhaseStalled, SyncPlan, run_worker, straggler_allowance
 
@@ -25,9 +26,10 @@ from ._worker import PhaseStalled, SyncPlan, run_worker, straggler_allowance
 class ProcessEngine(Engine):
     """Runs each phase on ``n_workers`` local processes that synchronise by ``sync``.
 
-    The processes come from a warm pool kept between fits (``_pool``) and map the training
-    data from shared memory (``_shared``): a second fit of the same data in this process
-    starts training without starting processes or copying data. Each worker uses
+    The processes come from a warm pool kept between fits (``_pool``): a second fit in this
+    process starts training without starting processes. The training rows are written once,
+    in the order they are dealt, to shared memory (``_shared``), where each worker maps its
+    block of them. Each worker uses
     ``blas_threads(n_workers)`` BLAS threads (one when there are as many workers as cores).
 
     Parameters
@@ -54,7 +56,7 @@ class ProcessEngine(Engine):
         self.sync_every = sync_every
         self.timeout = timeout
         self._secret = secrets.token_bytes(32)
-        self._sources = None
+        self._shards = None
         self._total = 0  # training rows over all workers, once the data is shared
         self._phase_running = False
         self._pool = acquire_pool(n_workers)  # its processes start while data is prepared
@@ -63,10 +65,10 @@ class ProcessEngine(Engine):
         return f"ProcessEngine(n_workers={self.n_workers}, sync={self.sync!r})"
 
     def start(self, data, seed):
-        """Share the arrays of ``data`` with the workers, who cut their shards (rows dealt by
-        ``dealt_indices``) out of them."""
+        """Write the arrays of ``data`` for the workers, dealt (by ``dealt_indices``) into
+        their shards."""
         rows = dealt_indices(data.n_samples, self.n_workers, seed)
-        self._sources = shard_sources(data.X, data.codes, rows, data.mean, data.scale)
+        self._shards = SharedShards(data.X, data.codes, rows, data.mean, data.scale)
         self._total = data.n_samples
 
     def run_phase(self, phase, state, below, monitor=None):
@@ -91,7 +93,7 @@ class ProcessEngine(Engine):
             self._phase_running = True  # until its results are in (see close)
             futures = [self._pool.submit(_run_shared_worker, rank, phase, source, state, below,
                                          plan, rendezvous)
-                       for rank, source in enumerate(self._sources)]
+                       for rank, source in enumerate(self._shards.sources)]
             results = self._results(futures)
             self._phase_running = False
         return consensus(results), results
@@ -139,7 +141,7 @@ class ProcessEngine(Engine):
         self._pool = acquire_pool(self.n_workers)
 
     def close(self):
-        """Give the worker pool back for later fits; the shared data stays for them too.
+        """Give the worker pool back for later fits, and remove the fit's shard files.
 
         A pool whose phase did not finish (the fit was interrupted, e.g. by Ctrl-C in a
         notebook) is shut down instead: its workers are still busy with that phase.
@@ -149,7 +151,9 @@ class ProcessEngine(Engine):
         pool, self._pool = self._pool, None
         if pool is not None:
             release_pool(self.n_workers, pool)
-        self._sources = None
+        shards, self._shards = self._shards, None
+        if shards is not None:
+            shards.close()
 
     def _discard_pool(self):
         pool, self._pool = self._pool, None

@@ -17,6 +17,7 @@ from ._console import StageProgress, report
 from ._engines import LocalEngine, plan_workers
 from ._flat import FlatParams
 from ._network import forward, network_layout
+from ._params import batch_size_for
 from ._phase import FinetunePhase, PhaseState, PretrainPhase, standardize
 from ._processes import ProcessEngine
 from ._rbm import BERNOULLI, init_rbm, rbm_layout
@@ -84,6 +85,7 @@ class _Schedule:
         self.settings = settings
         self.data = data
         self.sizes = (data.n_features, *settings.hidden_sizes)
+        self.batch_size = batch_size_for(settings.batch_size, data.n_samples)
         self.record = FitRecord()
         self.retries = 0
         self.engine = None
@@ -189,7 +191,7 @@ class _Schedule:
         return PretrainPhase(
             layer=index, n_visible=self.sizes[index], n_hidden=self.sizes[index + 1],
             visible_units=self.data.visible_units if index == 0 else BERNOULLI,
-            epochs=epochs, batch_size=s.batch_size, learning_rate=s.pretrain_learning_rate,
+            epochs=epochs, batch_size=self.batch_size, learning_rate=s.pretrain_learning_rate,
             momentum=s.momentum, weight_decay=s.alpha, cd_steps=s.cd_steps,
             persistent=s.persistent, seed=(seed, 1, index), slow_worker=s.slow_worker,
         )
@@ -230,7 +232,7 @@ class _Schedule:
             layer_sizes=sizes,
             epochs=min(1 if validation else self.engine.epochs_per_phase,
                        plan.max_epochs - state.n_iter),
-            batch_size=s.batch_size, learning_rate=s.learning_rate, momentum=s.momentum,
+            batch_size=self.batch_size, learning_rate=s.learning_rate, momentum=s.momentum,
             alpha=s.alpha, seed=(state.seed, 2, state.n_iter), slow_worker=s.slow_worker,
         )
         consensus, results = self._run_with_retries(

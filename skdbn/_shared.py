@@ -1,165 +1,161 @@
-"""Training data shared with local worker processes: mapped by them, never copied to them.
+"""Training data shared with local worker processes: written once per fit, already dealt, and
+mapped by the workers where it lies.
 
-A dataset (features and class codes) is written once into a file in shared memory
-(``/dev/shm``, or the temporary directory where shared memory has no room) and every worker
-process maps it. Datasets are recognised by their content, so fits of the same data in one
-process (the candidates of a grid search) write it once. Files are removed when the process
-exits, when :func:`release_shared_data` is called, or to make room for newer data; files of
-a process killed before it could clean up are removed by the next process that shares data.
-
-Each worker cuts its shard out of the mapped dataset once per fit and keeps it for the fit's
-phases (:func:`open_shard`).
+A fit's rows are written in the order they are dealt (worker 0's rows, then worker 1's, ...)
+into one file in shared memory (``/dev/shm``, or the temporary directory where shared memory
+has no room), and their class codes into another. Each worker maps its block of rows and
+trains on it without copying it: the write is the fit's only pass over the data before
+training, nothing is hashed, and the data is held once however many workers read it. The files
+are removed when the fit ends (:meth:`SharedShards.close`); the directories of a process killed
+before it could clean up are removed by the next process that shares data.
 """
 
-import hashlib
+import contextlib
 import os
+import secrets
 import threading
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._digest import described_bytes
-from ._machine import available_memory, usable_cpus
 from ._phase import Shard
 from ._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
 
-_HASH_BLOCK = 8 << 20  # bytes hashed per task: enough tasks to share out, few digests
+_WRITE_BYTES = 1 << 20  # rows gathered at a time before they are written: they stay in cache
 
 _lock = threading.Lock()
-_datasets = OrderedDict()  # key -> SharedArrays, least recently used first
 _directories = None  # (on_disk, in_memory) of this process, made on first use
 
 
 @dataclass(frozen=True)
-class SharedArrays:
-    """Where a shared dataset's arrays are: ``.npy`` files every worker can map."""
-
-    key: str
-    features: str
-    labels: str | None
-    n_bytes: int
-
-
-@dataclass(frozen=True)
 class ShardSource:
-    """What a worker needs to build its shard: the dataset, its rows (None: all, in
-    order), the standardization, and a token naming this combination."""
+    """What a worker needs to build its shard: where its rows are, their standardization,
+    and a token naming this shard (a worker keeps the shard it has for the fit's next
+    phases).
 
-    data: object  # SharedArrays, or the arrays themselves where they cannot be shared
-    rows: np.ndarray | None
+    ``features`` and ``labels`` are the paths of the fit's ``.npy`` files with ``rows`` the
+    worker's block of them (a slice), or, where the data could not be written, the worker's
+    rows themselves (an array or sparse matrix, and the codes or None) with ``rows`` None.
+    """
+
+    features: object
+    labels: object
+    rows: slice | None
     mean: np.ndarray | None
     scale: np.ndarray | None
     token: str
 
 
-def shard_sources(X, codes, worker_rows, mean, scale):
-    """One ``ShardSource`` per worker for ``X`` and ``codes`` (None without labels)."""
-    data = share(X, codes)
-    base = data.key if isinstance(data, SharedArrays) else os.urandom(8).hex()
-    sources = []
-    for rows in worker_rows:
-        digest = hashlib.sha1(base.encode(), usedforsecurity=False)
-        for part in (rows, mean, scale):
-            digest.update(b"-" if part is None else np.ascontiguousarray(part).tobytes())
-        sources.append(ShardSource(data, rows, mean, scale, digest.hexdigest()))
-    return sources
+class SharedShards:
+    """The shards of one fit's workers, written for them to map.
 
+    Parameters
+    ----------
+    X : ndarray or sparse matrix of shape (n_samples, n_features)
+        The training rows. Sparse input is not written: each worker gets its rows pickled.
+    codes : ndarray of shape (n_samples,) or None
+        Each row's class code.
+    worker_rows : list of ndarray
+        The rows of each worker, in the order the worker trains on them.
+    mean, scale : ndarray of shape (n_features,) or None
+        Standardization of Gaussian visible units, applied by the workers.
 
-def share(X, codes):
-    """The ``SharedArrays`` of ``X`` and ``codes``, written now unless they already are; the
-    arrays themselves for sparse X, or where no directory has room."""
-    if not isinstance(X, np.ndarray):  # sparse input travels as it is
-        return (X, codes)
-    key = _content_key(X, codes)
-    with _lock:
-        known = _datasets.get(key)
-        if known is not None and os.path.exists(known.features):
-            _datasets.move_to_end(key)
-            return known
-        n_bytes = X.nbytes + (0 if codes is None else codes.nbytes)
-        directory = _directory_for(n_bytes)
-        if directory is None:
-            return (X, codes)
-        shared = _write(directory, key, X, codes, n_bytes)
-        _datasets[key] = shared
-        return shared
+    Attributes
+    ----------
+    sources : list of ShardSource
+        One per worker, in rank order.
+    """
+
+    def __init__(self, X, codes, worker_rows, mean, scale):
+        self._paths = ()
+        fit = secrets.token_hex(8)
+        written = _write_dealt(X, codes, worker_rows, fit) if isinstance(X, np.ndarray) else None
+        self.sources = []
+        start = 0
+        for rank, rows in enumerate(worker_rows):
+            if written is None:
+                features = X[rows]
+                labels = None if codes is None else np.asarray(codes)[rows]
+                block = None
+            else:
+                features, labels = written
+                block = slice(start, start + len(rows))
+                start += len(rows)
+            self.sources.append(ShardSource(features, labels, block, mean, scale,
+                                            f"{fit}-{rank}"))
+        if written is not None:
+            self._paths = tuple(path for path in written if path is not None)
+
+    def close(self):
+        """Remove the files, once the workers are done with them.
+
+        The files are emptied before they are removed: their memory is given back now,
+        rather than when the last worker that mapped them lets go of its shard, which would
+        cost that worker the time at the start of its next fit.
+        """
+        for path in self._paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(path, 0)
+                os.unlink(path)
+        self._paths = ()
 
 
 def release_shared_data():
-    """Remove every dataset this process shared (workers that still map one keep their
-    pages until they let go of it)."""
+    """Remove this process's directories of shared training data, with any file in them."""
     global _directories
     with _lock:
-        _datasets.clear()
         directories, _directories = _directories, None
     for directory in directories or ():
         remove_tree(directory)
 
 
-def _content_key(X, codes):
-    """Name of ``X`` and ``codes`` by content: a digest of their shapes, dtypes and of the
-    digests of their bytes in blocks.
-
-    The blocks are hashed on every core (hashlib lets go of the GIL), because a whole fit's
-    fixed cost on large data is mostly this pass: 250 MB take 0.13 s on one core of the 2-core
-    development machine and more on cores without SHA instructions. ``X`` is a validated
-    float array and ``codes`` integers, so their bytes are their content.
-    """
-    parts = [X] if codes is None else [X, np.asarray(codes, dtype=np.int64)]
-    digest = hashlib.sha1(usedforsecurity=False)
-    blocks = []
-    for part in parts:
-        header, raw = described_bytes(part)
-        digest.update(header)
-        blocks += [raw[start:start + _HASH_BLOCK] for start in range(0, raw.size, _HASH_BLOCK)]
-    n_threads = min(usable_cpus(), len(blocks))
-    if n_threads > 1:
-        with ThreadPoolExecutor(n_threads, thread_name_prefix="skdbn-hash") as hashers:
-            block_digests = list(hashers.map(_block_digest, blocks))
-    else:
-        block_digests = [_block_digest(block) for block in blocks]
-    for block_digest in block_digests:
-        digest.update(block_digest)
-    return digest.hexdigest()
+def _write_dealt(X, codes, worker_rows, name):
+    """``(features_path, labels_path)`` of ``X`` and ``codes`` written in the dealt order of
+    ``worker_rows`` (``labels_path`` None without codes); None where no directory has room."""
+    order = np.concatenate(worker_rows)
+    n_bytes = X[:1].nbytes * len(order) + (0 if codes is None else 8 * len(order))
+    directory = _directory_for(n_bytes)
+    if directory is None:
+        return None
+    features = os.path.join(directory, f"{name}.features.npy")
+    labels = None
+    try:
+        _write_rows(features, X, order)
+        if codes is not None:
+            labels = os.path.join(directory, f"{name}.labels.npy")
+            np.save(labels, np.asarray(codes, dtype=np.int64)[order])
+    except BaseException:
+        for path in (features, labels):
+            if path is not None and os.path.exists(path):
+                os.unlink(path)
+        raise
+    return features, labels
 
 
-def _block_digest(block):
-    return hashlib.sha1(block, usedforsecurity=False).digest()
+def _write_rows(path, X, order):
+    """An ``.npy`` file of ``X[order]``, gathered a cache-sized block at a time."""
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, *X.shape[1:]), X.dtype))
+    header["shape"] = (len(order), *X.shape[1:])
+    header["fortran_order"] = False
+    step = max(1, _WRITE_BYTES // max(1, X[:1].nbytes))
+    block = np.empty((min(step, len(order)), *X.shape[1:]), X.dtype)
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for start in range(0, len(order), step):
+            rows = order[start:start + step]
+            part = block[:len(rows)]
+            np.take(X, rows, axis=0, out=part)
+            out.write(memoryview(part).cast("B"))
 
 
 def _directory_for(n_bytes):
-    """Where ``n_bytes`` more go, after dropping older datasets if shared memory is short
-    (the datasets may take a quarter of the available memory)."""
+    """Where ``n_bytes`` of shard files go, or None where there is no room."""
     global _directories
-    if _directories is None:
-        _directories = new_scratch_dirs()
-    on_disk, in_memory = _directories
-    held = sum(d.n_bytes for d in _datasets.values())
-    while _datasets and held + n_bytes > available_memory() // 4:
-        _, oldest = _datasets.popitem(last=False)
-        _remove(oldest)
-        held -= oldest.n_bytes
+    with _lock:
+        if _directories is None:
+            _directories = new_scratch_dirs()
+        on_disk, in_memory = _directories
     return choose_scratch_dir(on_disk, in_memory, n_bytes)
-
-
-def _write(directory, key, X, codes, n_bytes):
-    features = os.path.join(directory, f"{key}.features.npy")
-    labels = None if codes is None else os.path.join(directory, f"{key}.labels.npy")
-    # Written under another name and renamed: a worker never maps half a file.
-    if labels is not None:
-        np.save(labels + ".part.npy", np.asarray(codes, dtype=np.int64))
-        os.replace(labels + ".part.npy", labels)
-    np.save(features + ".part.npy", X)
-    os.replace(features + ".part.npy", features)
-    return SharedArrays(key, features, labels, n_bytes)
-
-
-def _remove(shared):
-    for path in (shared.features, shared.labels):
-        if path is not None and os.path.exists(path):
-            os.unlink(path)
 
 
 # ---------------------------------------------------------------------------- in the workers
@@ -168,22 +164,19 @@ _open_shards = {}  # token -> Shard, of this worker process's current fit
 
 
 def open_shard(source):
-    """The worker's shard for ``source`` (runs in a worker process): cut from the mapped
-    dataset on the fit's first phase, kept for its other phases."""
+    """The worker's shard for ``source`` (runs in a worker process): its block of the fit's
+    files, mapped (no copy), kept for the fit's other phases."""
     shard = _open_shards.get(source.token)
     if shard is not None:
         return shard
     _open_shards.clear()  # another fit's shard: let go of its pages
-    if isinstance(source.data, SharedArrays):
-        X = np.load(source.data.features, mmap_mode="r")
-        y = None if source.data.labels is None else np.load(source.data.labels)
+    if source.rows is None:
+        X, y = source.features, source.labels
     else:
-        X, y = source.data
-    if source.rows is not None:
-        X = X[source.rows]
-        y = None if y is None else y[source.rows]
-    elif isinstance(X, np.memmap):
-        X = np.asarray(X)
+        X = np.asarray(np.load(source.features, mmap_mode="r")[source.rows])
+        y = None
+        if source.labels is not None:
+            y = np.asarray(np.load(source.labels, mmap_mode="r")[source.rows])
     shard = Shard(X, y, source.mean, source.scale)
     _open_shards[source.token] = shard
     return shard

@@ -17,6 +17,10 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 sys.path.insert(0, DATA)
 from make_fixtures import PARAMS, data  # noqa: E402
 
+# The defaults 0.1.0 had where they changed since (issue 21): the fixtures' settings.
+DEFAULTS_0_1_0 = dict(n_iter_no_change=10, tol=1e-4)
+OLD = {**DEFAULTS_0_1_0, **PARAMS}
+
 
 def test_a_model_pickled_by_version_0_1_0_loads_and_predicts():
     X, y = data()
@@ -26,9 +30,9 @@ def test_a_model_pickled_by_version_0_1_0_loads_and_predicts():
                                np.load(os.path.join(DATA, "model-0.1.0-proba.npy")),
                                rtol=1e-10, atol=1e-12)
     assert model.transform(X).shape == (len(X), 6)
-    assert model.get_params() == DistributedDBN(**PARAMS).get_params()
+    assert model.get_params() == DistributedDBN(**OLD).get_params()
     state = model.get_fitted_state()  # and saves as a model of this version does
-    assert DistributedDBN(**PARAMS).set_fitted_state(state).score(X, y) == model.score(X, y)
+    assert DistributedDBN(**OLD).set_fitted_state(state).score(X, y) == model.score(X, y)
 
 
 def test_a_checkpoint_of_version_0_1_0_resumes(tmp_path):
@@ -39,9 +43,9 @@ def test_a_checkpoint_of_version_0_1_0_resumes(tmp_path):
         meta = saved["meta"][()]
         network = saved["network"]
     # The fit's fingerprint is the one the old version wrote: the checkpoint is this fit's.
-    assert f'"key": "{fingerprint(DistributedDBN(**PARAMS).get_params(), X, y, np.unique(y))}"' \
+    assert f'"key": "{fingerprint(DistributedDBN(**OLD).get_params(), X, y, np.unique(y))}"' \
         in str(meta)
-    model = DistributedDBN(checkpoint_dir=str(directory), **PARAMS).fit(X, y)
+    model = DistributedDBN(checkpoint_dir=str(directory), **OLD).fit(X, y)
     assert model.worker_stats_ == []  # every phase came from the checkpoint
     assert model.n_iter_ == PARAMS["max_iter"]
     n_weights = sum(c.size for c in model.coefs_)

@@ -20,7 +20,10 @@ from skdbn import DistributedDBN
 
 def small(**params):
     """A quick model for tests on small data."""
-    defaults = dict(hidden_layer_sizes=(32,), pretrain_epochs=3, max_iter=20, random_state=0)
+    # The old defaults of the minibatch and the stopping rule: these tests are of behaviour,
+    # and test_quality.py is of the defaults.
+    defaults = dict(hidden_layer_sizes=(32,), pretrain_epochs=3, max_iter=20, batch_size=32,
+                    tol=1e-4, n_iter_no_change=10, random_state=0)
     return DistributedDBN(**{**defaults, **params})
 
 
@@ -73,6 +76,23 @@ def test_float32_is_trained_and_returned_in_float32(digits):
     assert model.transform(X.astype(np.float32)).dtype == np.float32
     assert model.transform(X).dtype == np.float64
     assert model.predict_proba(X.astype(np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", ["float32", np.float32, "float64", np.float64])
+def test_the_dtype_setting_converts_the_input(digits, dtype):
+    X, y = digits
+    given = X.astype(np.float64 if np.dtype(dtype) == np.float32 else np.float32)
+    model = small(max_iter=2, dtype=dtype).fit(given, y)
+    assert model.dtype_ == np.dtype(dtype)
+    assert all(c.dtype == np.dtype(dtype) for c in model.coefs_ + model.intercepts_)
+    # The same model as from input already in that dtype.
+    reference = small(max_iter=2).fit(given.astype(dtype), y)
+    for a, b in zip(model.coefs_, reference.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.score(X, y) > 0.5
+    assert small(max_iter=2).fit(X, y).dtype_ == np.float64  # unset: scikit-learn's rule
+    with pytest.raises(ValueError, match="dtype"):
+        small(dtype="float16").fit(X, y)
 
 
 def test_unlabelled_fit_pretrains_only(digits):

@@ -24,7 +24,7 @@ OTHER_VALUES = {
     "checkpoint_dir": "elsewhere", "phase_retries": 0, "network_timeout": 5.0,
     "warm_start": True, "verbose": 1, "random_state": 7, "features_col": "pixels",
     "label_col": "digit", "prediction_col": "p", "probability_col": "q",
-    "transform_col": "t", "handle_invalid": "skip",
+    "transform_col": "t", "handle_invalid": "skip", "dtype": "float32",
 }
 
 
@@ -85,7 +85,7 @@ def test_the_spark_params_are_the_tables():
     from pyspark.ml.param import TypeConverters
 
     from skdbn.spark import DBNClassifier, DBNFeatureLearner
-    from skdbn.spark.ml import _params_of
+    from skdbn.spark.ml import _OWN_CONVERTERS, _params_of
 
     for stage in (DBNClassifier(), DBNFeatureLearner()):
         for parameter in HYPER_PARAMETERS:
@@ -96,7 +96,8 @@ def test_the_spark_params_are_the_tables():
             param = stage.getParam(parameter.spark)
             if parameter.converter is not None:
                 assert param.doc == parameter.doc
-                assert param.typeConverter == getattr(TypeConverters, parameter.converter)
+                assert param.typeConverter == (_OWN_CONVERTERS.get(parameter.converter)
+                                               or getattr(TypeConverters, parameter.converter))
             if parameter.spark == "seed":
                 continue  # pyspark's own default: a hash of the stage's class
             default = parameter.default
@@ -117,3 +118,24 @@ def test_the_spark_params_are_the_tables():
     assert {name: dbn.get_params()[name] for name in expected} == expected
     back = _params_of(dbn)
     assert {name: back[name] for name in spark_values} == spark_values
+
+
+def test_the_batch_size_param_takes_auto_or_a_whole_number():
+    pytest.importorskip("pyspark")
+    from skdbn.spark import DBNClassifier
+
+    stage = DBNClassifier()
+    assert stage.getOrDefault("batchSize") == "auto"
+    assert stage.setParams(batchSize=64).getOrDefault("batchSize") == 64
+    assert stage.setParams(batchSize="auto").getOrDefault("batchSize") == "auto"
+    with pytest.raises(TypeError):
+        stage.setParams(batchSize="large")
+
+
+@pytest.mark.parametrize(("n_samples", "expected"),
+                         [(1, 10), (800, 10), (1347, 16), (6400, 80), (8000, 100), (10**6, 100)])
+def test_the_automatic_batch_size(n_samples, expected):
+    from skdbn._params import batch_size_for
+
+    assert batch_size_for("auto", n_samples) == expected
+    assert batch_size_for(32, n_samples) == 32

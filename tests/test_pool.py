@@ -13,7 +13,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from skdbn import DistributedDBN, _pool, _shared, release_workers
-from skdbn._engines import default_workers, resolve_backend
+from skdbn._engines import dealt_indices, default_workers, resolve_backend
 from skdbn._machine import usable_cpus
 
 PARAMS = dict(hidden_layer_sizes=(32,), pretrain_epochs=2, max_iter=2, backend="local",
@@ -34,60 +34,73 @@ def _pool_pids(n_workers):
         _pool.release_pool(n_workers, executor)
 
 
-def test_a_second_fit_reuses_the_worker_processes_and_the_shared_data(digits):
+def test_a_second_fit_reuses_the_worker_processes(digits):
     X, y = digits
     first = DistributedDBN(**PARAMS).fit(X, y)
     pids = _pool_pids(2)
-    shared = dict(_shared._datasets)
-    # Another array of the same content (as a grid search's folds give): no new file.
     second = DistributedDBN(**PARAMS).fit(X.copy(), y.copy())
     assert _pool_pids(2) == pids
-    assert dict(_shared._datasets) == shared
-    assert all(os.path.exists(d.features) for d in shared.values())
+    left = [name for d in _shared._directories if d for name in os.listdir(d)]
+    assert not [name for name in left if name.endswith(".npy")]  # each fit removed its files
     for a, b in zip(first.coefs_, second.coefs_, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-def test_shared_data_is_named_by_every_byte_of_its_content(monkeypatch):
-    # Three hashing blocks, hashed on four threads and on one: the same name either way.
-    X = np.random.default_rng(0).random((5000, 1000), dtype=np.float32)
-    assert X.nbytes > 2 * _shared._HASH_BLOCK
-    codes = np.arange(5000) % 3
-    monkeypatch.setattr(_shared, "usable_cpus", lambda: 4)
-    key = _shared._content_key(X, codes)
-    monkeypatch.setattr(_shared, "usable_cpus", lambda: 1)
-    assert _shared._content_key(X, codes) == key
-    assert _shared._content_key(np.asfortranarray(X), codes.astype(np.int32)) == key
-    monkeypatch.setattr(_shared, "usable_cpus", lambda: 4)
-    flat = X.reshape(-1)
-    boundary = _shared._HASH_BLOCK // X.itemsize  # first element of the second block
-    for index in (0, boundary - 1, boundary, flat.size - 1):
-        changed = flat.copy()
-        changed[index] += 1
-        assert _shared._content_key(changed.reshape(X.shape), codes) != key, index
-    assert _shared._content_key(X.reshape(1000, 5000), codes) != key
-    assert _shared._content_key(X, np.roll(codes, 1)) != key
-    assert _shared._content_key(X, None) != key
+def test_each_worker_maps_its_dealt_rows_and_the_files_go_with_the_fit():
+    X = np.random.default_rng(0).random((3001, 7)).astype(np.float32)
+    X = np.asfortranarray(X)  # any layout is written row by row
+    codes = np.arange(3001) % 3
+    rows = dealt_indices(3001, 3, seed=5)
+    shards = _shared.SharedShards(X, codes, rows, None, None)
+    try:
+        paths = [shards.sources[0].features, shards.sources[0].labels]
+        assert all(p.startswith(tuple(d for d in _shared._directories if d)) for p in paths)
+        for rank, source in enumerate(shards.sources):
+            shard = _shared.open_shard(source)
+            np.testing.assert_array_equal(shard.X, X[rows[rank]])
+            np.testing.assert_array_equal(shard.y, codes[rows[rank]])
+            assert isinstance(shard.X.base, np.memmap)  # mapped, not copied
+            assert _shared.open_shard(source) is shard  # kept for the fit's next phases
+    finally:
+        shards.close()
+    assert not any(os.path.exists(p) for p in paths)
+    _shared._open_shards.clear()
 
 
-def test_data_changed_in_place_between_fits_is_shared_again(digits):
+def test_shards_are_pickled_where_they_cannot_be_written(digits, monkeypatch):
+    from scipy import sparse
+
     X, y = digits
-    X = X.copy()
-    DistributedDBN(**PARAMS).fit(X, y)
-    before = set(_shared._datasets)
-    X[-1] = 1 - X[-1]
-    DistributedDBN(**PARAMS).fit(X, y)
-    assert set(_shared._datasets) - before
+    rows = dealt_indices(len(X), 2, seed=0)
+    monkeypatch.setattr(_shared, "choose_scratch_dir", lambda *args: None)  # no room
+    for data in (X, sparse.csr_matrix(X)):
+        shards = _shared.SharedShards(data, y, rows, None, None)
+        for rank, source in enumerate(shards.sources):
+            shard = _shared.open_shard(source)
+            dense = shard.X.toarray() if sparse.issparse(shard.X) else shard.X
+            np.testing.assert_array_equal(dense, X[rows[rank]])
+            np.testing.assert_array_equal(shard.y, y[rows[rank]])
+        shards.close()
+    _shared._open_shards.clear()
+
+
+def test_a_fit_without_room_for_files_trains_as_one_with_them(digits, monkeypatch):
+    X, y = digits
+    written = DistributedDBN(**PARAMS).fit(X, y)
+    monkeypatch.setattr(_shared, "choose_scratch_dir", lambda *args: None)
+    pickled = DistributedDBN(**PARAMS).fit(X, y)
+    for a, b in zip(written.coefs_, pickled.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_release_workers_ends_the_processes_and_removes_the_shared_files(digits):
     X, y = digits
     DistributedDBN(**PARAMS).fit(X, y)
-    files = [d.features for d in _shared._datasets.values()]
+    directories = [d for d in _shared._directories if d is not None]
     pids = _pool_pids(2)
-    assert files and all(os.path.exists(path) for path in files)
+    assert directories and all(os.path.isdir(d) for d in directories)
     release_workers()
-    assert not any(os.path.exists(path) for path in files)
+    assert not any(os.path.exists(d) for d in directories)
     assert not _pool._idle
     for pid in pids:  # gone, or at most a zombie being reaped
         assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z"

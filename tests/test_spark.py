@@ -130,22 +130,45 @@ def test_dataframe_fit_and_inference_stay_on_the_executors(spark, digits_split):
     train = _frame(spark, X_train, y_train, partitions=3)
     model = DistributedDBN(n_workers=2, sync="average", **SMALL).fit(train)
     assert model.n_workers_ == 2 and model.n_features_in_ == 64
-    assert model.coefs_[0].dtype == np.float64  # vectors hold doubles
+    assert model.dtype_ == np.float32  # vectors of doubles train in float32 by default
     np.testing.assert_array_equal(model.classes_, np.arange(10))
 
     test = _frame(spark, X_test, y_test)
+    X_test = X_test.astype(np.float32)  # what the executors compute in, for this model
     predicted = model.predict(test)
     assert predicted.columns == ["features", "label", "prediction"]
     rows = predicted.toPandas()
-    expected = model.predict(np.stack([v.toArray() for v in rows["features"]]))
+    expected = model.predict(np.stack([v.toArray() for v in rows["features"]]).astype(np.float32))
     np.testing.assert_array_equal(rows["prediction"].to_numpy(), expected)
     assert model.score(test) == pytest.approx(model.score(X_test, y_test))
     assert model.score(test) > 0.9
 
     proba = np.stack(model.predict_proba(test).toPandas()["probability"])
-    np.testing.assert_allclose(proba, model.predict_proba(X_test), rtol=1e-10)
+    np.testing.assert_allclose(proba, model.predict_proba(X_test), rtol=1e-5)
     features = np.stack(model.transform(test).toPandas()["dbn_features"])
-    np.testing.assert_allclose(features, model.transform(X_test), rtol=1e-10)
+    np.testing.assert_allclose(features, model.transform(X_test), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_workers", [None, 2])  # read into this process, or on the cluster
+def test_the_dtype_setting_decides_what_a_dataframe_trains_in(spark, digits_split, n_workers):
+    X_train, X_test, y_train, _ = digits_split
+    frame = _frame(spark, X_train, y_train, partitions=2)
+    params = dict(QUICK, n_workers=n_workers, sync="average")
+    doubles = DistributedDBN(dtype="float64", **params).fit(frame)
+    assert doubles.dtype_ == np.float64
+    assert all(c.dtype == np.float64 for c in doubles.coefs_ + doubles.intercepts_)
+    proba = np.stack(doubles.predict_proba(_frame(spark, X_test[:9])).toPandas()["probability"])
+    np.testing.assert_allclose(proba, doubles.predict_proba(X_test[:9]), rtol=1e-10)
+    singles = DistributedDBN(**params).fit(frame)
+    assert singles.dtype_ == np.float32
+    # The same model as from the same rows stored as float32.
+    from pyspark.ml.functions import vector_to_array
+
+    stored = frame.withColumn("features", vector_to_array("features", "float32"))
+    assert stored.schema["features"].dataType.simpleString() == "array<float>"
+    reference = DistributedDBN(**params).fit(stored)
+    for a, b in zip(singles.coefs_, reference.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("kind", ["sparse", "array", "columns"])
@@ -159,8 +182,8 @@ def test_every_feature_format_gives_the_same_model(spark, digits_split, kind):
     for a, b in zip(model.coefs_, reference.coefs_, strict=True):
         np.testing.assert_array_equal(a, b)
     out = model.predict_proba(_frame(spark, X_test[:7], kind=kind)).toPandas()
-    np.testing.assert_allclose(np.stack(out["probability"]), model.predict_proba(X_test[:7]),
-                               rtol=1e-10)
+    np.testing.assert_allclose(np.stack(out["probability"]),
+                               model.predict_proba(X_test[:7].astype(np.float32)), rtol=1e-5)
 
 
 def test_float_arrays_train_in_float32(spark, digits_split):
@@ -175,7 +198,8 @@ def test_float_arrays_train_in_float32(spark, digits_split):
 def test_unlabelled_frames_pretrain_and_gaussian_statistics_match_numpy(spark, digits_split):
     X_train, _, _, _ = digits_split
     X = X_train * 16.0 - 3.0  # outside [0, 1]: Gaussian visible units, standardized
-    model = DistributedDBN(n_workers=2, label_col=None, **QUICK).fit(_frame(spark, X, partitions=4))
+    model = DistributedDBN(n_workers=2, label_col=None, dtype="float64", **QUICK).fit(
+        _frame(spark, X, partitions=4))
     assert not hasattr(model, "classes_") and model.n_iter_ == 0
     assert model.visible_units_ == "gaussian"
     reference = DistributedDBN(backend="local", **QUICK).fit(X)
@@ -215,7 +239,7 @@ def test_small_dataframes_train_in_this_process_as_one_task_would(spark, digits_
     # The local backend reads any DataFrame into this process, for its worker processes.
     params.update(backend="local", n_workers=2, sync="average")
     local = DistributedDBN(**params).fit(frame)
-    from_arrays = DistributedDBN(**params).fit(X_train, names[y_train])
+    from_arrays = DistributedDBN(dtype="float32", **params).fit(X_train, names[y_train])
     assert local.n_workers_ == 2
     for a, b in zip(local.coefs_, from_arrays.coefs_, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)

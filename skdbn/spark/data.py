@@ -31,7 +31,7 @@ _SKIP_HINT = "handle_invalid='skip' to leave such rows out"
 
 # ---------------------------------------------------------------------------- feature columns
 
-def feature_column(df, features_col):
+def feature_column(df, features_col, dtype=None):
     """The features of ``df`` as one ``array<float|double>`` column, converted in the JVM.
 
     Parameters
@@ -40,13 +40,17 @@ def feature_column(df, features_col):
     features_col : str or list of str
         A pyspark.ml vector column (dense or sparse), an array column of numbers, or a list of
         numeric columns.
+    dtype : {float32, float64} or None, default=None
+        The dtype wanted; None: the column's own (see ``dtype`` below). Conversion happens
+        in the JVM, so a float32 column of doubles crosses into Python at half the bytes.
 
     Returns
     -------
     column : pyspark.sql.Column
         Array of the features, one element per feature.
     dtype : numpy.dtype
-        float32 for ``array<float>`` or all-float columns, else float64 (vectors hold doubles).
+        ``dtype`` when given, else float32 for ``array<float>`` or all-float columns and
+        float64 otherwise (vectors hold doubles).
     """
     from pyspark.sql import functions, types
 
@@ -60,9 +64,10 @@ def feature_column(df, features_col):
         if type(kind).__name__ == "VectorUDT":
             from pyspark.ml.functions import vector_to_array
 
-            return vector_to_array(functions.col(features_col), "float64"), np.dtype(np.float64)
+            dtype = np.dtype(np.float64 if dtype is None else dtype)
+            return vector_to_array(functions.col(features_col), dtype.name), dtype
         if isinstance(kind, types.ArrayType) and isinstance(kind.elementType, types.NumericType):
-            return _array_of(functions.col(features_col), kind.elementType)
+            return _array_of(functions.col(features_col), kind.elementType, dtype)
         raise TypeError(
             f"column {features_col!r} (features_col) is {kind.simpleString()}; it must be a "
             "pyspark.ml vector, an array of numbers, or features_col must list numeric columns"
@@ -71,18 +76,24 @@ def feature_column(df, features_col):
     bad = [n for n, k in zip(names, kinds, strict=True) if not isinstance(k, types.NumericType)]
     if bad:
         raise TypeError(f"features_col lists column {bad[0]!r}, which is not numeric")
-    single = all(isinstance(k, types.FloatType) for k in kinds)
-    element = types.FloatType() if single else types.DoubleType()
+    if dtype is None:
+        single = all(isinstance(k, types.FloatType) for k in kinds)
+        dtype = np.float32 if single else np.float64
+    dtype = np.dtype(dtype)
+    element = types.FloatType() if dtype == np.float32 else types.DoubleType()
     column = functions.array(*[functions.col(name).cast(element) for name in names])
-    return column, np.dtype(np.float32 if single else np.float64)
+    return column, dtype
 
 
-def _array_of(column, element_type):
+def _array_of(column, element_type, dtype):
     from pyspark.sql import types
 
-    if isinstance(element_type, types.FloatType):
-        return column, np.dtype(np.float32)
-    return column.cast("array<double>"), np.dtype(np.float64)
+    if dtype is None:
+        dtype = np.float32 if isinstance(element_type, types.FloatType) else np.float64
+    dtype = np.dtype(dtype)
+    if isinstance(element_type, types.FloatType) and dtype == np.float32:
+        return column, dtype
+    return column.cast("array<float>" if dtype == np.float32 else "array<double>"), dtype
 
 
 def matrix_of(array, n_features, dtype):
@@ -182,12 +193,13 @@ def label_column(df, label_col, purpose):
     return label_col
 
 
-def training_columns(df, features_col, label_col):
+def training_columns(df, features_col, label_col, dtype):
     """The features (and labels) as the columns ``FEATURES`` (and ``LABEL``), the features'
-    training dtype, and the label column's Spark type name (None without labels)."""
+    training dtype (``dtype``), and the label column's Spark type name (None without
+    labels)."""
     from pyspark.sql import types
 
-    features, dtype = feature_column(df, features_col)
+    features, dtype = feature_column(df, features_col, dtype)
     columns = [features.alias(FEATURES)]
     label_type = None
     if label_col is not None:
@@ -343,8 +355,13 @@ def merged_summary(rows, features_col, label_col, dtype):
              for row in rows if row["mean"]]
     if not all(np.isfinite(low).all() and np.isfinite(high).all()
                for *_, low, high in parts):
-        raise ValueError(f"column {features_col!r} (features_col) holds NaN or infinity; "
-                         f"drop or fix those rows, or set {_SKIP_HINT}")
+        beyond = ""
+        if np.dtype(dtype) == np.float32:
+            beyond = (" (or doubles beyond float32's range, about 3.4e38, which become "
+                      "infinity in float32, the dtype this fit trains in: set dtype='float64' "
+                      "for such values)")
+        raise ValueError(f"column {features_col!r} (features_col) holds NaN or infinity"
+                         f"{beyond}; drop or fix those rows, or set {_SKIP_HINT}")
     moments = _Moments()
     for part in parts:
         moments.merge(*part)
@@ -591,7 +608,8 @@ def valid_features(features, n_features=None):
     return valid
 
 
-def map_dataframe(df, features_col, n_features, compute, name, kind, handle_invalid="error"):
+def map_dataframe(df, features_col, n_features, compute, name, kind, handle_invalid="error",
+                  dtype=None):
     """``df`` with a column ``name`` holding ``compute(X)`` per row, computed on the executors.
 
     ``compute`` maps an ``(n_rows, n_features)`` array of features to one value or one array
@@ -602,12 +620,13 @@ def map_dataframe(df, features_col, n_features, compute, name, kind, handle_inva
 
     Rows whose features are null, of another length or hold NaN or infinity are *invalid*:
     ``handle_invalid="error"`` fails the job with an error that says so, ``"skip"`` leaves
-    them out of the result, ``"keep"`` keeps them with a null in ``name``.
+    them out of the result, ``"keep"`` keeps them with a null in ``name``. ``compute`` gets
+    the features in ``dtype`` (None: the column's own, see ``feature_column``).
     """
     import pyarrow as pa
     from pyspark.sql.functions import arrow_udf
 
-    features, dtype = feature_column(df, features_col)
+    features, dtype = feature_column(df, features_col, dtype)
     if handle_invalid == "skip":
         df = df.filter(valid_features(features, n_features))
     where = features_col if isinstance(features_col, str) else list(features_col)

@@ -134,10 +134,18 @@ class _FittedDBN:
         return self._dbn
 
 
+def _to_int_or_auto(value):
+    """A ``TypeConverters`` method of our own: "auto", or an int."""
+    return "auto" if value == "auto" else TypeConverters.toInt(value)
+
+
+_OWN_CONVERTERS = {"toIntOrAuto": _to_int_or_auto}
+
 for _parameter in _OWN_PARAMS:
     setattr(_DBNParams, _parameter.spark, Param(
         Params._dummy(), _parameter.spark, _parameter.doc,
-        typeConverter=getattr(TypeConverters, _parameter.converter)))
+        typeConverter=_OWN_CONVERTERS.get(_parameter.converter)
+        or getattr(TypeConverters, _parameter.converter)))
 
 
 def _spark_value(value):

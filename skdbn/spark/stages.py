@@ -42,10 +42,22 @@ _LOST_WORKER_SIGNS = (
     ("Executor heartbeat timed out", "an executor stopped answering"),
 )
 
-_RESULT_SCHEMA = ("rank int, weight double, n_samples long, samples_trained long, "
-                  "params binary, velocity binary, hidden_mean binary, history string, "
-                  "diagnostics string, read_seconds double, train_seconds double, "
-                  "started double")
+_RESULT_COLUMNS = (("rank", "int"), ("weight", "double"), ("n_samples", "long"),
+                   ("samples_trained", "long"), ("params", "binary"), ("velocity", "binary"),
+                   ("hidden_mean", "binary"), ("history", "string"), ("diagnostics", "string"),
+                   ("read_seconds", "double"), ("train_seconds", "double"),
+                   ("started", "double"))
+
+
+def _result_schema():
+    """The schema of a phase's results, as a ``StructType``: a DDL string would be parsed
+    by the JVM on every phase."""
+    from pyspark.sql import types
+
+    kinds = {"int": types.IntegerType, "long": types.LongType, "double": types.DoubleType,
+             "binary": types.BinaryType, "string": types.StringType}
+    return types.StructType([types.StructField(name, kinds[kind]())
+                             for name, kind in _RESULT_COLUMNS])
 
 
 class SparkEngine(Engine):
@@ -182,7 +194,7 @@ class SparkEngine(Engine):
         watch = StragglerWatch(self.spark, self._tasks, self.timeout)
         try:
             with watch:
-                return self._frame.mapInArrow(task, _RESULT_SCHEMA, barrier=True).toArrow()
+                return self._frame.mapInArrow(task, _result_schema(), barrier=True).toArrow()
         except Exception as error:
             if watch.cancelled:
                 raise PhaseStalled(

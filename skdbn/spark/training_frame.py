@@ -23,6 +23,7 @@ from .._inputs import (
     BERNOULLI_RANGE_MESSAGE,
     TrainingData,
     classes_for_fit,
+    frame_dtype,
     standardization,
     visible_units_of_range,
 )
@@ -97,17 +98,19 @@ def prepare_training_frame(df, y, settings, warm):
     """
     _check_fit_arguments(y, settings)
     label_col = label_column(df, settings.label_col, "fit")
+    dtype = frame_dtype(settings.dtype)
     if settings.handle_invalid != "error":
         df = df.filter(_valid_training_rows(df, settings.features_col, label_col))
     workers, counts = _choose_workers(df, settings)
     if workers is None:
-        summary, X, labels = read_dataframe(df, settings.features_col, label_col)
+        summary, X, labels = read_dataframe(df, settings.features_col, label_col, dtype)
         learned = _learned_input(summary, settings, warm, label_col)
         codes = None if labels is None else np.searchsorted(learned.classes, labels)
         return _as_training_data(summary, learned, settings, warm, X=X, codes=codes)
     dirs = new_scratch_dirs() if workers.placement.shard_files else ()
     try:
-        summary, plan = _statistics_pass(df, settings, label_col, workers, counts, dirs)
+        summary, plan = _statistics_pass(df, settings, label_col, dtype, workers, counts,
+                                         dirs)
         if plan is None:  # no shard files, or no room for them: the rows are cached
             dirs = _removed(dirs)
         learned = _learned_input(summary, settings, warm, label_col)
@@ -163,16 +166,16 @@ def _choose_workers(df, settings):
     return plan_workers(settings, n_samples, df), counts
 
 
-def _statistics_pass(df, settings, label_col, workers, counts, dirs):
-    """``(summary, plan)``: the ``FrameSummary`` of ``df`` from one pass over its features,
+def _statistics_pass(df, settings, label_col, dtype, workers, counts, dirs):
+    """``(summary, plan)``: the ``FrameSummary`` of ``df`` from one pass over its features
+    in ``dtype``,
     which, where the tasks share this machine's files, also writes the features into the
     workers' shard files of ``plan`` in ``dirs`` (None where they do not, or where there was
     no room: the engine caches the rows)."""
     features_col = settings.features_col
     if not workers.placement.shard_files:
-        return summarize_dataframe(df, features_col, label_col), None
+        return summarize_dataframe(df, features_col, label_col, dtype), None
     counts = partition_rows(df) if counts is None else counts
-    _, dtype = feature_column(df, features_col)
     plan = ShardPlan(*dirs, counts, workers.n_workers, np.dtype(dtype).name)
     summary, features_dir = summarize_and_write(df, features_col, label_col, plan)
     if features_dir is None:  # no room: the tasks will read cached partitions
@@ -254,7 +257,7 @@ def partition_rows(df):
     return dict(sorted(zip(rows["partition"], rows["n_rows"], strict=True)))
 
 
-def summarize_dataframe(df, features_col, label_col):
+def summarize_dataframe(df, features_col, label_col, dtype=None):
     """Count, per-feature mean, variance and extremes, and the distinct labels, in one pass.
 
     Each partition is summarised on its executor from Arrow batches (a Spark job, no data
@@ -268,20 +271,24 @@ def summarize_dataframe(df, features_col, label_col):
         As for :func:`~skdbn.spark.data.feature_column`.
     label_col : str or None
         Column of class labels; None for unlabelled data.
+    dtype : {float32, float64} or None, default=None
+        The dtype the features are read in (None: the column's own, as
+        :func:`~skdbn.spark.data.feature_column` says).
 
     Returns
     -------
     summary : FrameSummary
     """
-    columns, dtype, label_type = training_columns(df, features_col, label_col)
+    columns, dtype, label_type = training_columns(df, features_col, label_col, dtype)
     task = partial(partition_statistics_task, label_type is not None)
     rows = (df.select(*columns).mapInArrow(task, statistics_schema(label_type))
             .toArrow().to_pylist())
     return merged_summary(rows, features_col, label_col, dtype)
 
 
-def read_dataframe(df, features_col, label_col):
-    """Read a DataFrame into this process in one pass, for fits small enough to train here.
+def read_dataframe(df, features_col, label_col, dtype=None):
+    """Read a DataFrame into this process in one pass, for fits small enough to train here
+    (arguments as for :func:`summarize_dataframe`).
 
     Returns
     -------
@@ -292,7 +299,7 @@ def read_dataframe(df, features_col, label_col):
     labels : ndarray of shape (n_samples,) or None
         The labels as numpy values (None without ``label_col``).
     """
-    columns, dtype, label_type = training_columns(df, features_col, label_col)
+    columns, dtype, label_type = training_columns(df, features_col, label_col, dtype)
     table = df.select(*columns).toArrow()
     statistics = statistics_of(table.to_batches(), label_type is not None)
     if statistics is not None and label_type is not None:
@@ -312,7 +319,7 @@ def read_dataframe(df, features_col, label_col):
 
 def summarize_and_write(df, features_col, label_col, plan):
     """Summarise ``df`` as :func:`summarize_dataframe` does and, in the same
-    pass, write its features into the shard files of ``plan``.
+    pass, write its features into the shard files of ``plan`` (in ``plan.dtype``).
 
     Returns
     -------
@@ -321,7 +328,7 @@ def summarize_and_write(df, features_col, label_col, plan):
         The directory of the features files when every row is in them; None when there was
         no room for them (any files are then incomplete and must be dropped).
     """
-    columns, dtype, label_type = training_columns(df, features_col, label_col)
+    columns, dtype, label_type = training_columns(df, features_col, label_col, plan.dtype)
     schema = statistics_schema(label_type, extra="written long")
     task = partial(write_shards_task, label_type is not None, plan)
     rows = df.select(*columns).mapInArrow(task, schema).toArrow().to_pylist()
@@ -342,11 +349,12 @@ def frame_from_dataframe(df, features_col, label_col, classes, summary, n_worker
 
     Rows are dealt to workers in turn in the order of the source partitions (so each worker
     gets ``n_samples / n_workers`` rows, give or take one): row ``g`` overall goes to worker
-    ``g % n_workers`` at position ``g // n_workers``. Labels become class codes in the JVM.
+    ``g % n_workers`` at position ``g // n_workers``. Labels become class codes in the JVM,
+    and the features the summary's dtype.
     """
     from pyspark.sql import functions
 
-    features, _ = feature_column(df, features_col)
+    features, _ = feature_column(df, features_col, summary.dtype)
     columns = [features.alias(FEATURES)]
     if label_col is not None:
         columns.append(label_codes(label_col, classes).alias(LABEL))
