@@ -252,8 +252,13 @@ seconds, first = timer.fit(DistributedDBN(hidden_layer_sizes=(500,), batch_size=
                                           pretrain_epochs={args.epochs}, random_state=0), X)
 print("RESULT", json.dumps({{"seconds": seconds, "first_training": first}}))
 """
+    return result_of_fresh_process(code)
+
+
+def result_of_fresh_process(code, timeout=600):
+    """The JSON object that ``code``, run in a fresh interpreter, prints after ``RESULT``."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=600)
+                            timeout=timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         raise RuntimeError(result.stderr[-2000:])

@@ -458,7 +458,7 @@ table = pa.table({{"features": pa.ListArray.from_arrays(offsets, pa.array(X.rave
                    "label": pa.array(y)}})
 frame = spark.createDataFrame(table).select(array_to_vector("features").alias("features"),
                                             "label").cache()
-assert frame.schema["features"].dataType.typeName() == "vector"
+assert type(frame.schema["features"].dataType).__name__ == "VectorUDT"
 frame.count()
 params = dict(hidden_layer_sizes=(500, 500), n_workers=2, random_state=0)
 out = {{"dataframe": [], "array": [], "dataframe_error": [], "array_error": []}}

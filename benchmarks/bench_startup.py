@@ -22,15 +22,12 @@ Run: ``python benchmarks/bench_startup.py`` (about a minute).
 """
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
-from bench_cores import HERE, mnist_like
+from bench_cores import HERE, mnist_like, result_of_fresh_process
 
 from skdbn import DistributedDBN
 
@@ -107,12 +104,7 @@ from bench_cores import mnist_like
 clock = StageClock()
 print("RESULT", json.dumps(clock.fit(mnist_like({n_samples}, seed=99)[0])))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=600)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if not lines:
-        raise RuntimeError(result.stderr[-2000:])
-    return json.loads(lines[0][len("RESULT "):])
+    return result_of_fresh_process(code)
 
 
 def print_row(label, stages):

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from ._digest import digest_arrays
 from ._network import network_layout
-from ._params import ADDED_SINCE_0_1, MODEL_NEUTRAL
+from ._params import MODEL_NEUTRAL
 from ._rbm import rbm_layout
 
 CHECKPOINT_FILE = "skdbn-checkpoint.npz"
@@ -67,23 +67,20 @@ class TrainingState:
         return len(self.loss_curve)
 
 
+# Settings whose effect the data's part of a fingerprint holds already: the training dtype is
+# the dtype of the arrays hashed (or of the DataFrame summarised), so a checkpoint of 0.1.0,
+# which had no such setting, resumes under the dtype it trained in.
+_HELD_BY_THE_DATA = frozenset({"dtype"})
+
+
 def _settings_digest(estimator_params, classes):
     digest = hashlib.sha256()
     settings = {k: repr(v) for k, v in sorted(estimator_params.items())
-                if k not in MODEL_NEUTRAL and not _at_later_default(k, v)}
+                if k not in MODEL_NEUTRAL and k not in _HELD_BY_THE_DATA}
     digest.update(json.dumps(settings).encode())
     classes = np.asarray(classes if classes is not None else [])
     digest.update(repr(classes.tolist()).encode())
     return digest
-
-
-def _at_later_default(name, value):
-    """Whether ``name`` was added after 0.1.0 and is at its default, which leaves it out
-    of the fingerprint: the fits of 0.1.0 had it so."""
-    if name not in ADDED_SINCE_0_1:
-        return False
-    default = ADDED_SINCE_0_1[name]
-    return type(value) is type(default) and value == default
 
 
 def fingerprint(estimator_params, X, y, classes):

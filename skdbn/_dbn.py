@@ -100,7 +100,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Minibatch size of both phases (capped at the number of samples). ``"auto"``: the
         training rows over 80, at least 10 and at most 100, so that small data gets enough
         updates per epoch and large data the speed of larger batches (measured in
-        ``docs/benchmarks.md``).
+        ``docs/benchmarks.md``); ``partial_fit`` follows each call's rows.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the labelled data (stratified) and stop
         fine-tuning when the validation accuracy has not improved by ``tol`` for
@@ -197,8 +197,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     features_col : str or list of str, default="features"
         Features of a Spark DataFrame passed to ``fit`` and the inference methods: a
         pyspark.ml vector column (dense or sparse), an array column of numbers, or a list of
-        numeric columns. ``array<float>`` columns (and lists of float columns) train in
-        float32, everything else in float64.
+        numeric columns. Every kind trains in float32 unless ``dtype`` says otherwise.
     label_col : str or None, default="label"
         Column of class labels (numbers, strings or booleans) of a DataFrame passed to
         ``fit`` and ``score``; it must exist. ``None`` pretrains on a DataFrame without
@@ -405,7 +404,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
             with self._prepared(X, y, settings, warm, seed) as data:
                 labelled = data.classes is not None
-                state = self._starting_state(seed, warm, labelled)
+                state = self._starting_state(seed, warm, labelled, data.dtype)
                 if warm is None:
                     plan = Plan("missing", settings.pretrain_epochs, settings.max_iter)
                 else:
@@ -456,7 +455,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             epochs = len(getattr(self, "loss_curve_", [])) + sum(
                 len(h["reconstruction_error"])
                 for h in getattr(self, "pretraining_history_", []))
-            state = self._starting_state((seed + epochs) % _SEED_BOUND, warm, y is not None)
+            state = self._starting_state((seed + epochs) % _SEED_BOUND, warm, y is not None,
+                                         data.dtype)
             if y is None:
                 plan = Plan("all", pretrain_epochs=1, max_epochs=0)
             else:
@@ -471,15 +471,15 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         """What the fitted model fixes for a fit that continues it."""
         return WarmStart(self.n_features_in_, self.visible_units_, self.mean_, self.scale_,
                          getattr(self, "classes_", None),
-                         tuple(c.shape[1] for c in self._hidden_coefs()))
+                         tuple(c.shape[1] for c in self._hidden_coefs()), self.dtype_)
 
-    def _starting_state(self, seed, warm, labelled):
+    def _starting_state(self, seed, warm, labelled, dtype):
         """The training state a fit starts from: fresh, or the fitted model's layers (and,
-        for a labelled fit, its network) when it continues the model (``warm``)."""
+        for a labelled fit, its network) in ``dtype`` when it continues the model
+        (``warm``)."""
         state = TrainingState(seed=int(seed))
         if warm is None:
             return state
-        dtype = self.coefs_[0].dtype
         sizes = [self.n_features_in_, *warm.layer_sizes]
         for i, (weights, bias) in enumerate(zip(self._hidden_coefs(), self.intercepts_,
                                                 strict=False)):

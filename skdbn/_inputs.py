@@ -45,6 +45,9 @@ class WarmStart:
         Its classes; None when it was fitted without labels.
     layer_sizes : tuple of int
         Hidden units of its pretrained layers, bottom to top.
+    dtype : numpy.dtype
+        The dtype it was trained in, which a fit that continues it keeps unless the
+        ``dtype`` setting says otherwise.
     """
 
     n_features: int
@@ -53,6 +56,7 @@ class WarmStart:
     scale: np.ndarray | None
     classes: np.ndarray | None
     layer_sizes: tuple
+    dtype: np.dtype = None
 
     def check_layers(self, hidden_sizes):
         """Raise unless ``hidden_sizes`` are the model's layers."""
@@ -130,7 +134,8 @@ def prepare_arrays(estimator, X, y, settings, warm, seed):
 
     ``seed`` draws the validation split of early stopping.
     """
-    X, y = validated(estimator, X, y, warm, settings.visible_units, settings.dtype)
+    X, y = validated(estimator, X, y, warm, settings.visible_units,
+                     dtype_setting(settings.dtype, warm))
     if warm is not None:
         warm.check_layers(settings.hidden_sizes)
     classes = classes_for_fit(y, warm)
@@ -146,12 +151,21 @@ def prepare_arrays(estimator, X, y, settings, warm, seed):
 def prepare_partial_arrays(estimator, X, y, classes, settings, warm):
     """The ``TrainingData`` of ``partial_fit(X, y, classes)`` (``warm``: as for
     :func:`prepare_arrays`, None on the first call)."""
-    X, y = validated(estimator, X, y, warm, settings.visible_units, settings.dtype)
+    X, y = validated(estimator, X, y, warm, settings.visible_units,
+                     dtype_setting(settings.dtype, warm))
     kind, mean, scale = _visible_units(X, settings.visible_units, warm)
     if warm is not None:
         warm.check_layers(settings.hidden_sizes)
     classes = classes_for_partial_fit(y, classes, warm)
     return arrays_data(X, y, classes, kind, mean, scale)
+
+
+def dtype_setting(setting, warm):
+    """The dtype a fit converts its input to: the ``dtype`` setting, else, for a fit that
+    continues a model (``warm``), the model's dtype; None: the input's own rule."""
+    if setting is not None or warm is None:
+        return setting
+    return warm.dtype
 
 
 def frame_dtype(setting):

@@ -40,15 +40,15 @@ class HyperParameter:
         (they always train on Spark, never warm-start, and name their output columns in
         Spark's way).
     converter : str or None
-        The ``pyspark.ml.param.TypeConverters`` method of a ``Param`` of skdbn's own (or
-        ``"toIntOrAuto"``, skdbn's: an int or "auto"); None for one of pyspark's shared
-        params (``maxIter``, ``tol``, ``seed``, ...).
+        The ``pyspark.ml.param.TypeConverters`` method of a ``Param`` of skdbn's own, or one
+        of skdbn's (``"toIntOrAuto"``: an int or "auto"; ``"toDtypeName"``: "float32" or
+        "float64"); None for one of pyspark's shared params (``maxIter``, ``tol``, ``seed``).
     changes_model : bool
         False for a setting that does not change what a fit learns: changing it keeps a
         checkpoint valid.
     added_in : str or None
-        The version that added it, if later than 0.1.0: at its default it stays out of a
-        checkpoint's fingerprint, so checkpoints of earlier versions still resume.
+        The version that added it, if later than 0.1.0: a model pickled by an earlier
+        version gets its default when it is loaded.
     """
 
     name: str
@@ -110,7 +110,7 @@ HYPER_PARAMETERS = (
                     None],
                    "dtype training runs in: 'float32' or 'float64' (unset: float32 for a "
                    "DataFrame, float32 input stays float32 and other arrays train in float64)",
-                   "dtype", "toString", added_in="0.2.0"),
+                   "dtype", "toDtypeName", added_in="0.2.0"),
     HyperParameter("backend", "auto", [StrOptions({"auto", "local", "spark"})],
                    "where the workers run: 'auto', 'local' or 'spark'"),
     HyperParameter("n_workers", None, [_at_least(1), None],

@@ -59,6 +59,7 @@ class ProcessEngine(Engine):
         self._shards = None
         self._total = 0  # training rows over all workers, once the data is shared
         self._phase_running = False
+        self._killed_workers = False  # a pool was shut down under its workers in this fit
         self._pool = acquire_pool(n_workers)  # its processes start while data is prepared
 
     def __repr__(self):  # never print the secret
@@ -153,11 +154,13 @@ class ProcessEngine(Engine):
             release_pool(self.n_workers, pool)
         shards, self._shards = self._shards, None
         if shards is not None:
-            shards.close()
+            # Workers being killed may still read their shard: its pages must stay readable.
+            shards.close(empty=not self._killed_workers)
 
     def _discard_pool(self):
         pool, self._pool = self._pool, None
         if pool is not None:
+            self._killed_workers = True
             discard_pool(pool)
 
 

@@ -86,16 +86,18 @@ class SharedShards:
         if written is not None:
             self._paths = tuple(path for path in written if path is not None)
 
-    def close(self):
-        """Remove the files, once the workers are done with them.
+    def close(self, empty=True):
+        """Remove the files.
 
-        The files are emptied before they are removed: their memory is given back now,
-        rather than when the last worker that mapped them lets go of its shard, which would
-        cost that worker the time at the start of its next fit.
+        With ``empty`` (every worker is done with them), the files are emptied first: their
+        memory is given back now, rather than when the last worker that mapped them lets go
+        of its shard, which would cost that worker the time at the start of its next fit.
+        Without it (workers being killed may still read them) they are only unlinked.
         """
         for path in self._paths:
             with contextlib.suppress(FileNotFoundError):
-                os.truncate(path, 0)
+                if empty:
+                    os.truncate(path, 0)
                 os.unlink(path)
         self._paths = ()
 

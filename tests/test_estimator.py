@@ -95,6 +95,21 @@ def test_the_dtype_setting_converts_the_input(digits, dtype):
         small(dtype="float16").fit(X, y)
 
 
+def test_a_fit_that_continues_a_model_keeps_its_dtype_unless_told(digits):
+    X, y = digits
+    model = small(hidden_layer_sizes=(16, 8), max_iter=2).fit(X.astype(np.float32), y)
+    model.set_params(warm_start=True).fit(X, y)  # float64 input: the model stays float32
+    assert model.dtype_ == np.float32
+    model.fit(X)  # unlabelled, both layers pretrained again in float32
+    assert all(c.dtype == np.float32 for c in model.coefs_)
+    model.set_params(dtype="float64").fit(X, y)
+    assert model.dtype_ == np.float64 and model.score(X, y) > 0.5
+    partial = small(batch_size=32)
+    partial.partial_fit(X, y, classes=np.arange(10))
+    partial.partial_fit(X.astype(np.float32), y)
+    assert partial.dtype_ == np.float64
+
+
 def test_unlabelled_fit_pretrains_only(digits):
     X, _ = digits
     model = small().fit(X)

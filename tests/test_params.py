@@ -63,8 +63,11 @@ def test_the_checkpoint_ignores_exactly_the_settings_that_keep_the_model():
     defaults = {p.name: p.default for p in HYPER_PARAMETERS}
     key = fingerprint(defaults, X, y, np.array([0, 1]))
     for name, value in OTHER_VALUES.items():
-        changed = fingerprint({**defaults, name: value}, X, y, np.array([0, 1]))
+        # The dtype setting acts through the data, which the fingerprint holds.
+        data = X.astype(value) if name == "dtype" else X
+        changed = fingerprint({**defaults, name: value}, data, y, np.array([0, 1]))
         assert (changed == key) == (name in MODEL_NEUTRAL), name
+    assert fingerprint({**defaults, "dtype": "float64"}, X, y, np.array([0, 1])) == key
 
 
 def test_settings_are_a_frozen_snapshot_of_the_estimator():
@@ -130,6 +133,21 @@ def test_the_batch_size_param_takes_auto_or_a_whole_number():
     assert stage.setParams(batchSize="auto").getOrDefault("batchSize") == "auto"
     with pytest.raises(TypeError):
         stage.setParams(batchSize="large")
+
+
+def test_the_dtype_param_takes_what_the_estimator_takes():
+    pytest.importorskip("pyspark")
+    from skdbn.spark import DBNClassificationModel, DBNClassifier
+
+    for value in ("float32", np.float32, np.float64):
+        stage = DBNClassifier(dtype=value)
+        assert stage.getOrDefault("dtype") == np.dtype(value).name
+    with pytest.raises(TypeError, match="float32"):
+        DBNClassifier(dtype="float16")
+    X, y = np.random.default_rng(0).random((40, 3)), np.arange(40) % 2
+    dbn = DistributedDBN(hidden_layer_sizes=(4,), pretrain_epochs=1, max_iter=1,
+                         dtype=np.float32).fit(X, y)
+    assert DBNClassificationModel.from_sklearn(dbn).getOrDefault("dtype") == "float32"
 
 
 @pytest.mark.parametrize(("n_samples", "expected"),

@@ -93,6 +93,28 @@ def test_a_fit_without_room_for_files_trains_as_one_with_them(digits, monkeypatc
         np.testing.assert_array_equal(a, b)
 
 
+def test_workers_train_every_kind_of_layer_on_their_mapped_read_only_shards(digits,
+                                                                           monkeypatch):
+    X, y = digits
+    params = dict(PARAMS, hidden_layer_sizes=(16, 8), persistent=True, cd_steps=2)
+    gaussian = (X - 0.3) * 4  # Gaussian visible units, standardized by the workers
+    mapped = DistributedDBN(**params).fit(gaussian, y)
+    assert mapped.visible_units_ == "gaussian"
+    monkeypatch.setattr(_shared, "choose_scratch_dir", lambda *args: None)  # own copies
+    copied = DistributedDBN(**params).fit(gaussian, y)
+    for a, b in zip(mapped.coefs_ + mapped.intercepts_, copied.coefs_ + copied.intercepts_,
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_fit_removes_its_shard_files(digits):
+    X, y = digits
+    with pytest.raises(FloatingPointError, match="diverged"):
+        DistributedDBN(**dict(PARAMS, learning_rate=1e30)).fit(X * 1e3, y)
+    left = [name for d in _shared._directories if d for name in os.listdir(d)]
+    assert not [name for name in left if name.endswith(".npy")]
+
+
 def test_release_workers_ends_the_processes_and_removes_the_shared_files(digits):
     X, y = digits
     DistributedDBN(**PARAMS).fit(X, y)

@@ -528,3 +528,16 @@ def test_invalid_rows_follow_handle_invalid(spark, digits_split):
     reference = DistributedDBN(**QUICK).fit(clean)
     for a, b in zip(skipped.coefs_, reference.coefs_, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_doubles_beyond_float32_are_invalid_rows_of_a_float32_fit(spark, digits_split):
+    X_train, _, y_train, _ = digits_split
+    X = X_train * 2 - 1  # Gaussian units
+    X[:5, 0] = 1e39  # a double, infinity in float32
+    frame = _frame(spark, X, y_train, "array")
+    with pytest.raises(Exception, match="beyond float32's range"):
+        DistributedDBN(n_workers=2, **QUICK).fit(frame)
+    model = DistributedDBN(n_workers=2, handle_invalid="skip", **QUICK).fit(frame)
+    assert model.dtype_ == np.float32 and np.isfinite(model.scale_).all()
+    first_layer = [row for row in model.worker_stats_ if row["stage"] == "layer 0"]
+    assert sum(row["samples"] for row in first_layer) == len(X) - 5  # one epoch, rows left

@@ -139,7 +139,19 @@ def _to_int_or_auto(value):
     return "auto" if value == "auto" else TypeConverters.toInt(value)
 
 
-_OWN_CONVERTERS = {"toIntOrAuto": _to_int_or_auto}
+def _to_dtype_name(value):
+    """A ``TypeConverters`` method of our own: "float32" or "float64", also from numpy's
+    ``float32``/``float64`` (as ``DistributedDBN(dtype=...)`` takes them)."""
+    try:
+        name = np.dtype(value).name
+    except TypeError:
+        name = None
+    if name not in ("float32", "float64"):
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {value!r}")
+    return name
+
+
+_OWN_CONVERTERS = {"toIntOrAuto": _to_int_or_auto, "toDtypeName": _to_dtype_name}
 
 for _parameter in _OWN_PARAMS:
     setattr(_DBNParams, _parameter.spark, Param(

@@ -23,6 +23,7 @@ from .._inputs import (
     BERNOULLI_RANGE_MESSAGE,
     TrainingData,
     classes_for_fit,
+    dtype_setting,
     frame_dtype,
     standardization,
     visible_units_of_range,
@@ -98,9 +99,9 @@ def prepare_training_frame(df, y, settings, warm):
     """
     _check_fit_arguments(y, settings)
     label_col = label_column(df, settings.label_col, "fit")
-    dtype = frame_dtype(settings.dtype)
+    dtype = frame_dtype(dtype_setting(settings.dtype, warm))
     if settings.handle_invalid != "error":
-        df = df.filter(_valid_training_rows(df, settings.features_col, label_col))
+        df = df.filter(_valid_training_rows(df, settings.features_col, label_col, dtype))
     workers, counts = _choose_workers(df, settings)
     if workers is None:
         summary, X, labels = read_dataframe(df, settings.features_col, label_col, dtype)
@@ -136,12 +137,12 @@ def _check_fit_arguments(y, settings):
         )
 
 
-def _valid_training_rows(df, features_col, label_col):
-    """A boolean Spark column: the row's features are valid, and its label is not null (nor
-    NaN)."""
+def _valid_training_rows(df, features_col, label_col, dtype):
+    """A boolean Spark column: the row's features are valid in ``dtype`` (a double beyond
+    float32's range is not), and its label is not null (nor NaN)."""
     from pyspark.sql import functions, types
 
-    features, _ = feature_column(df, features_col)
+    features, _ = feature_column(df, features_col, dtype)
     valid = valid_features(features)
     if label_col is None:
         return valid
