@@ -157,3 +157,27 @@ def test_the_automatic_batch_size(n_samples, expected):
 
     assert batch_size_for("auto", n_samples) == expected
     assert batch_size_for(32, n_samples) == 32
+
+
+def test_a_checkpoint_of_0_1_0_has_the_fingerprint_of_its_dtype():
+    # 0.1.0 had no dtype setting: its fits' fingerprints are those of the same fit naming the
+    # dtype it trained in, arrays and DataFrames alike (the data's part holds the dtype).
+    from types import SimpleNamespace
+
+    from skdbn._checkpoint import frame_fingerprint
+
+    before = {p.name: p.default for p in HYPER_PARAMETERS if p.name != "dtype"}
+    X, y, classes = np.arange(12.0).reshape(6, 2), np.array([0, 1] * 3), np.array([0, 1])
+    assert fingerprint({**before, "dtype": "float64"}, X, y, classes) == \
+        fingerprint(before, X, y, classes)
+    assert fingerprint({**before, "dtype": "float32"}, X.astype(np.float32), y, classes) != \
+        fingerprint(before, X, y, classes)
+    moments = np.zeros(2)
+    summary = SimpleNamespace(n_samples=6, n_features=2, dtype=np.dtype("float64"),
+                              partition_rows={0: 6}, mean=moments, variance=moments,
+                              minimum=moments, maximum=moments)
+    assert frame_fingerprint({**before, "dtype": "float64"}, summary, classes) == \
+        frame_fingerprint(before, summary, classes)
+    as_float32 = SimpleNamespace(**{**vars(summary), "dtype": np.dtype("float32")})
+    assert frame_fingerprint(before, as_float32, classes) != \
+        frame_fingerprint(before, summary, classes)
