@@ -96,6 +96,7 @@ def memory_pass(X, repeats=7):
 
 
 def first_fit_of_a_process(n_samples):
+    """The stages of the first fit of a fresh Python process (its worker pool starts)."""
     code = f"""
 import json, sys
 sys.path.insert(0, {HERE!r})
@@ -108,6 +109,7 @@ print("RESULT", json.dumps(clock.fit(mnist_like({n_samples}, seed=99)[0])))
 
 
 def print_row(label, stages):
+    """One row of the table: ``label``, then the seconds of each stage."""
     print(f"{label:32}" + "".join(f"{stages[k]:>10.3f}" for k in STAGES), flush=True)
 
 
