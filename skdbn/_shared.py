@@ -68,8 +68,8 @@ class SharedShards:
 
     def __init__(self, X, codes, worker_rows, mean, scale):
         self._paths = ()
-        fit = secrets.token_hex(8)
-        written = _write_dealt(X, codes, worker_rows, fit) if isinstance(X, np.ndarray) else None
+        name = secrets.token_hex(8)  # of this fit's files and shards
+        written = _write_dealt(X, codes, worker_rows, name) if isinstance(X, np.ndarray) else None
         self.sources = []
         start = 0
         for rank, rows in enumerate(worker_rows):
@@ -82,7 +82,7 @@ class SharedShards:
                 block = slice(start, start + len(rows))
                 start += len(rows)
             self.sources.append(ShardSource(features, labels, block, mean, scale,
-                                            f"{fit}-{rank}"))
+                                            f"{name}-{rank}"))
         if written is not None:
             self._paths = tuple(path for path in written if path is not None)
 
