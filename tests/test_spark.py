@@ -105,14 +105,19 @@ def test_rendezvous_modes(spark, digits_split):
         spark.conf.unset("spark.skdbn.rendezvous")
 
 
-def test_a_probe_task_that_cannot_reach_the_client_says_so():
+def test_a_probe_task_that_cannot_reach_the_client_or_its_files_says_so(tmp_path):
     # What a task of a Connect server in a container would see of this process's 127.0.0.1:
-    # nothing listening there, or something that is not our rendezvous.
+    # nothing listening there, or something that is not our rendezvous; and of its files:
+    # none at the paths, or others that hold something else.
     import socket
 
     from skdbn._gossip import AllGatherClient
     from skdbn.spark.placement import _probe_task
 
+    token = "a1b2c3"
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    ours.write_text(token)
+    other.write_text("d4e5f6")
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -121,8 +126,10 @@ def test_a_probe_task_that_cannot_reach_the_client_says_so():
         stranger.listen()
         for address in (f"127.0.0.1:{port}", f"127.0.0.1:{stranger.getsockname()[1]}"):
             client = AllGatherClient(address, b"s" * 32, 1.0, 1)
-            (batch,) = _probe_task(client, iter([]))
-            assert batch.column(0).to_pylist() == [False]
+            for paths, shares in (([ours], True), ([ours, other], False),
+                                  ([tmp_path / "missing"], False)):
+                (batch,) = _probe_task(client, [str(p) for p in paths], token, iter([]))
+                assert batch.to_pydict() == {"reached": [False], "shares_files": [shares]}
 
 
 def test_dataframe_fit_and_inference_stay_on_the_executors(spark, digits_split):
@@ -387,12 +394,12 @@ def _shard_dirs_made_in(folder, monkeypatch):
     return made
 
 
-def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode, digits_split,
+def test_shard_files_and_cached_partitions_give_the_same_model(spark, digits_split,
                                                                monkeypatch, tmp_path):
-    # A classic session with a local master keeps each worker's shard in a file; any other
-    # session reads cached DataFrame partitions. Both must hand the workers the same shards.
-    if spark_mode == "connect":
-        pytest.skip("Connect sessions always read cached partitions")
+    # A session whose tasks all run on this machine and share its files (a classic session
+    # with a local master; a local Connect server, after its probe task read a file we
+    # wrote) keeps each worker's shard in a file; any other session reads cached DataFrame
+    # partitions. Both must hand the workers the same shards.
     from skdbn.spark import placement
 
     made = _shard_dirs_made_in(tmp_path, monkeypatch)
@@ -411,11 +418,9 @@ def test_shard_files_and_cached_partitions_give_the_same_model(spark, spark_mode
 
 
 def test_a_dataframe_fit_that_fails_after_its_statistics_pass_leaves_no_files(
-        spark, spark_mode, digits_split, monkeypatch, tmp_path):
+        spark, digits_split, monkeypatch, tmp_path):
     # The statistics pass writes the shard files; an error found in its figures (here a warm
     # start on another number of features) must not leave them behind, nor change the model.
-    if spark_mode == "connect":
-        pytest.skip("Connect sessions write no shard files")
     X_train, _, y_train, _ = digits_split
     model = DistributedDBN(n_workers=2, warm_start=True, **QUICK).fit(X_train, y_train)
     before = [c.copy() for c in model.coefs_]

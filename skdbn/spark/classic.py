@@ -1,8 +1,8 @@
 """What only a classic SparkSession can tell: the scheduler's slots and task status.
 
-The one module that touches the SparkContext. Spark Connect has none, so every function
-here is called on classic sessions only, and the callers fall back to plain DataFrame jobs
-(or do without) on Connect.
+The one module that touches the SparkContext. Spark Connect has none, so the functions here
+are called on classic sessions only (the callers fall back to plain DataFrame jobs, or do
+without, on Connect), except the job tags, which use Connect's own tags there.
 """
 
 import contextlib
@@ -20,6 +20,33 @@ def scheduler_slots(spark):
     context = spark.sparkContext._jsc.sc()
     profile = context.resourceProfileManager().defaultResourceProfile()
     return int(context.maxNumConcurrentTasks(profile))
+
+
+def tag_jobs(spark, tag):
+    """Tag the jobs this thread starts on ``spark`` from now on, so that
+    :func:`cancel_tagged_jobs` stops them. A classic session's ``SparkSession.addTag`` does
+    not reach the jobs of a DataFrame action (its ``interruptTag`` finds no operation), so
+    classic sessions tag their SparkContext's jobs; Connect has its own operation tags."""
+    if is_connect_session(spark):
+        spark.addTag(tag)
+    else:
+        spark.sparkContext.addJobTag(tag)
+
+
+def untag_jobs(spark, tag):
+    """Stop tagging this thread's jobs with ``tag``."""
+    if is_connect_session(spark):
+        spark.removeTag(tag)
+    else:
+        spark.sparkContext.removeJobTag(tag)
+
+
+def cancel_tagged_jobs(spark, tag):
+    """Cancel the running jobs tagged ``tag`` by :func:`tag_jobs` (from any thread)."""
+    if is_connect_session(spark):
+        spark.interruptTag(tag)
+    else:
+        spark.sparkContext.cancelJobsWithTag(tag)
 
 
 class StragglerWatch:

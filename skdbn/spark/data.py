@@ -222,6 +222,16 @@ def statistics_schema(label_type, extra=""):
             "maximum binary" + (f", labels array<{label_type}>" if label_type else ""))
 
 
+def struct_schema(columns):
+    """The ``StructType`` of ``(name, kind)`` columns (kinds: int, long, double, binary,
+    string); a DDL string would be parsed by the JVM each time a stage is built."""
+    from pyspark.sql import types
+
+    kinds = {"int": types.IntegerType, "long": types.LongType, "double": types.DoubleType,
+             "binary": types.BinaryType, "string": types.StringType}
+    return types.StructType([types.StructField(name, kinds[kind]()) for name, kind in columns])
+
+
 def dealt_rows(n_samples, n_workers):
     """Rows of each worker's shard when ``n_samples`` rows are dealt to workers in turn."""
     return tuple(n_samples // n_workers + (rank < n_samples % n_workers)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from .._gossip import AllGatherClient, AllGatherServer
+from .._scratch import new_scratch_dirs, remove_tree
 from .classic import scheduler_slots
 from .session import (
     check_barrier_possible,
@@ -71,10 +72,11 @@ def place_workers(dataframe, n_workers, wanted, needs_rendezvous):
 
 def tasks_share_files(spark):
     """Whether every task of ``spark`` runs on this machine and shares its files: a classic
-    session with a local master (a Connect server on this machine may still see another file
-    system, from a container, so Connect tasks read cached partitions)."""
+    session with a local master, or a Connect session of a server on this machine with a
+    local master whose probe task read the files this process wrote for it (a server in a
+    container sees another file system; its tasks read cached partitions)."""
     if is_connect_session(spark):
-        return False
+        return local_connect_cluster(spark) and _probe(spark).shares_files
     return conf_value(spark, "spark.master", "").startswith("local")
 
 
@@ -105,7 +107,7 @@ def rendezvous_mode(spark):
 
 
 _PROBE_TIMEOUT = 10.0
-_reaching_sessions = {}  # Connect session id -> whether its tasks reached this process
+_probed_sessions = {}  # Connect session id -> what its probe task found (_ProbeAnswer)
 
 
 def tasks_reach_client(spark):
@@ -116,26 +118,51 @@ def tasks_reach_client(spark):
     container with a published port, behind an SSH or kubectl port-forward), so one task of a
     one-row job tries; the answer is kept for the session.
     """
+    return _probe(spark).reached
+
+
+@dataclass(frozen=True)
+class _ProbeAnswer:
+    reached: bool  # the task opened an authenticated connection to this process
+    shares_files: bool  # the task read the files this process wrote for it
+
+
+def _probe(spark):
+    """What one task of ``spark`` (a Connect session) found, asked once per session."""
     key = spark.session_id
-    if key not in _reaching_sessions:
-        _reaching_sessions[key] = _probe_from_a_task(spark)
-    return _reaching_sessions[key]
+    if key not in _probed_sessions:
+        _probed_sessions[key] = _probe_from_a_task(spark)
+    return _probed_sessions[key]
 
 
 def _probe_from_a_task(spark):
     secret = secrets.token_bytes(32)
+    token = secrets.token_hex(16)
+    directories = [d for d in new_scratch_dirs() if d is not None]
     server = AllGatherServer(secret, 1, _PROBE_TIMEOUT).start()
     try:
+        paths = [_written(os.path.join(d, "probe"), token) for d in directories]
         client = AllGatherClient(server.address, secret, _PROBE_TIMEOUT, 1)
-        table = spark.range(0, 1, 1, 1).mapInArrow(partial(_probe_task, client),
-                                                   "reached boolean").toArrow()
+        table = spark.range(0, 1, 1, 1).mapInArrow(
+            partial(_probe_task, client, paths, token),
+            "reached boolean, shares_files boolean").toArrow()
     finally:
         server.close()
-    return table.column("reached").to_pylist() == [True]
+        for directory in directories:
+            remove_tree(directory)
+    (row,) = table.to_pylist()
+    return _ProbeAnswer(row["reached"], row["shares_files"])
 
 
-def _probe_task(client, batches):
-    """The probe job's task: whether the rendezvous ``client`` gets its own address back."""
+def _written(path, text):
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def _probe_task(client, paths, token, batches):
+    """The probe job's task: whether the rendezvous ``client`` gets its own address back,
+    and whether the files at ``paths`` hold ``token``."""
     import pyarrow as pa
 
     for _ in batches:  # one row; read so that Spark can reuse this Python worker
@@ -144,7 +171,20 @@ def _probe_task(client, batches):
         reached = client(0, "probe") == ["probe"]
     except (OSError, ValueError):  # refused, timed out, or not our server (WireError)
         reached = False
-    yield pa.RecordBatch.from_pydict({"reached": [reached]})
+    yield pa.RecordBatch.from_pydict({"reached": [reached],
+                                      "shares_files": [_all_hold(paths, token)]})
+
+
+def _all_hold(paths, token):
+    try:
+        return all(_text_of(path) == token for path in paths)
+    except OSError:
+        return False
+
+
+def _text_of(path):
+    with open(path) as handle:
+        return handle.read()
 
 
 def task_slots_now(spark, timeout):

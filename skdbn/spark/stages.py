@@ -1,9 +1,11 @@
 """Training phases as Spark barrier stages, one task per worker.
 
-Every phase is one ``mapInArrow(..., barrier=True)`` stage: each task maps its worker's shard
-file (a classic session with a local master) or reads its partition of the cached training
-DataFrame (anywhere else), trains, and returns its state as one row (parameters as binary
-columns), which the driver collects through Arrow and averages into the consensus. No RDD and
+Each task maps its worker's shard file (a classic session with a local master) or reads its
+partition of the cached training DataFrame (anywhere else), and trains. Where the executors
+can reach this process, the tasks stay in one standing barrier job that takes phase after
+phase from it (``standing``). Where they cannot (a Connect session of a remote cluster),
+every phase is one ``mapInArrow(..., barrier=True)`` stage whose tasks return their state as
+one row (parameters as binary columns), which the driver collects through Arrow. No RDD and
 no SparkContext is used, so the same code runs on classic and Spark Connect sessions.
 """
 
@@ -17,7 +19,7 @@ from functools import partial
 import numpy as np
 
 from .._engines import Engine, dealt_indices
-from .._gossip import AllGatherClient, AllGatherServer
+from .._gossip import AllGatherClient, AllGatherServer, PeerLost
 from .._phase import PhaseResult, PhaseState, consensus
 from .._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
 from .._watch import open_progress_listener
@@ -29,11 +31,13 @@ from .data import (
     frame_from_arrays,
     read_shard,
     regroup_partitions,
+    struct_schema,
     task_ranks,
 )
 from .placement import RENDEZVOUS_CONF, rendezvous_mode, task_slots_now
 from .session import conf_value, is_connect_session
 from .shards import saved_shards, write_array_shard
+from .standing import JobEnded, StandingJob, serve_phases
 
 # Texts of Spark errors that mean a worker was lost rather than that a task failed.
 _LOST_WORKER_SIGNS = (
@@ -47,17 +51,6 @@ _RESULT_COLUMNS = (("rank", "int"), ("weight", "double"), ("n_samples", "long"),
                    ("hidden_mean", "binary"), ("history", "string"), ("diagnostics", "string"),
                    ("read_seconds", "double"), ("train_seconds", "double"),
                    ("started", "double"))
-
-
-def _result_schema():
-    """The schema of a phase's results, as a ``StructType``: a DDL string would be parsed
-    by the JVM on every phase."""
-    from pyspark.sql import types
-
-    kinds = {"int": types.IntegerType, "long": types.LongType, "double": types.DoubleType,
-             "binary": types.BinaryType, "string": types.StringType}
-    return types.StructType([types.StructField(name, kinds[kind]())
-                             for name, kind in _RESULT_COLUMNS])
 
 
 class SparkEngine(Engine):
@@ -93,6 +86,8 @@ class SparkEngine(Engine):
         self._layout = None
         self._shard_dirs = ()  # shard files of numpy input, set before any is written
         self._mode = placement.rendezvous  # asked once per fit (None: not yet needed)
+        self._standing = None  # the standing job of the phases, and its rendezvous server
+        self._standing_rendezvous = None
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
@@ -104,18 +99,21 @@ class SparkEngine(Engine):
         files are ready, or its dealt rows are cached here. Numpy arrays are dealt by
         ``dealt_indices``; when every task runs on this machine their shards are written
         straight to shard files, otherwise they travel as Arrow batches into a cached
-        DataFrame.
+        DataFrame. Where the tasks can reach this process, their standing job is submitted
+        here, so that its tasks start while the first phase is being prepared.
         """
-        if data.frame is not None:
+        if data.frame is None:
+            rows = [np.arange(data.n_samples) if part is None else part
+                    for part in dealt_indices(data.n_samples, self.n_workers, seed)]
+            self._start_from_arrays(data.X, data.codes, rows, data.mean, data.scale)
+        else:
             self._layout = data.frame.layout
             if data.frame.source is None:
                 self._frame = self._one_row_per_task()
             else:
                 self._cache_partitions(data.frame.source)
-            return
-        rows = [np.arange(data.n_samples) if part is None else part
-                for part in dealt_indices(data.n_samples, self.n_workers, seed)]
-        self._start_from_arrays(data.X, data.codes, rows, data.mean, data.scale)
+        if self._rendezvous_mode() == "driver":
+            self._start_standing_job()
 
     def _start_from_arrays(self, X, codes, worker_rows, mean, scale):
         self._layout = self._plan_layout(tuple(len(rows) for rows in worker_rows), X.shape[1],
@@ -180,6 +178,9 @@ class SparkEngine(Engine):
             if progress is not None:
                 listeners.callback(progress.close)
                 plan = dataclasses.replace(plan, progress_address=progress.address)
+            if self._rendezvous_mode() == "driver":
+                results = self._run_on_standing_job(phase, state, below, plan)
+                return consensus(results), results
             server, rendezvous = self._start_rendezvous()
             if server is not None:
                 listeners.callback(server.close)
@@ -188,23 +189,69 @@ class SparkEngine(Engine):
         results = _results_of(table, state.params.dtype)
         return consensus(results), results
 
+    def _run_on_standing_job(self, phase, state, below, plan):
+        """The phase's results from the tasks of the standing job (started if none runs);
+        a failed phase ends the job, and its error is raised as what it means."""
+        if self._standing is None:  # the first phase after a failed one
+            self._start_standing_job()
+        try:
+            return self._standing.train(phase, state, below, plan)
+        except (PhaseStalled, PeerLost, JobEnded):
+            self._stop_standing_job()
+            raise
+        except Exception as error:
+            self._stop_standing_job()
+            meaning = self._meaning_of(error)
+            if meaning is error:
+                raise
+            raise meaning from error
+
+    def _start_standing_job(self):
+        server, rendezvous = self._start_rendezvous()
+        host, bind = self._driver_address()
+        self._standing_rendezvous = server
+        layout = self._layout
+
+        def make_task(channel):
+            return partial(serve_phases, channel, layout, rendezvous)
+
+        self._standing = StandingJob(self.spark, self._frame, make_task, self._tasks,
+                                     self._secret, self.timeout, host, bind).start()
+
+    def _stop_standing_job(self):
+        job, self._standing = self._standing, None
+        server, self._standing_rendezvous = self._standing_rendezvous, None
+        try:
+            if job is not None:
+                job.close()
+        finally:
+            if server is not None:
+                server.close()
+
     def _run_stage(self, task):
         """The result table of the phase's barrier stage of ``task``; a failed stage's error
         is raised as what it means (a stalled phase, a lost worker, the task's own error)."""
         watch = StragglerWatch(self.spark, self._tasks, self.timeout)
         try:
             with watch:
-                return self._frame.mapInArrow(task, _result_schema(), barrier=True).toArrow()
+                return self._frame.mapInArrow(task, struct_schema(_RESULT_COLUMNS),
+                                              barrier=True).toArrow()
         except Exception as error:
             if watch.cancelled:
                 raise PhaseStalled(
                     f"{self._tasks - watch.finished} of {self._tasks} tasks had not finished "
                     f"the phase {watch.allowance:.0f}s after the first did (a stopped or "
                     "hung worker); the phase's stage was cancelled") from error
-            task_error = None if self.lost_worker(error) else _task_error(error)
-            if task_error is not None:
-                raise task_error from error
-            raise
+            meaning = self._meaning_of(error)
+            if meaning is error:
+                raise
+            raise meaning from error
+
+    def _meaning_of(self, error):
+        """A failed job's error as what it means: the task's own error (a diverging phase,
+        a DataFrame that changed), or ``error`` itself (a lost worker, anything else)."""
+        task_error = None if self.lost_worker(error) else _task_error(error)
+        return error if task_error is None else task_error
 
     def _rendezvous_mode(self):
         if self._mode is None:
@@ -251,8 +298,10 @@ class SparkEngine(Engine):
         """
         if isinstance(error, PhaseStalled):
             return "a worker stopped making progress"
+        if isinstance(error, JobEnded):
+            return "a task left the phases' job"
         text = str(error)
-        if "PeerLost" in text:
+        if isinstance(error, PeerLost) or "PeerLost" in text:
             return "a worker did not reach the phase's rendezvous in time"
         if "An exception was thrown from the Python worker" in text:
             return None
@@ -305,6 +354,7 @@ class SparkEngine(Engine):
         frames = {id(f): f for f in (self._frame, self._cached) if f is not None}
         self._frame = self._cached = None
         try:
+            self._stop_standing_job()  # before the shard files its tasks map go
             for frame in frames.values():
                 with contextlib.suppress(Exception):  # see the docstring
                     frame.unpersist()
