@@ -28,8 +28,10 @@ from ._sync import LocalBudget
 from ._watch import WorkerLog
 
 # Rows of the shard used for the per-epoch monitoring figures; enough for a stable estimate at
-# a few percent of the cost of an epoch.
+# a few percent of the cost of an epoch. On small data, at most an eighth of the rows (and no
+# fewer than MONITOR_ROWS_SMALL), so that watching an epoch never costs a large share of it.
 MONITOR_ROWS = 512
+MONITOR_ROWS_SMALL = 64
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,14 @@ def _gather_rows(x, rows, out):
         np.take(x, rows, axis=0, out=out)
 
 
+def monitor_rows(shard_rows, n_workers):
+    """Rows of a worker's shard that its per-epoch figures watch. The workers' figures are
+    averaged: together they watch ``MONITOR_ROWS`` rows (an eighth of the data, at least
+    ``MONITOR_ROWS_SMALL``, on small data), each its share."""
+    watched = min(MONITOR_ROWS, max(MONITOR_ROWS_SMALL, shard_rows * n_workers // 8))
+    return -(-watched // n_workers)
+
+
 def _train_rbm(phase, x, params, rng, sync, log, delay):
     learning_rate = phase.learning_rate
     if phase.visible_units != BERNOULLI:
@@ -235,9 +245,7 @@ def _train_rbm(phase, x, params, rng, sync, log, delay):
         params, phase.visible_units, batch_size, phase.cd_steps, phase.persistent,
         learning_rate, phase.momentum, phase.weight_decay, rng,
     )
-    # The workers' figures are averaged: together they watch MONITOR_ROWS rows, at the cost
-    # of one worker's share each.
-    monitor = x[:-(-MONITOR_ROWS // getattr(sync, "n_workers", 1))]
+    monitor = x[:monitor_rows(x.shape[0], getattr(sync, "n_workers", 1))]
     history = {"reconstruction_error": [], "pseudo_likelihood": []}
     warmup_epochs = min(5, phase.epochs // 2)
 

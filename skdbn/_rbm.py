@@ -111,12 +111,24 @@ def free_energy(v, params, visible_units):
     v = v.toarray() if sp.issparse(v) else v
     pre = np.matmul(v, params["weights"])
     pre += params["hidden_bias"]
-    hidden_term = np.logaddexp(0, pre).sum(axis=1)
+    hidden_term = _softplus_row_sums(pre)
     if visible_units == BERNOULLI:
         visible_term = v @ params["visible_bias"]
     else:
         visible_term = -0.5 * ((v - params["visible_bias"]) ** 2).sum(axis=1)
     return -visible_term - hidden_term
+
+
+def _softplus_row_sums(x):
+    """Row sums of ``log(1 + exp(x))``, overwriting ``x``: ``max(x, 0) + log1p(exp(-|x|))``
+    is as stable as ``np.logaddexp(0, x)`` and takes half its time."""
+    positive = np.maximum(x, 0)
+    np.abs(x, out=x)
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    np.log1p(x, out=x)
+    x += positive
+    return x.sum(axis=1)
 
 
 def reconstruction_error(v, params, visible_units):

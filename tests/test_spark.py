@@ -68,6 +68,61 @@ def test_numpy_input_trains_on_two_barrier_tasks_with_gossip(spark, digits_split
         assert "pyspark" not in type(value).__module__, name
 
 
+def test_the_phases_of_a_fit_share_one_spark_job_that_ends_after_the_fit(spark, digits_split,
+                                                                        monkeypatch):
+    # Where the tasks reach this process (both sessions here), one barrier job carries every
+    # phase of a fit; it ends on its own once the fit has returned, without an error.
+    from skdbn.spark import standing
+
+    X_train, X_test, y_train, y_test = digits_split
+    jobs = []
+    original = standing.StandingJob.start
+
+    def start(job):
+        jobs.append(job)
+        return original(job)
+
+    monkeypatch.setattr(standing.StandingJob, "start", start)
+    model = DistributedDBN(hidden_layer_sizes=(32, 16), pretrain_epochs=2, max_iter=30,
+                           tol=0.0, n_workers=2, random_state=0).fit(X_train, y_train)
+    assert len({stats["phase"] for stats in model.worker_stats_}) == 5  # 2 layers + 3 rounds
+    assert len(jobs) == 1
+    jobs[0]._thread.join(30)
+    assert not jobs[0]._thread.is_alive() and jobs[0]._error is None
+    assert model.score(X_test, y_test) > 0.85
+
+
+def test_an_interrupted_spark_fit_cancels_its_job(spark, digits_split, monkeypatch):
+    # Ctrl-C in a notebook while the tasks train: the phase's job is cancelled, not waited
+    # for, and the next fit gets the task slots.
+    import signal
+    import threading
+
+    from skdbn.spark import standing
+
+    X_train, _, y_train, _ = digits_split
+    jobs = []
+    original = standing.StandingJob.start
+
+    def start(job):
+        jobs.append(job)
+        return original(job)
+
+    monkeypatch.setattr(standing.StandingJob, "start", start)
+    interrupt = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT))
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=500, n_workers=2,
+                           random_state=0).fit(np.tile(X_train, (4, 1)), np.tile(y_train, 4))
+    finally:
+        interrupt.cancel()
+    assert jobs
+    jobs[-1]._thread.join(30)
+    assert not jobs[-1]._thread.is_alive()
+    assert DistributedDBN(n_workers=2, **QUICK).fit(X_train, y_train).n_workers_ == 2
+
+
 def test_spark_gives_the_same_model_as_local_processes(spark, digits_split):
     # Synchronous averaging is deterministic, and the numpy data reaches the Spark tasks as
     # the very shards the local processes get: so classic Spark, Spark Connect and the local

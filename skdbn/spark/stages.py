@@ -218,12 +218,12 @@ class SparkEngine(Engine):
         self._standing = StandingJob(self.spark, self._frame, make_task, self._tasks,
                                      self._secret, self.timeout, host, bind).start()
 
-    def _stop_standing_job(self):
+    def _stop_standing_job(self, wait=True):
         job, self._standing = self._standing, None
         server, self._standing_rendezvous = self._standing_rendezvous, None
         try:
             if job is not None:
-                job.close()
+                job.close(wait)
         finally:
             if server is not None:
                 server.close()
@@ -354,7 +354,9 @@ class SparkEngine(Engine):
         frames = {id(f): f for f in (self._frame, self._cached) if f is not None}
         self._frame = self._cached = None
         try:
-            self._stop_standing_job()  # before the shard files its tasks map go
+            # Its tasks have sent their last results: the fit need not wait for the job's
+            # end (its files may go while they are mapped; unpersist does not wait either).
+            self._stop_standing_job(wait=False)
             for frame in frames.values():
                 with contextlib.suppress(Exception):  # see the docstring
                     frame.unpersist()

@@ -111,6 +111,7 @@ class StandingJob:
         self._ended = False
         self._error = None
         self._seq = 0
+        self._in_phase = False  # a phase was sent and not all of its results are in
         self._thread = threading.Thread(target=self._run_job, name="skdbn-standing-job",
                                         daemon=True)
 
@@ -161,13 +162,16 @@ class StandingJob:
         fields = {name: getattr(plan, name) for name in PLAN_FIELDS}
         parts = encode_phase(self._seq, phase, state, below, fields)
         sent = time.monotonic()
+        self._in_phase = True
         for rank in range(self.n_tasks):
             conn, nonce = self._connections[rank]
             try:
                 send_frame(conn, self._secret, nonce, parts)
             except OSError as error:
                 raise self._failure() from error
-        return self._collect(sent, state.params.size, state.params.dtype)
+        results = self._collect(sent, state.params.size, state.params.dtype)
+        self._in_phase = False
+        return results
 
     def _wait_for_tasks(self):
         """Wait until every task has connected; the others get ``timeout`` seconds after the
@@ -240,15 +244,31 @@ class StandingJob:
         with contextlib.suppress(Exception):  # a stopped session has no job left to stop
             cancel_tagged_jobs(self.spark, self._tag)
 
-    def close(self):
-        """End the job: tell the tasks to stop, wait for it (bounded), and stop listening.
-        Never raises."""
-        stop = encode_stop(self._seq + 1)
+    def close(self, wait=True):
+        """End the job and stop listening; never raises.
+
+        Between phases the tasks are told to stop; a phase still running (the fit was
+        interrupted) has its job cancelled instead. With ``wait`` this returns once the job
+        has ended (bounded by ``timeout``, after which it is cancelled); without, the job
+        winds down on a thread of its own: its tasks hold nothing the fit still needs once
+        their last results are in, so a fit that ended well does not wait for Spark to
+        finish the job (about 0.1 s on ``local[2]``).
+        """
         with self._changed:
             connections, self._connections = dict(self._connections), {}
+        if self._in_phase:
+            self._interrupt()
+        stop = encode_stop(self._seq + 1)
         for conn, nonce in connections.values():
             with contextlib.suppress(OSError):
                 send_frame(conn, self._secret, nonce, stop)
+        ending = threading.Thread(target=self._wind_down, args=(connections,),
+                                  name="skdbn-standing-job-end", daemon=True)
+        ending.start()
+        if wait:
+            ending.join()
+
+    def _wind_down(self, connections):
         if self._thread.ident is not None:
             self._thread.join(self.timeout)
             if self._thread.is_alive():
