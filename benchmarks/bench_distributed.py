@@ -100,9 +100,9 @@ def recording_phases():
     records = []
     original = SparkEngine.run_phase
 
-    def timed(engine, phase, state, below):
+    def timed(engine, phase, state, below, monitor=None):
         start = time.perf_counter()
-        result = original(engine, phase, state, below)
+        result = original(engine, phase, state, below, monitor)
         records.append(PhaseRecord(type(phase).__name__, phase.epochs, engine.n_workers,
                                    time.perf_counter() - start))
         return result

@@ -246,6 +246,9 @@ def _train_rbm(phase, x, params, rng, sync, log, delay):
         learning_rate, phase.momentum, phase.weight_decay, rng,
     )
     monitor = x[:monitor_rows(x.shape[0], getattr(sync, "n_workers", 1))]
+    # The monitoring figures draw from a stream of their own: what a fit learns must not
+    # depend on how many rows watch it.
+    monitor_rng = np.random.default_rng(rng.integers(2**63))
     history = {"reconstruction_error": [], "pseudo_likelihood": []}
     warmup_epochs = min(5, phase.epochs // 2)
 
@@ -260,7 +263,8 @@ def _train_rbm(phase, x, params, rng, sync, log, delay):
         error = reconstruction_error(monitor, params, phase.visible_units)
         history["reconstruction_error"] += [error] * count
         if phase.visible_units == BERNOULLI:
-            history["pseudo_likelihood"] += [pseudo_likelihood(monitor, params, rng)] * count
+            history["pseudo_likelihood"] += [pseudo_likelihood(monitor, params,
+                                                               monitor_rng)] * count
         return error
 
     _run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)

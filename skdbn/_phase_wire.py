@@ -17,6 +17,9 @@ from ._flat import FlatParams
 from ._phase import FinetunePhase, PhaseResult, PhaseState, PretrainPhase
 
 _HEADER_LENGTH = struct.Struct("<I")
+# What a header may hold that does not parse as a message: missing keys, wrong types, values
+# out of range, nesting deeper than Python recurses.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError)
 _PHASE_TYPES = {"pretrain": PretrainPhase, "finetune": FinetunePhase}
 _TUPLE_FIELDS = {"seed", "slow_worker", "layer_sizes"}
 # The plan fields a phase message carries; the secret never travels (tasks have it already).
@@ -61,6 +64,7 @@ def decode_phase(body):
     if header["kind"] == "stop":
         return None
     try:
+        seq = _count(header["seq"])
         phase_type = _PHASE_TYPES[header["phase_type"]]
         names = {f.name for f in dataclasses.fields(phase_type)}
         fields = header["phase"]
@@ -74,9 +78,9 @@ def decode_phase(body):
         state = PhaseState(arrays[0], arrays[1])
         below = [FlatParams(shapes, arrays[0].dtype, flat)
                  for shapes, flat in zip(header["below"], arrays[2:], strict=True)]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PhaseMessageError(f"malformed phase message: {exc}") from exc
-    return PhaseOrder(header["seq"], phase, state, below, plan)
+    except _MALFORMED as exc:
+        raise PhaseMessageError(f"malformed phase message: {exc!r}") from exc
+    return PhaseOrder(seq, phase, state, below, plan)
 
 
 def encode_stop(seq):
@@ -103,9 +107,9 @@ def decode_result(body, seq, rank, params_size, dtype):
     """The ``PhaseResult`` of a result message, checked against the phase it answers
     (``seq``), the worker it came from and the size and dtype of the parameters sent."""
     header, arrays = _split(body, expected_kinds=("result",))
-    if header["seq"] != seq or header["rank"] != rank:
-        raise PhaseMessageError(f"result of phase {header['seq']} from rank {header['rank']}, "
-                                f"expected phase {seq} from rank {rank}")
+    if header.get("seq") != seq or header.get("rank") != rank:
+        raise PhaseMessageError(f"a result of phase {header.get('seq')!r} from rank "
+                                f"{header.get('rank')!r}, expected phase {seq} from rank {rank}")
     if (len(arrays) not in (2, 3) or arrays[0].dtype != np.dtype(dtype)
             or not arrays[0].size == arrays[1].size == params_size):
         raise PhaseMessageError("a result's parameters do not match its phase's")
@@ -116,12 +120,12 @@ def decode_result(body, seq, rank, params_size, dtype):
             hidden_mean=arrays[2] if len(arrays) == 3 else None,
             samples_trained=int(header["samples_trained"]),
             seconds=dict(header["seconds"]), diagnostics=dict(header["diagnostics"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PhaseMessageError(f"malformed result message: {exc}") from exc
+    except _MALFORMED as exc:
+        raise PhaseMessageError(f"malformed result message: {exc!r}") from exc
 
 
 def _parts(header, arrays):
-    encoded = json.dumps(header).encode()
+    encoded = json.dumps(header, default=_plain).encode()
     little = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in arrays]
     return [_HEADER_LENGTH.pack(len(encoded)), encoded, *(memoryview(a).cast("B")
                                                         for a in little)]
@@ -140,17 +144,18 @@ def _split(body, expected_kinds):
             raise PhaseMessageError(f"expected a {' or '.join(expected_kinds)} message")
         if header["kind"] == "stop":
             return header, []
-        dtypes = [np.dtype(header["dtype"])] * len(header["sizes"])
+        sizes = [_count(size) for size in header["sizes"]]
+        dtypes = [np.dtype(header["dtype"])] * len(sizes)
         if header["kind"] == "result" and len(dtypes) == 3:
             dtypes[2] = np.dtype(np.float64)  # the hidden mean
-    except (struct.error, KeyError, TypeError, ValueError) as exc:
-        raise PhaseMessageError(f"malformed message header: {exc}") from exc
+    except (struct.error, *_MALFORMED) as exc:
+        raise PhaseMessageError(f"malformed message header: {exc!r}") from exc
     if any(dtype.kind != "f" for dtype in dtypes):
         raise PhaseMessageError("message arrays must be floating point")
     arrays = []
-    for size, dtype in zip(header["sizes"], dtypes, strict=True):
-        stop = end + int(size) * dtype.itemsize
-        if int(size) < 0 or stop > len(body):
+    for size, dtype in zip(sizes, dtypes, strict=True):
+        stop = end + size * dtype.itemsize
+        if stop > len(body):
             raise PhaseMessageError("message shorter than its arrays")
         wire = np.frombuffer(body[end:stop], dtype=dtype.newbyteorder("<"))
         arrays.append(wire.astype(dtype.newbyteorder("=")))
@@ -158,6 +163,20 @@ def _split(body, expected_kinds):
     if end != len(body):
         raise PhaseMessageError("message longer than its arrays")
     return header, arrays
+
+
+def _count(value):
+    """``value`` if it is a non-negative integer (JSON's, not a bool), else ValueError."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def _plain(value):
+    """JSON for numpy's scalars, which scikit-learn's checks let into the settings."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _tuples(value):

@@ -240,11 +240,11 @@ class AuthenticatedListener:
                 return
             self._make_room()
             conn.setblocking(False)
-            # Replies go out as several sends (length, parts, tag): without NODELAY the last
-            # ones wait for the peer's delayed ACK, up to 40 ms each time.
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             nonce = secrets.token_bytes(16)
             try:
+                # Replies go out as several sends (length, parts, tag): without NODELAY the
+                # last ones wait for the peer's delayed ACK, up to 40 ms each time.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 # 20 bytes into a fresh socket's empty buffer: always sent whole.
                 conn.send(_CHALLENGE.pack(_MAGIC, nonce))
             except OSError:

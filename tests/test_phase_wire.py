@@ -175,3 +175,87 @@ def test_a_task_that_cannot_reach_the_phase_channel_says_what_to_set():
     with pytest.raises(ConnectionError, match=r"spark\.skdbn\.rendezvous=barrier"):
         _connect_to_driver(channel, 0)
     assert channel.secret.hex() not in repr(channel)
+
+
+def test_numpy_scalars_in_the_settings_travel_as_plain_numbers():
+    # scikit-learn's checks let np.int64 and np.float32 (a grid from np.arange) through.
+    phase = FinetunePhase(layer_sizes=(np.int64(2), 2), epochs=np.int64(3), batch_size=5,
+                          learning_rate=np.float32(0.5), momentum=0.0, alpha=0.0,
+                          seed=(np.int64(1),))
+    plan = dict(PLAN, sync_every=np.int64(4), timeout=np.float64(30.0))
+    order = decode_phase(_body(encode_phase(1, phase, _state(6, np.float32), [], plan)))
+    assert order.phase.epochs == 3 and order.phase.learning_rate == 0.5
+    assert order.phase.layer_sizes == (2, 2) and order.plan["sync_every"] == 4
+
+
+@pytest.mark.parametrize("change", [
+    {"sizes": [None, 2]}, {"sizes": ["2", 2]}, {"sizes": [2.0, 2]}, {"sizes": [True, 2]},
+    {"sizes": 7}, {"seq": None}, {"rank": "0"}, {"history": [1, 2]}, {"dtype": ["f4"]},
+])
+def test_results_with_wrong_types_are_refused(change):
+    with pytest.raises(PhaseMessageError):
+        decode_result(_message({**GOOD_HEADER, **change}, bytes(16)), 1, 0, 2, np.float32)
+
+
+def test_deeply_nested_or_mistyped_phase_headers_are_refused():
+    nested = (b"[" * 100_000) + (b"]" * 100_000)
+    with pytest.raises(PhaseMessageError):
+        decode_phase(struct.pack("<I", len(nested)) + nested)
+    phase = FinetunePhase(layer_sizes=(2, 2), epochs=1, batch_size=1, learning_rate=0.1,
+                          momentum=0.0, alpha=0.0, seed=(1,))
+    parts = encode_phase(1, phase, _state(6, np.float32), [], PLAN)
+    header = json.loads(bytes(parts[1]))
+    arrays = b"".join(map(bytes, parts[2:]))
+    for change in ({"phase": list(header["phase"])}, {"below": [[1, 2]], "sizes": [6, 6, 0]},
+                   {"plan": ["mode"]}, {"seq": -1}, {"seq": "1"}):
+        with pytest.raises(PhaseMessageError):
+            decode_phase(_message({**header, **change}, arrays))
+
+
+def _task_end(secret):
+    """A connected socket pair, as a task's end and the driver's, with a shared nonce."""
+    driver, task = socket.socketpair()
+    for end in (driver, task):
+        end.settimeout(5)
+    return driver, task, secrets.token_bytes(16)
+
+
+def test_a_task_believes_only_a_driver_that_holds_the_secret():
+    from skdbn.spark.standing import PhaseChannel, _check_welcome, _welcome
+
+    secret = secrets.token_bytes(32)
+    channel = PhaseChannel("127.0.0.1:1", secret, 5.0)
+    for forged in ([secrets.token_bytes(32), _welcome(0)], [secret, _welcome(1)]):
+        driver, task, nonce = _task_end(secret)
+        with driver, task:
+            send_frame(driver, forged[0], nonce, [forged[1]])
+            with pytest.raises(ConnectionError):
+                _check_welcome(task, nonce, channel, 0)
+    driver, task, nonce = _task_end(secret)
+    with driver, task:  # a huge length is refused before anything is allocated for it
+        driver.sendall(struct.pack("<Q", 1 << 40))
+        with pytest.raises(ConnectionError, match="welcome"):
+            _check_welcome(task, nonce, channel, 0)
+    driver, task, nonce = _task_end(secret)
+    with driver, task:
+        send_frame(driver, secret, nonce, [_welcome(0)])
+        _check_welcome(task, nonce, channel, 0)
+
+
+def test_a_task_refuses_a_phase_sent_again():
+    from skdbn.spark.standing import PhaseChannel, _next_order
+
+    secret = secrets.token_bytes(32)
+    channel = PhaseChannel("127.0.0.1:1", secret, 5.0)
+    phase = FinetunePhase(layer_sizes=(2, 2), epochs=1, batch_size=1, learning_rate=0.1,
+                          momentum=0.0, alpha=0.0, seed=(1,))
+    driver, task, nonce = _task_end(secret)
+    with driver, task:
+        parts = encode_phase(3, phase, _state(6, np.float32), [], PLAN)
+        send_frame(driver, secret, nonce, parts)
+        assert _next_order(task, nonce, channel, 2).seq == 3
+        send_frame(driver, secret, nonce, parts)  # the same frame again
+        with pytest.raises(ConnectionError, match="sent again"):
+            _next_order(task, nonce, channel, 3)
+        send_frame(driver, secret, nonce, encode_stop(4))
+        assert _next_order(task, nonce, channel, 3) is None

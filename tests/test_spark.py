@@ -92,6 +92,16 @@ def test_the_phases_of_a_fit_share_one_spark_job_that_ends_after_the_fit(spark, 
     assert model.score(X_test, y_test) > 0.85
 
 
+def test_numpy_scalars_in_the_settings_reach_the_spark_tasks(spark, digits_split):
+    # A grid from np.arange gives np.int64 and np.float32 settings, which scikit-learn's
+    # checks accept; the phases that carry them to the tasks must too.
+    X_train, _, y_train, _ = digits_split
+    model = DistributedDBN(hidden_layer_sizes=(np.int64(16),), pretrain_epochs=np.int64(1),
+                           max_iter=np.int64(2), momentum=np.float32(0.9),
+                           sync_every=np.int64(4), n_workers=2, random_state=0)
+    assert model.fit(X_train, y_train).n_iter_ == 2
+
+
 def test_an_interrupted_spark_fit_cancels_its_job(spark, digits_split, monkeypatch):
     # Ctrl-C in a notebook while the tasks train: the phase's job is cancelled, not waited
     # for, and the next fit gets the task slots.

@@ -112,7 +112,7 @@ class SparkEngine(Engine):
                 self._frame = self._one_row_per_task()
             else:
                 self._cache_partitions(data.frame.source)
-        if self._rendezvous_mode() == "driver":
+        if self._standing_job_possible():
             self._start_standing_job()
 
     def _start_from_arrays(self, X, codes, worker_rows, mean, scale):
@@ -178,7 +178,7 @@ class SparkEngine(Engine):
             if progress is not None:
                 listeners.callback(progress.close)
                 plan = dataclasses.replace(plan, progress_address=progress.address)
-            if self._rendezvous_mode() == "driver":
+            if self._standing_job_possible():
                 results = self._run_on_standing_job(phase, state, below, plan)
                 return consensus(results), results
             server, rendezvous = self._start_rendezvous()
@@ -205,6 +205,16 @@ class SparkEngine(Engine):
             if meaning is error:
                 raise
             raise meaning from error
+
+    def _standing_job_possible(self):
+        """Whether the tasks can reach this process for their phases: the terms of the
+        driver's rendezvous (``rendezvous_mode``), also for a fit whose tasks never meet."""
+        try:
+            return self._rendezvous_mode() == "driver"
+        except ValueError:  # a setting only a fit whose tasks meet must obey
+            if self._needs_rendezvous():
+                raise
+            return False
 
     def _start_standing_job(self):
         server, rendezvous = self._start_rendezvous()

@@ -26,6 +26,7 @@ import time
 from .._gossip import PeerLost, parse_address
 from .._phase_wire import (
     PLAN_FIELDS,
+    PhaseMessageError,
     decode_phase,
     decode_result,
     encode_phase,
@@ -36,6 +37,7 @@ from .._transport import (
     LENGTH,
     TAG_SIZE,
     AuthenticatedListener,
+    AuthenticationError,
     connect,
     recv_exactly,
     send_frame,
@@ -112,6 +114,8 @@ class StandingJob:
         self._error = None
         self._seq = 0
         self._in_phase = False  # a phase was sent and not all of its results are in
+        self._cancelled = False  # this process cancelled the job
+        self._closed = False
         self._thread = threading.Thread(target=self._run_job, name="skdbn-standing-job",
                                         daemon=True)
 
@@ -139,11 +143,17 @@ class StandingJob:
                 self._changed.notify_all()
 
     def _arrived(self, conn, rank, nonce, frame):
-        """A task's first frame, on the listener's thread: it is ready for phases."""
+        """A task's first frame, on the listener's thread: it is ready for phases. The
+        welcome it gets back proves to it that this end holds the secret too, before it
+        accepts frames of a phase's size."""
         header = json.loads(bytes(split_frame(self._secret, nonce, frame)))
         if header != {"kind": "ready", "rank": rank}:
             raise ValueError("not a task's ready message")
+        send_frame(conn, self._secret, nonce, [_welcome(rank)])
         with self._changed:
+            if self._closed:  # too late: the task sees the connection close, and ends
+                conn.close()
+                return
             old = self._connections.pop(rank, None)
             if old is not None:
                 old[0].close()
@@ -178,18 +188,21 @@ class StandingJob:
         first did (a task slow to start), the first as long as the job waits for slots."""
         first = None
         with self._changed:
-            while len(self._connections) < self.n_tasks:
-                if self._ended:
-                    raise self._failure()
+            while len(self._connections) < self.n_tasks and not self._ended:
                 now = time.monotonic()
                 if first is None and self._connections:
                     first = now
                 if first is not None and now - first > self.timeout:
-                    self._interrupt()
-                    raise PeerLost(
-                        f"{self.n_tasks - len(self._connections)} of {self.n_tasks} tasks had "
-                        f"not connected {self.timeout:g} s after the first did")
+                    break
                 self._changed.wait(0.5)
+            missing, ended = self.n_tasks - len(self._connections), self._ended
+        if not missing:
+            return
+        if ended:
+            raise self._failure()
+        self._interrupt()
+        raise PeerLost(f"{missing} of {self.n_tasks} tasks had not connected {self.timeout:g} s "
+                       "after the first did")
 
     def _collect(self, sent, params_size, dtype):
         results = {}
@@ -219,15 +232,18 @@ class StandingJob:
         limit = TAG_SIZE + (1 << 24) + 3 * params_size * 8
         try:
             (size,) = LENGTH.unpack(recv_exactly(conn, LENGTH.size))
-            if not TAG_SIZE < size <= limit:
-                raise ConnectionError(f"a result of {size} bytes from task {rank}")
-            body = split_frame(self._secret, nonce, recv_exactly(conn, size))
-        except OSError as error:  # ConnectionError included: the task's end of it closed
+            frame = recv_exactly(conn, size) if TAG_SIZE < size <= limit else None
+        except OSError as error:  # closed (the task is gone) or timed out (it stopped)
             raise self._failure() from error
-        except ValueError:  # a frame that does not verify: nothing of this job is trusted
+        try:
+            if frame is None:
+                raise PhaseMessageError(f"task {rank} announced a result of {size} bytes, "
+                                        f"more than a result of this phase ({limit})")
+            return decode_result(split_frame(self._secret, nonce, frame), self._seq, rank,
+                                 params_size, dtype)
+        except ValueError:  # not a result of this fit's: nothing more of this job is trusted
             self._interrupt()
             raise
-        return decode_result(body, self._seq, rank, params_size, dtype)
 
     def _failure(self):
         """The error to raise for a job that ended, or a task whose connection broke: the
@@ -236,11 +252,15 @@ class StandingJob:
         if self._thread.is_alive():
             self._interrupt()
             self._thread.join(self.timeout)
+        if self._cancelled:  # a task stopped answering, and its job had to be cancelled
+            return JobEnded(f"a task stopped answering for {self.timeout:g} s; the phase's "
+                            "job was cancelled")
         if self._error is not None:
             return self._error
         return JobEnded("the phases' Spark job ended before the phase did (a task left it)")
 
     def _interrupt(self):
+        self._cancelled = True
         with contextlib.suppress(Exception):  # a stopped session has no job left to stop
             cancel_tagged_jobs(self.spark, self._tag)
 
@@ -248,20 +268,23 @@ class StandingJob:
         """End the job and stop listening; never raises.
 
         Between phases the tasks are told to stop; a phase still running (the fit was
-        interrupted) has its job cancelled instead. With ``wait`` this returns once the job
-        has ended (bounded by ``timeout``, after which it is cancelled); without, the job
-        winds down on a thread of its own: its tasks hold nothing the fit still needs once
-        their last results are in, so a fit that ended well does not wait for Spark to
-        finish the job (about 0.1 s on ``local[2]``).
+        interrupted), or a job whose tasks have not all connected, is cancelled instead.
+        With ``wait`` this returns once the job has ended (bounded by ``timeout``, after
+        which it is cancelled); without, the job winds down on a thread of its own: its
+        tasks hold nothing the fit still needs once their last results are in, so a fit
+        that ended well does not wait for Spark to finish the job (about 0.1 s on
+        ``local[2]``).
         """
         with self._changed:
+            self._closed = True
             connections, self._connections = dict(self._connections), {}
-        if self._in_phase:
-            self._interrupt()
-        stop = encode_stop(self._seq + 1)
-        for conn, nonce in connections.values():
-            with contextlib.suppress(OSError):
-                send_frame(conn, self._secret, nonce, stop)
+        if self._in_phase or len(connections) < self.n_tasks:
+            self._interrupt()  # a phase cut short, or tasks that have not all come
+        else:
+            stop = encode_stop(self._seq + 1)
+            for conn, nonce in connections.values():
+                with contextlib.suppress(OSError):
+                    send_frame(conn, self._secret, nonce, stop)
         ending = threading.Thread(target=self._wind_down, args=(connections,),
                                   name="skdbn-standing-job-end", daemon=True)
         ending.start()
@@ -299,10 +322,16 @@ def serve_phases(channel, layout, rendezvous, batches):
     with conn:
         send_frame(conn, channel.secret, nonce,
                    [json.dumps({"kind": "ready", "rank": rank}).encode()])
-        while (order := _next_order(conn, nonce, channel)) is not None:
+        _check_welcome(conn, nonce, channel, rank)
+        seq = 0
+        while (order := _next_order(conn, nonce, channel, seq)) is not None:
+            seq = order.seq
             plan = SyncPlan(secret=channel.secret, blas_threads=blas_threads, **order.plan)
             result = run_worker(rank, order.phase, shard.read, order.state, order.below, plan,
                                 rendezvous, host=host)
+            # The driver reads the tasks' results one after another, and its straggler
+            # allowance bounds how long it waits: the send itself needs no tighter bound.
+            conn.settimeout(_IDLE_SECONDS)
             send_frame(conn, channel.secret, nonce, encode_result(order.seq, rank, result))
             trained += 1
     shard.drain()
@@ -321,9 +350,28 @@ def _connect_to_driver(channel, rank):
             f"configuration {RENDEZVOUS_CONF}=barrier") from exc
 
 
-def _next_order(conn, nonce, channel):
+def _welcome(rank):
+    return json.dumps({"kind": "welcome", "rank": rank}).encode()
+
+
+def _check_welcome(conn, nonce, channel, rank):
+    """Read the driver's answer to this task's ready message: a small frame tagged under the
+    secret, without which nothing that claims to be the driver is believed."""
+    (size,) = LENGTH.unpack(recv_exactly(conn, LENGTH.size))
+    if not TAG_SIZE < size <= _READY_LIMIT:
+        raise ConnectionError(f"the phase channel's welcome has {size} bytes")
+    try:
+        welcome = bytes(split_frame(channel.secret, nonce, recv_exactly(conn, size)))
+    except AuthenticationError as exc:
+        raise ConnectionError("the phase channel does not hold this fit's secret") from exc
+    if welcome != _welcome(rank):
+        raise ConnectionError("the phase channel's welcome is not one")
+
+
+def _next_order(conn, nonce, channel, last_seq):
     """The next ``PhaseOrder`` from the driver, or None: told to stop, the driver gone, or no
-    phase for ``_IDLE_SECONDS``."""
+    phase for ``_IDLE_SECONDS``. A phase whose sequence number is not past ``last_seq`` (a
+    frame sent again) is refused."""
     conn.settimeout(_IDLE_SECONDS)
     try:
         (size,) = LENGTH.unpack(recv_exactly(conn, LENGTH.size))
@@ -332,7 +380,10 @@ def _next_order(conn, nonce, channel):
     if not TAG_SIZE < size <= _PHASE_LIMIT:
         raise ConnectionError(f"a phase message of {size} bytes")
     conn.settimeout(channel.timeout)
-    return decode_phase(split_frame(channel.secret, nonce, recv_exactly(conn, size)))
+    order = decode_phase(split_frame(channel.secret, nonce, recv_exactly(conn, size)))
+    if order is not None and order.seq <= last_seq:
+        raise ConnectionError(f"phase {order.seq} after phase {last_seq}: a frame sent again")
+    return order
 
 
 class _TaskShard:
