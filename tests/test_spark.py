@@ -113,14 +113,16 @@ def test_an_interrupted_spark_fit_cancels_its_job(spark, digits_split, monkeypat
     X_train, _, y_train, _ = digits_split
     jobs = []
     original = standing.StandingJob.start
+    # Two seconds into the fit's job (its tasks training their first phase by then).
+    interrupt = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
 
     def start(job):
         jobs.append(job)
+        if len(jobs) == 1:
+            interrupt.start()
         return original(job)
 
     monkeypatch.setattr(standing.StandingJob, "start", start)
-    interrupt = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT))
-    interrupt.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=500, n_workers=2,
@@ -441,6 +443,24 @@ def test_missing_java_is_reported_with_advice():
     """, {"JAVA_HOME": "/nonexistent-java", "SPARK_LOCAL_IP": "127.0.0.1"}, timeout=120)
     assert "ERROR: could not start a local Spark session" in result.stdout, result.stderr[-2000:]
     assert "Java runtime" in result.stdout
+
+
+def test_stopping_the_session_right_after_a_fit_logs_no_errors(spark_mode):
+    # A script often ends with a fit, then spark.stop(): the fit's job must be over by then,
+    # or the JVM logs the scheduler's errors about a job still ending.
+    connect = spark_mode == "connect"
+    result = _run_python(f"""
+        from sklearn.datasets import load_digits
+        from skdbn import DistributedDBN, loopback_session
+        spark = loopback_session("local[2]", connect={connect})
+        X, y = load_digits(return_X_y=True)
+        DistributedDBN(hidden_layer_sizes=(16,), pretrain_epochs=1, max_iter=2,
+                       n_workers=2).fit(X / 16, y)
+        spark.stop()
+        print("STOPPED")
+    """, {"SPARK_LOCAL_IP": "127.0.0.1"}, timeout=240)
+    assert "STOPPED" in result.stdout, result.stderr[-2000:]
+    assert "ERROR" not in result.stderr, result.stderr[-3000:]
 
 
 def _shard_dirs_made_in(folder, monkeypatch):

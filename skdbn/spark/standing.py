@@ -264,17 +264,11 @@ class StandingJob:
         with contextlib.suppress(Exception):  # a stopped session has no job left to stop
             cancel_tagged_jobs(self.spark, self._tag)
 
-    def close(self, wait=True):
-        """End the job and stop listening; never raises.
-
-        Between phases the tasks are told to stop; a phase still running (the fit was
-        interrupted), or a job whose tasks have not all connected, is cancelled instead.
-        With ``wait`` this returns once the job has ended (bounded by ``timeout``, after
-        which it is cancelled); without, the job winds down on a thread of its own: its
-        tasks hold nothing the fit still needs once their last results are in, so a fit
-        that ended well does not wait for Spark to finish the job (about 0.1 s on
-        ``local[2]``).
-        """
+    def close(self):
+        """End the job, wait for its end (at most ``timeout``, then it is cancelled), and stop
+        listening; never raises. Between phases the tasks are told to stop; a phase still
+        running (the fit was interrupted), or a job whose tasks have not all connected, is
+        cancelled instead."""
         with self._changed:
             self._closed = True
             connections, self._connections = dict(self._connections), {}
@@ -285,11 +279,7 @@ class StandingJob:
             for conn, nonce in connections.values():
                 with contextlib.suppress(OSError):
                     send_frame(conn, self._secret, nonce, stop)
-        ending = threading.Thread(target=self._wind_down, args=(connections,),
-                                  name="skdbn-standing-job-end", daemon=True)
-        ending.start()
-        if wait:
-            ending.join()
+        self._wind_down(connections)
 
     def _wind_down(self, connections):
         if self._thread.ident is not None:
