@@ -15,6 +15,7 @@ import numpy as np
 
 from ._flat import FlatParams
 from ._phase import FinetunePhase, PhaseResult, PhaseState, PretrainPhase
+from ._worker import SyncPlan
 
 _HEADER_LENGTH = struct.Struct("<I")
 # What a header may hold that does not parse as a message: missing keys, wrong types, values
@@ -22,9 +23,10 @@ _HEADER_LENGTH = struct.Struct("<I")
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError)
 _PHASE_TYPES = {"pretrain": PretrainPhase, "finetune": FinetunePhase}
 _TUPLE_FIELDS = {"seed", "slow_worker", "layer_sizes"}
-# The plan fields a phase message carries; the secret never travels (tasks have it already).
-PLAN_FIELDS = ("mode", "n_workers", "sync_every", "phase_key", "total_samples", "timeout",
-               "progress_address")
+# The SyncPlan fields a phase message carries: the secret never travels (tasks have it
+# already), and each task knows its own cores.
+PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(SyncPlan)
+                    if f.name not in ("secret", "blas_threads"))
 
 
 class PhaseMessageError(ValueError):
@@ -137,18 +139,19 @@ def _split(body, expected_kinds):
     try:
         (length,) = _HEADER_LENGTH.unpack(body[:_HEADER_LENGTH.size])
         end = _HEADER_LENGTH.size + length
-        if end > len(body):
-            raise PhaseMessageError("header longer than its message")
-        header = json.loads(bytes(body[_HEADER_LENGTH.size:end]))
-        if not isinstance(header, dict) or header.get("kind") not in expected_kinds:
-            raise PhaseMessageError(f"expected a {' or '.join(expected_kinds)} message")
-        if header["kind"] == "stop":
-            return header, []
+        header = json.loads(bytes(body[_HEADER_LENGTH.size:end])) if end <= len(body) else None
+    except (struct.error, *_MALFORMED) as exc:
+        raise PhaseMessageError(f"malformed message header: {exc!r}") from exc
+    if not isinstance(header, dict) or header.get("kind") not in expected_kinds:
+        raise PhaseMessageError(f"expected a {' or '.join(expected_kinds)} message")
+    if header["kind"] == "stop":
+        return header, []
+    try:
         sizes = [_count(size) for size in header["sizes"]]
         dtypes = [np.dtype(header["dtype"])] * len(sizes)
         if header["kind"] == "result" and len(dtypes) == 3:
             dtypes[2] = np.dtype(np.float64)  # the hidden mean
-    except (struct.error, *_MALFORMED) as exc:
+    except _MALFORMED as exc:
         raise PhaseMessageError(f"malformed message header: {exc!r}") from exc
     if any(dtype.kind != "f" for dtype in dtypes):
         raise PhaseMessageError("message arrays must be floating point")

@@ -29,15 +29,14 @@ from .data import (
     ShardLayout,
     cache_partitions,
     frame_from_arrays,
-    read_shard,
     regroup_partitions,
     struct_schema,
     task_ranks,
 )
 from .placement import RENDEZVOUS_CONF, rendezvous_mode, task_slots_now
 from .session import conf_value, is_connect_session
-from .shards import saved_shards, write_array_shard
-from .standing import JobEnded, StandingJob, serve_phases
+from .shards import write_array_shard
+from .standing import JobEnded, StandingJob, TaskShard, serve_phases
 
 # Texts of Spark errors that mean a worker was lost rather than that a task failed.
 _LOST_WORKER_SIGNS = (
@@ -196,9 +195,6 @@ class SparkEngine(Engine):
             self._start_standing_job()
         try:
             return self._standing.train(phase, state, below, plan)
-        except (PhaseStalled, PeerLost, JobEnded):
-            self._stop_standing_job()
-            raise
         except Exception as error:
             self._stop_standing_job()
             meaning = self._meaning_of(error)
@@ -414,22 +410,15 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
 
     context = BarrierTaskContext.get()
     rank = context.partitionId()
-    ranks = task_ranks(rank, plan.n_workers, len(layout.rows))
-
-    def read():  # after the rendezvous (see run_worker, which times it)
-        if layout.shard_dir is None:
-            return read_shard(batches, ranks, layout)
-        for _ in batches:  # one row; read so that Spark can reuse this Python worker
-            pass
-        return saved_shards(ranks, layout)
-
+    shard = TaskShard(batches, task_ranks(rank, plan.n_workers, len(layout.rows)), layout)
     host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
     # The task's cores follow spark.task.cpus, or the stage's resource profile.
     plan = dataclasses.replace(plan, blas_threads=max(1, int(context.cpus())))
     if rendezvous is None:
         def rendezvous(_rank, address):
             return context.allGather(address)
-    result = run_worker(rank, phase, read, state, below, plan, rendezvous, host=host)
+    result = run_worker(rank, phase, shard.read, state, below, plan, rendezvous, host=host)
+    shard.drain()
     yield _result_batch(rank, result)
 
 

@@ -305,7 +305,7 @@ def serve_phases(channel, layout, rendezvous, batches):
     rank = context.partitionId()
     infos = context.getTaskInfos()
     host = infos[rank].address.rsplit(":", 1)[0]
-    shard = _TaskShard(batches, task_ranks(rank, len(infos), len(layout.rows)), layout)
+    shard = TaskShard(batches, task_ranks(rank, len(infos), len(layout.rows)), layout)
     blas_threads = max(1, int(context.cpus()))  # spark.task.cpus, or the stage's profile
     trained = 0
     conn, nonce = _connect_to_driver(channel, rank)
@@ -376,9 +376,10 @@ def _next_order(conn, nonce, channel, last_seq):
     return order
 
 
-class _TaskShard:
-    """A task's shard, read once for all of its phases: its partition of the cached
-    training rows, or the shard files its one input row stands for."""
+class TaskShard:
+    """A task's shard, read once for all of its phases (one, in a job per phase): its
+    partition of the cached training rows, or the shard files its one input row stands
+    for."""
 
     def __init__(self, batches, ranks, layout):
         self._batches = batches
