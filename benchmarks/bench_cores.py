@@ -4,7 +4,10 @@ fine-tuning against MLPClassifier. Every ratio compares figures measured in the 
 
 Pretraining is CD-1 of one 784 -> 500 layer on generated MNIST-like binary rows, float32,
 batch 100 (the batch of the issue's figures). Rates are samples per second over whole fits
-(``n_samples * epochs / fit time``), so they include every fixed cost of a fit.
+(``n_samples * epochs / fit time``), so they include every fixed cost of a fit. The fits that
+a ratio compares run in turn, round after round (``interleaved_seconds``), and the ratio is
+the median of the rounds' own ratios: this VM's speed drifts by 10-20% within minutes, which
+back-to-back blocks of repeats took for a difference between the fits.
 
 - ``one core``: one worker in this process with one BLAS thread (the per-core rate).
 - ``plain loop``: a textbook numpy CD-1 loop (momentum, no tricks) on one BLAS thread, the
@@ -197,6 +200,24 @@ def median_rate(fit, n_samples, epochs, repeats):
     return n_samples * epochs / _median([fit() for _ in range(repeats)])
 
 
+def interleaved_seconds(fits, repeats):
+    """``{name: [seconds of each round]}`` of ``fits`` (``{name: fit}``, each returning its
+    seconds), run in turn in every round, each round starting one further along: a drift of
+    the machine's speed (this VM's neighbours) then touches every fit alike, and a ratio of
+    two fits of the same round is a paired measurement."""
+    names = list(fits)
+    seconds = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            seconds[name].append(fits[name]())
+    return seconds
+
+
+def paired_ratio(seconds, slower, faster):
+    """The median over rounds of ``slower``'s seconds over ``faster``'s, of one round each."""
+    return _median([a / b for a, b in zip(seconds[slower], seconds[faster], strict=True)])
+
+
 def _median(values):
     """The middle of ``values`` (the upper one of an even count); tuples by their first item."""
     return sorted(values)[len(values) // 2]
@@ -216,13 +237,19 @@ def pretrain_part(args, X, timer):
         return out
 
     ours()  # warm the pool and the shared data for the default
-    with threadpool_limits(1):
-        one_core = median_rate(lambda: ours(n_workers=1, backend="local")[0], n, epochs,
-                               args.repeats)
-    default = median_rate(lambda: ours()[0], n, epochs, args.repeats)
-    sklearn = median_rate(lambda: _fit_seconds(BernoulliRBM(
-        n_components=500, batch_size=100, n_iter=epochs, random_state=0), X), n, epochs,
-        args.repeats)
+
+    def one_core_fit():
+        with threadpool_limits(1):
+            return ours(n_workers=1, backend="local")[0]
+
+    seconds = interleaved_seconds({
+        "one core": one_core_fit,
+        "default": lambda: ours()[0],
+        "sklearn": lambda: _fit_seconds(BernoulliRBM(
+            n_components=500, batch_size=100, n_iter=epochs, random_state=0), X),
+    }, args.repeats)
+    one_core, default, sklearn = (n * epochs / _median(seconds[name])
+                                  for name in ("one core", "default", "sklearn"))
     _, warm_start_up = ours()
     cold = _cold_fit(args, n)
     cores = usable_cpus()
@@ -233,8 +260,9 @@ def pretrain_part(args, X, timer):
     how = (f"{workers} workers x 1 thread" if workers > 1
            else f"1 worker in this process, {cores} threads")
     print(f"  default ({how}) {default:9,.0f} samples/s  "
-          f"{default / one_core:.2f}x one core (target >= {0.95 * cores:.1f}x), "
-          f"{default / sklearn:.2f}x sklearn (target >= 2x)")
+          f"{paired_ratio(seconds, 'one core', 'default'):.2f}x one core (target >= "
+          f"{0.95 * cores:.1f}x), {paired_ratio(seconds, 'sklearn', 'default'):.2f}x sklearn "
+          "(target >= 2x); ratios: medians of the rounds' own")
     print(f"  sklearn BernoulliRBM        {sklearn:9,.0f} samples/s")
     print(f"  start-up: first fit of a process {cold['first_training']:.2f} s to its first "
           f"training minibatch ({cold['seconds']:.2f} s in all); a second fit "
@@ -370,16 +398,18 @@ def spark_part(args, X, timer):
             return timer.fit(model, X)[0]
 
         fit(cores)  # start the Python workers
-        one = median_rate(lambda: fit(1), len(X), args.epochs, args.repeats)
-        all_cores = median_rate(lambda: fit(cores), len(X), args.epochs, args.repeats)
-        local = median_rate(lambda: fit(None, "local"), len(X), args.epochs, args.repeats)
+        seconds = interleaved_seconds({"one": lambda: fit(1), "all": lambda: fit(cores),
+                                       "local": lambda: fit(None, "local")}, args.repeats)
+        one, all_cores, local = (len(X) * args.epochs / _median(seconds[name])
+                                 for name in ("one", "all", "local"))
         print(f"\nSpark local[{cores}] ({args.spark_session} session), {len(X)} samples, "
               f"{args.epochs} epochs")
         print(f"  1 worker   {one:9,.0f} samples/s")
-        print(f"  {cores} workers  {all_cores:9,.0f} samples/s  {all_cores / one:.2f}x one worker "
-              f"(target >= 1.8x)")
+        print(f"  {cores} workers  {all_cores:9,.0f} samples/s  "
+              f"{paired_ratio(seconds, 'one', 'all'):.2f}x one worker (target >= 1.8x; the "
+              "median of the rounds' own ratios)")
         print(f"  local processes, default workers {local:9,.0f} samples/s: "
-              f"{local / all_cores:.2f}x Spark with {cores} workers")
+              f"{paired_ratio(seconds, 'all', 'local'):.2f}x Spark with {cores} workers")
         print(f"  starting the local Spark session took {session_seconds:.1f} s (a JVM), "
               "which an embedded session adds to a process's first Spark fit")
     finally:

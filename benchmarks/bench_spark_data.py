@@ -35,6 +35,10 @@ belong to it alone. Parts (``--parts``, default all):
    DataFrame of ``pyspark.ml`` vectors (doubles) on ``local[2]``, and from the float32 array
    on local worker processes, alternating (median of ``--repeats``), with the test error of
    each, on classic and Connect sessions.
+6. **Spark's own floor.** What a barrier ``mapInArrow`` job of two tasks that do nothing
+   costs on ``local[2]``, classic and Connect, medians of 8 after 2 to warm up: built as a
+   new DataFrame each time (as a fit builds its job), and the same DataFrame run again (its
+   plan analysed once), against which a fit's start and end can be read.
 """
 
 import argparse
@@ -444,7 +448,7 @@ def part_parity(args):
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="1,2,3,4,5")
+    parser.add_argument("--parts", default="1,2,3,4,5,6")
     parser.add_argument("--rows", type=int, default=200_000, help="1: rows of the parquet")
     parser.add_argument("--dtype", choices=sorted(ELEMENT), default="float64",
                         help="1, 2: element type of the parquet's array column (float64)")
@@ -514,6 +518,53 @@ def part_vectors(args):
               flush=True)
 
 
+# ---------------------------------------------------------------------------- part 6
+
+FLOOR = '''
+import statistics
+from skdbn import loopback_session
+from skdbn.spark.data import struct_schema
+spark = loopback_session("local[2]", app_name="bench-floor", connect={connect})
+
+def nothing(batches):
+    import pyarrow as pa
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pydict({{"rank": pa.array([0], pa.int32())}})
+
+schema = struct_schema((("rank", "int"),))
+frame = spark.range(0, 2, 1, 2)
+
+def seconds(job):
+    times = []
+    for _ in range(10):
+        began = time.perf_counter()
+        job().toArrow()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times[2:])
+
+again = frame.mapInArrow(nothing, schema, barrier=True)
+try:
+    print("RESULT", json.dumps({{
+        "new": seconds(lambda: frame.mapInArrow(nothing, schema, barrier=True)),
+        "again": seconds(lambda: again)}}))
+finally:
+    spark.stop()
+'''
+
+
+def part_floor(args):
+    print("\n6. Spark's own floor: a barrier mapInArrow job of two tasks that do nothing, "
+          "local[2] (median of 8)")
+    for name, connect in (("classic", False), ("Connect", True)):
+        result = run_child(FLOOR.format(connect=connect))
+        if result is None:
+            print(f"   {name}: no result")
+            continue
+        print(f"   {name}: a new DataFrame each time {result['new']:.3f} s, the same DataFrame "
+              f"again {result['again']:.3f} s")
+
+
 def main():
     args = parse_args()
     parts = {int(p) for p in args.parts.split(",")}
@@ -537,6 +588,8 @@ def main():
             part_parity(args)
         if 5 in parts:
             part_vectors(args)
+        if 6 in parts:
+            part_floor(args)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,11 @@ from ._watch import WorkerLog
 MONITOR_ROWS = 512
 MONITOR_ROWS_SMALL = 64
 
+# Rows of a worker's shard, drawn at random, whose mean hidden activation starts the next
+# layer's visible biases: its standard error is below 0.011 per unit, which an initial bias
+# does not feel, where the whole shard cost a tenth of a 2-epoch phase.
+HIDDEN_MEAN_ROWS = 2048
+
 
 @dataclass(frozen=True)
 class PretrainPhase:
@@ -169,8 +174,8 @@ def train_phase(phase, shard, state, below, sync=None, rank=0, log=None):
         if isinstance(phase, PretrainPhase):
             x = layer_input(shard, below)
             trainer, history = _train_rbm(phase, x, params, rng, sync, log, delay)
-            # The next layer's visible biases start from the data it will see.
-            hidden_mean = mean_hidden(x, params).mean(axis=0)
+            hidden_mean = estimated_hidden_mean(x, params, np.random.default_rng(
+                [*phase.seed, rank, 1]))
         else:
             x = layer_input(shard, [])
             trainer, history = _train_network(phase, x, shard.y, params, state.velocity, rng, sync,
@@ -185,6 +190,15 @@ def train_phase(phase, shard, state, below, sync=None, rank=0, log=None):
     return PhaseResult(final, weight=weight, n_samples=shard.n_samples, history=history,
                        hidden_mean=hidden_mean, samples_trained=log.samples,
                        diagnostics=log.summary())
+
+
+def estimated_hidden_mean(x, params, rng):
+    """The mean hidden activation of the RBM ``params`` over the rows ``x``, estimated from
+    at most ``HIDDEN_MEAN_ROWS`` of them drawn by ``rng``: the data the next layer will see,
+    whose visible biases start from it."""
+    if x.shape[0] > HIDDEN_MEAN_ROWS:
+        x = x[np.sort(rng.choice(x.shape[0], HIDDEN_MEAN_ROWS, replace=False))]
+    return mean_hidden(x, params).mean(axis=0)
 
 
 def _run_minibatches(n_samples, batch_size, rng, sync, log, delay, train, end_epochs):

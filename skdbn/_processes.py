@@ -66,8 +66,8 @@ class ProcessEngine(Engine):
         return f"ProcessEngine(n_workers={self.n_workers}, sync={self.sync!r})"
 
     def start(self, data, seed):
-        """Write the arrays of ``data`` for the workers, dealt (by ``dealt_indices``) into
-        their shards."""
+        """Deal the arrays of ``data`` (by ``dealt_indices``) into the workers' shards; their
+        files are written at the start of the first phase, while the workers start."""
         rows = dealt_indices(data.n_samples, self.n_workers, seed)
         self._shards = SharedShards(data.X, data.codes, rows, data.mean, data.scale)
         self._total = data.n_samples
@@ -85,9 +85,11 @@ class ProcessEngine(Engine):
             if progress is not None:
                 listeners.callback(progress.close)
                 plan = dataclasses.replace(plan, progress_address=progress.address)
-            rendezvous = None
-            if self.sync != "none":  # independent workers need no rendezvous
-                server = AllGatherServer(self._secret, self.n_workers, self.timeout).start()
+            server = rendezvous = None
+            if self.sync == "none":  # independent workers: no rendezvous to hold them back
+                self._shards.write()
+            else:
+                server = AllGatherServer(self._secret, self.n_workers, self.timeout)
                 listeners.callback(server.close)
                 rendezvous = AllGatherClient(server.address, self._secret, self.timeout,
                                              self.n_workers)
@@ -95,6 +97,11 @@ class ProcessEngine(Engine):
             futures = [self._pool.submit(_run_shared_worker, rank, phase, source, state, below,
                                          plan, rendezvous)
                        for rank, source in enumerate(self._shards.sources)]
+            # The workers start while their shards are written: they read them only after
+            # the rendezvous, which answers once the shards are complete.
+            self._shards.write()
+            if server is not None:
+                server.start()
             results = self._results(futures)
             self._phase_running = False
         return consensus(results), results

@@ -10,7 +10,6 @@ are removed when the fit ends (:meth:`SharedShards.close`); the directories of a
 before it could clean up are removed by the next process that shares data.
 """
 
-import contextlib
 import os
 import secrets
 import threading
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._phase import Shard
-from ._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
+from ._scratch import choose_scratch_dir, new_scratch_dirs, remove_files, remove_tree
 
 _WRITE_BYTES = 1 << 20  # rows gathered at a time before they are written: they stay in cache
 
@@ -47,7 +46,7 @@ class ShardSource:
 
 
 class SharedShards:
-    """The shards of one fit's workers, written for them to map.
+    """The shards of one fit's workers, written (by :meth:`write`) for them to map.
 
     Parameters
     ----------
@@ -69,36 +68,50 @@ class SharedShards:
     def __init__(self, X, codes, worker_rows, mean, scale):
         self._paths = ()
         name = secrets.token_hex(8)  # of this fit's files and shards
-        written = _write_dealt(X, codes, worker_rows, name) if isinstance(X, np.ndarray) else None
+        paths = _dealt_paths(X, codes, worker_rows, name) if isinstance(X, np.ndarray) else None
         self.sources = []
         start = 0
         for rank, rows in enumerate(worker_rows):
-            if written is None:
+            if paths is None:
                 features = X[rows]
                 labels = None if codes is None else np.asarray(codes)[rows]
                 block = None
             else:
-                features, labels = written
+                features, labels = paths
                 block = slice(start, start + len(rows))
                 start += len(rows)
             self.sources.append(ShardSource(features, labels, block, mean, scale,
                                             f"{name}-{rank}"))
-        if written is not None:
-            self._paths = tuple(path for path in written if path is not None)
+        self._unwritten = None
+        if paths is not None:
+            self._paths = tuple(path for path in paths if path is not None)
+            self._unwritten = (X, codes, np.concatenate(worker_rows), paths)
+
+    def write(self):
+        """Write the files the ``sources`` name (once; nothing to do where the rows travel
+        in the sources themselves). Workers must not open their shards before this returns;
+        a failed write removes what it wrote."""
+        if self._unwritten is None:
+            return
+        (X, codes, order, (features, labels)), self._unwritten = self._unwritten, None
+        try:
+            write_rows(features, X, order)
+            if labels is not None:
+                np.save(labels, np.asarray(codes, dtype=np.int64)[order])
+        except BaseException:
+            self.close()
+            raise
 
     def close(self, empty=True):
         """Remove the files.
 
-        With ``empty`` (every worker is done with them), the files are emptied first: their
-        memory is given back now, rather than when the last worker that mapped them lets go
-        of its shard, which would cost that worker the time at the start of its next fit.
-        Without it (workers being killed may still read them) they are only unlinked.
+        With ``empty`` (every worker is done with them), the files are emptied too: their
+        memory is given back (on a thread, see ``remove_files``) rather than when the last
+        worker that mapped them lets go of its shard, which would cost that worker the time at
+        the start of its next fit. Without it (workers being killed may still read them) they
+        are only unlinked.
         """
-        for path in self._paths:
-            with contextlib.suppress(FileNotFoundError):
-                if empty:
-                    os.truncate(path, 0)
-                os.unlink(path)
+        remove_files(self._paths, empty=empty)
         self._paths = ()
 
 
@@ -111,42 +124,41 @@ def release_shared_data():
         remove_tree(directory)
 
 
-def _write_dealt(X, codes, worker_rows, name):
-    """``(features_path, labels_path)`` of ``X`` and ``codes`` written in the dealt order of
-    ``worker_rows`` (``labels_path`` None without codes); None where no directory has room."""
-    order = np.concatenate(worker_rows)
-    n_bytes = X[:1].nbytes * len(order) + (0 if codes is None else 8 * len(order))
+def _dealt_paths(X, codes, worker_rows, name):
+    """``(features_path, labels_path)`` of the files of ``X`` and ``codes`` in the dealt order
+    of ``worker_rows`` (``labels_path`` None without codes); None where no directory has
+    room for them."""
+    n_rows = sum(len(rows) for rows in worker_rows)
+    n_bytes = X[:1].nbytes * n_rows + (0 if codes is None else 8 * n_rows)
     directory = _directory_for(n_bytes)
     if directory is None:
         return None
-    features = os.path.join(directory, f"{name}.features.npy")
-    labels = None
-    try:
-        _write_rows(features, X, order)
-        if codes is not None:
-            labels = os.path.join(directory, f"{name}.labels.npy")
-            np.save(labels, np.asarray(codes, dtype=np.int64)[order])
-    except BaseException:
-        for path in (features, labels):
-            if path is not None and os.path.exists(path):
-                os.unlink(path)
-        raise
-    return features, labels
+    labels = None if codes is None else os.path.join(directory, f"{name}.labels.npy")
+    return os.path.join(directory, f"{name}.features.npy"), labels
 
 
-def _write_rows(path, X, order):
-    """An ``.npy`` file of ``X[order]``, gathered a cache-sized block at a time."""
-    header = np.lib.format.header_data_from_array_1_0(np.empty((0, *X.shape[1:]), X.dtype))
-    header["shape"] = (len(order), *X.shape[1:])
+def write_rows(path, X, order, dtype=None):
+    """Write ``X[order]`` as a dense ``.npy`` file at ``path``, in ``dtype`` (that of ``X`` by
+    default), gathered a cache-sized block at a time; sparse rows are densified a block at a
+    time. Written with ``write`` rather than through a memory map, so a full disk or shared
+    memory raises ``OSError`` here."""
+    dtype = np.dtype(X.dtype if dtype is None else dtype)
+    n_features = X.shape[1]
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, n_features), dtype))
+    header["shape"] = (len(order), n_features)
     header["fortran_order"] = False
-    step = max(1, _WRITE_BYTES // max(1, X[:1].nbytes))
-    block = np.empty((min(step, len(order)), *X.shape[1:]), X.dtype)
+    step = max(1, _WRITE_BYTES // max(1, n_features * dtype.itemsize))
+    block = np.empty((min(step, len(order)), n_features), dtype)
     with open(path, "wb") as out:
         np.lib.format.write_array_header_1_0(out, header)
         for start in range(0, len(order), step):
             rows = order[start:start + step]
             part = block[:len(rows)]
-            np.take(X, rows, axis=0, out=part)
+            if isinstance(X, np.ndarray) and X.dtype == dtype:
+                np.take(X, rows, axis=0, out=part)
+            else:
+                chosen = X[rows]
+                part[...] = chosen.toarray() if hasattr(chosen, "toarray") else chosen
             out.write(memoryview(part).cast("B"))
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -54,6 +55,8 @@ def test_each_worker_maps_its_dealt_rows_and_the_files_go_with_the_fit():
     shards = _shared.SharedShards(X, codes, rows, None, None)
     try:
         paths = [shards.sources[0].features, shards.sources[0].labels]
+        assert not any(os.path.exists(p) for p in paths)  # named, written by write()
+        shards.write()
         assert all(p.startswith(tuple(d for d in _shared._directories if d)) for p in paths)
         for rank, source in enumerate(shards.sources):
             shard = _shared.open_shard(source)
@@ -75,6 +78,7 @@ def test_shards_are_pickled_where_they_cannot_be_written(digits, monkeypatch):
     monkeypatch.setattr(_shared, "choose_scratch_dir", lambda *args: None)  # no room
     for data in (X, sparse.csr_matrix(X)):
         shards = _shared.SharedShards(data, y, rows, None, None)
+        shards.write()  # nothing to write
         for rank, source in enumerate(shards.sources):
             shard = _shared.open_shard(source)
             dense = shard.X.toarray() if sparse.issparse(shard.X) else shard.X
@@ -82,6 +86,56 @@ def test_shards_are_pickled_where_they_cannot_be_written(digits, monkeypatch):
             np.testing.assert_array_equal(shard.y, y[rows[rank]])
         shards.close()
     _shared._open_shards.clear()
+
+
+def test_a_failed_write_of_the_shards_leaves_no_files(monkeypatch):
+    X = np.ones((500, 4), dtype=np.float32)
+    shards = _shared.SharedShards(X, np.zeros(500, int), dealt_indices(500, 2, 0), None, None)
+    paths = [shards.sources[0].features, shards.sources[0].labels]
+
+    def fail(path, *args):
+        with open(path, "wb") as out:
+            out.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_shared, "write_rows", fail)
+    with pytest.raises(OSError, match="No space"):
+        shards.write()
+    assert not any(os.path.exists(p) for p in paths)
+
+
+def test_removed_files_are_gone_at_once_and_their_memory_follows(tmp_path):
+    from skdbn import _scratch
+
+    kept, mapped, missing = tmp_path / "kept", tmp_path / "mapped", tmp_path / "missing"
+    for path in (kept, mapped):
+        np.save(path, np.ones(1000, dtype=np.float32))
+    view = np.load(f"{mapped}.npy", mmap_mode="r")  # a worker that still maps its shard
+    _scratch.remove_files([f"{kept}.npy", f"{missing}.npy"])
+    assert not os.path.exists(f"{kept}.npy")
+    _scratch.remove_files([f"{mapped}.npy"], empty=True)
+    assert not os.path.exists(f"{mapped}.npy")
+    deadline = time.monotonic() + 10
+    while view._mmap.size() > 0:  # the size of the file behind the map: emptied on a thread
+        assert time.monotonic() < deadline, "the removed file was never emptied"
+        time.sleep(0.01)
+
+
+def test_workers_wait_for_shards_written_while_they_start(digits, monkeypatch):
+    # The shards are written after the workers were sent their phase; a worker that read
+    # its shard before the write ended would find no file, or half of one.
+    X, y = digits
+    expected = DistributedDBN(**PARAMS).fit(X, y)
+    write = _shared.SharedShards.write
+
+    def slow_write(shards):
+        time.sleep(1.0)
+        write(shards)
+
+    monkeypatch.setattr(_shared.SharedShards, "write", slow_write)
+    model = DistributedDBN(**PARAMS).fit(X, y)
+    for a, b in zip(expected.coefs_, model.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_fit_without_room_for_files_trains_as_one_with_them(digits, monkeypatch):

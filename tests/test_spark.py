@@ -518,6 +518,29 @@ def test_a_dataframe_fit_that_fails_after_its_statistics_pass_leaves_no_files(
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_numpy_fit_whose_shard_files_cannot_be_written_ends_its_job(
+        spark, digits_split, monkeypatch, tmp_path):
+    # The fit's job is submitted before its shard files are written, so that its tasks start
+    # meanwhile: a write that fails (a full disk) must end that job, leave no files, and
+    # leave the task slots free for the next fit.
+    from skdbn.spark import stages
+
+    X_train, _, y_train, _ = digits_split
+    made = _shard_dirs_made_in(tmp_path, monkeypatch)
+    write = stages.write_array_shard
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stages, "write_array_shard", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        DistributedDBN(n_workers=2, **QUICK).fit(X_train, y_train)
+    assert made and not list(tmp_path.iterdir())
+    monkeypatch.setattr(stages, "write_array_shard", write)
+    model = DistributedDBN(n_workers=2, **QUICK).fit(X_train, y_train)
+    assert model.n_workers_ == 2
+
+
 def test_small_integer_labels(spark, digits_split):
     X_train, _, y_train, _ = digits_split
     frame = _frame(spark, X_train, y_train, "array")

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._phase import Shard
 from .._scratch import choose_scratch_dir
+from .._shared import write_rows
 from .data import (
     dealt_rows,
     matrix_of,
@@ -48,18 +49,11 @@ def reserve_disk(path, length=None):
 
 # ---------------------------------------------------------------------------- numpy input
 
-def write_array_shard(X, codes, rows, rank, layout, chunk_rows=8192):
-    """Write rows ``rows`` of X (and of ``codes``) as worker ``rank``'s shard files, in chunks
-    (the driver holds one chunk beyond X)."""
+def write_array_shard(X, codes, rows, rank, layout):
+    """Write rows ``rows`` of X (and of ``codes``) as worker ``rank``'s shard files, a
+    cache-sized block at a time (the driver holds one block beyond X)."""
     features, labels = shard_paths(layout.shard_dir, rank)
-    out = np.lib.format.open_memmap(features + ".part", mode="w+", dtype=layout.dtype,
-                                    shape=(len(rows), layout.n_features))
-    reserve_disk(features + ".part")
-    for start in range(0, len(rows), chunk_rows):
-        block = X[rows[start:start + chunk_rows]]
-        out[start:start + chunk_rows] = block.toarray() if hasattr(block, "toarray") else block
-    out.flush()
-    del out
+    write_rows(features + ".part", X, rows, layout.dtype)
     if layout.labelled:
         np.save(labels + ".part.npy", codes[rows])
     publish_shard(rank, layout)

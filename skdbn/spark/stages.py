@@ -99,12 +99,12 @@ class SparkEngine(Engine):
         ``dealt_indices``; when every task runs on this machine their shards are written
         straight to shard files, otherwise they travel as Arrow batches into a cached
         DataFrame. Where the tasks can reach this process, their standing job is submitted
-        here, so that its tasks start while the first phase is being prepared.
+        here, before shard files are written: its tasks start (a tenth of a second of Spark's
+        scheduling) while this process writes, and read their shards in the first phase.
         """
+        write_shards = None
         if data.frame is None:
-            rows = [np.arange(data.n_samples) if part is None else part
-                    for part in dealt_indices(data.n_samples, self.n_workers, seed)]
-            self._start_from_arrays(data.X, data.codes, rows, data.mean, data.scale)
+            write_shards = self._start_from_arrays(data, seed)
         else:
             self._layout = data.frame.layout
             if data.frame.source is None:
@@ -113,18 +113,28 @@ class SparkEngine(Engine):
                 self._cache_partitions(data.frame.source)
         if self._standing_job_possible():
             self._start_standing_job()
+        if write_shards is not None:
+            write_shards()
 
-    def _start_from_arrays(self, X, codes, worker_rows, mean, scale):
+    def _start_from_arrays(self, data, seed):
+        """Deal the arrays of ``data``: into cached partitions, or, where the tasks map shard
+        files, return the function that writes them."""
+        X, codes = data.X, data.codes
+        worker_rows = [np.arange(data.n_samples) if part is None else part
+                       for part in dealt_indices(data.n_samples, self.n_workers, seed)]
         self._layout = self._plan_layout(tuple(len(rows) for rows in worker_rows), X.shape[1],
-                                         X.dtype, codes is not None, mean, scale)
+                                         X.dtype, codes is not None, data.mean, data.scale)
         if self._layout.shard_dir is not None:
-            for rank, rows in enumerate(worker_rows):
-                write_array_shard(X, codes, rows, rank, self._layout)
             self._frame = self._one_row_per_task()
-            return
+
+            def write_shards():
+                for rank, rows in enumerate(worker_rows):
+                    write_array_shard(X, codes, rows, rank, self._layout)
+            return write_shards
         source = frame_from_arrays(self.spark, X, codes, worker_rows, X.dtype,
                                    is_connect_session(self.spark))
         self._cache_partitions(source)
+        return None
 
     def _plan_layout(self, rows, n_features, dtype, labelled, mean, scale):
         """The shards to come, with a fresh shard directory when the tasks can use one."""
