@@ -22,6 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checkpoint import TrainingState
+from ._devices import check_device
 from ._flat import FlatParams
 from ._inputs import WarmStart, prepare_arrays, prepare_partial_arrays
 from ._network import forward, network_from_layers, network_layout
@@ -122,6 +123,13 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         float32 trains about twice as fast, with the same accuracy on the benchmarks); an
         array follows scikit-learn's rule: float32 stays float32, other input is trained in
         float64. Set it to convert either kind of input.
+    device : {"cpu", "cuda"}, default="cpu"
+        Where each worker trains. ``"cpu"``: numpy, the fastest CPU path. ``"cuda"``:
+        PyTorch on a CUDA GPU (install ``skdbn[gpu]``); this version trains one worker, in
+        this process (``backend="local"``), on GPU 0 of those ``CUDA_VISIBLE_DEVICES``
+        shows. The fitted model holds numpy arrays either way, so it pickles, loads and
+        predicts without torch. With a given ``random_state`` a GPU fit is deterministic up
+        to the GPU's own nondeterminism, but draws other random numbers than a CPU fit.
     backend : {"auto", "local", "spark"}, default="auto"
         Where the workers run. ``"spark"``: one task per worker in a barrier stage of the
         SparkSession (the input DataFrame's, else the active one, else an embedded
@@ -256,7 +264,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         (trained), ``messages_sent`` and ``messages_merged`` (parameter states exchanged
         with peers), ``seconds_waiting`` (for peers: synchronous averages, the end of a
         phase), ``seconds_reading`` (its data), ``seconds_training`` and ``started`` (seconds
-        after the fit began). Phases resumed from a checkpoint are not in it.
+        after the fit began) and ``device`` (where it trained: ``"cpu"`` for numpy, else
+        the torch device, e.g. ``"cuda:0"``). Phases resumed from a checkpoint are not in it.
     worker_trace_ : list of dict
         Each worker's course through each phase, for ``pandas.DataFrame(worker_trace_)``:
         rows with ``stage``, ``phase``, ``worker``, ``seconds`` (since the fit began),
@@ -328,6 +337,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         n_iter_no_change=5,
         tol=3e-3,
         dtype=None,
+        device="cpu",
         backend="auto",
         n_workers=None,
         sync="gossip",
@@ -361,6 +371,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.dtype = dtype
+        self.device = device
         self.backend = backend
         self.n_workers = n_workers
         self.sync = sync
@@ -400,11 +411,13 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         """
         with _unchanged_on_error(self):
             settings = Settings.of(self)
+            check_device(settings.device, settings.backend, settings.n_workers,
+                         is_spark_dataframe(X))
             warm = self._warm_start() if self.warm_start and hasattr(self, "coefs_") else None
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
             with self._prepared(X, y, settings, warm, seed) as data:
                 labelled = data.classes is not None
-                state = self._starting_state(seed, warm, labelled, data.dtype)
+                state = _starting_state(self, seed, warm, labelled, data.dtype)
                 if warm is None:
                     plan = Plan("missing", settings.pretrain_epochs, settings.max_iter)
                 else:
@@ -448,6 +461,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                             "warm_start=True to continue training)")
         with _unchanged_on_error(self):
             settings = Settings.of(self)
+            check_device(settings.device, settings.backend, settings.n_workers, False)
             warm = self._warm_start() if hasattr(self, "coefs_") else None
             data = prepare_partial_arrays(self, X, y, classes, settings, warm)
             # Each call draws new minibatches: the seed moves on with the epochs trained.
@@ -455,8 +469,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             epochs = len(getattr(self, "loss_curve_", [])) + sum(
                 len(h["reconstruction_error"])
                 for h in getattr(self, "pretraining_history_", []))
-            state = self._starting_state((seed + epochs) % _SEED_BOUND, warm, y is not None,
-                                         data.dtype)
+            state = _starting_state(self, (seed + epochs) % _SEED_BOUND, warm, y is not None,
+                                    data.dtype)
             if y is None:
                 plan = Plan("all", pretrain_epochs=1, max_epochs=0)
             else:
@@ -472,29 +486,6 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         return WarmStart(self.n_features_in_, self.visible_units_, self.mean_, self.scale_,
                          getattr(self, "classes_", None),
                          tuple(c.shape[1] for c in self._hidden_coefs()), self.dtype_)
-
-    def _starting_state(self, seed, warm, labelled, dtype):
-        """The training state a fit starts from: fresh, or the fitted model's layers (and,
-        for a labelled fit, its network) in ``dtype`` when it continues the model
-        (``warm``)."""
-        state = TrainingState(seed=int(seed))
-        if warm is None:
-            return state
-        sizes = [self.n_features_in_, *warm.layer_sizes]
-        for i, (weights, bias) in enumerate(zip(self._hidden_coefs(), self.intercepts_,
-                                                strict=False)):
-            layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype)
-            layer["weights"][...] = weights
-            layer["hidden_bias"][...] = bias
-            layer["visible_bias"][...] = self.visible_intercepts_[i]
-            state.layers.append(layer.flat)
-        state.pretraining_history = [dict(h) for h in self.pretraining_history_]
-        if labelled and hasattr(self, "classes_"):
-            state.network = network_from_layers(self.coefs_, self.intercepts_, dtype).flat
-            state.velocity = np.zeros_like(state.network)
-            state.loss_curve = list(self.loss_curve_)
-            state.best_loss = min(self.loss_curve_, default=np.inf)
-        return state
 
     def _set_fitted(self, outcome, data, settings, input_names=True):
         """Take the schedule's ``outcome`` as the fitted attributes; the input's, learned
@@ -747,6 +738,30 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         tags.target_tags.required = False
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _starting_state(model, seed, warm, labelled, dtype):
+    """The training state a fit of ``model`` starts from: fresh, or the fitted model's layers
+    (and, for a labelled fit, its network) in ``dtype`` when it continues the model
+    (``warm``)."""
+    state = TrainingState(seed=int(seed))
+    if warm is None:
+        return state
+    sizes = [model.n_features_in_, *warm.layer_sizes]
+    for i, (weights, bias) in enumerate(zip(model._hidden_coefs(), model.intercepts_,
+                                            strict=False)):
+        layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype)
+        layer["weights"][...] = weights
+        layer["hidden_bias"][...] = bias
+        layer["visible_bias"][...] = model.visible_intercepts_[i]
+        state.layers.append(layer.flat)
+    state.pretraining_history = [dict(h) for h in model.pretraining_history_]
+    if labelled and hasattr(model, "classes_"):
+        state.network = network_from_layers(model.coefs_, model.intercepts_, dtype).flat
+        state.velocity = np.zeros_like(state.network)
+        state.loss_curve = list(model.loss_curve_)
+        state.best_loss = min(model.loss_curve_, default=np.inf)
+    return state
 
 
 @contextlib.contextmanager

@@ -144,7 +144,10 @@ def plan_workers(settings, n_samples, dataframe=None):
     ``dataframe`` left on the cluster is trained by Spark tasks.
     """
     backend = resolve_backend(settings.backend, dataframe_input=dataframe is not None)
-    wanted = settings.n_workers or default_workers(backend, n_samples)
+    if settings.device != "cpu":  # one worker here in this version (_devices.check_device)
+        backend = "local"
+    wanted = settings.n_workers or (
+        default_workers(backend, n_samples) if settings.device == "cpu" else 1)
     if dataframe is None and trains_in_driver_process(backend, settings.n_workers, n_samples):
         return WorkerPlan("this process" if wanted == 1 else "processes", wanted)
     from .spark.placement import place_workers

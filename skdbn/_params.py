@@ -111,6 +111,9 @@ HYPER_PARAMETERS = (
                    "dtype training runs in: 'float32' or 'float64' (unset: float32 for a "
                    "DataFrame, float32 input stays float32 and other arrays train in float64)",
                    "dtype", "toDtypeName", added_in="0.2.0"),
+    HyperParameter("device", "cpu", [StrOptions({"cpu", "cuda"})],
+                   "where each worker trains: 'cpu' (numpy) or 'cuda' (PyTorch on a CUDA GPU)",
+                   "device", "toString", changes_model=False, added_in="0.2.0"),
     HyperParameter("backend", "auto", [StrOptions({"auto", "local", "spark"})],
                    "where the workers run: 'auto', 'local' or 'spark'"),
     HyperParameter("n_workers", None, [_at_least(1), None],

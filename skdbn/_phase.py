@@ -56,6 +56,7 @@ class PretrainPhase:
     persistent: bool
     seed: tuple
     slow_worker: tuple | None = None
+    device: str = "cpu"
 
     def layout(self):
         """Shapes of the parameters this phase trains."""
@@ -74,6 +75,7 @@ class FinetunePhase:
     alpha: float
     seed: tuple
     slow_worker: tuple | None = None
+    device: str = "cpu"
 
     def layout(self):
         """Shapes of the parameters this phase trains."""
@@ -137,7 +139,7 @@ def layer_input(shard, below):
     return x
 
 
-def train_phase(phase, shard, state, below, sync=None, rank=0, log=None):
+def train_phase(phase, shard, state, below, sync=None, rank=0, log=None, math=None):
     """Train ``phase`` on ``shard`` from ``state``; dispatches on the phase type.
 
     Parameters
@@ -156,11 +158,15 @@ def train_phase(phase, shard, state, below, sync=None, rank=0, log=None):
     log : WorkerLog, default=None
         Where the worker records its progress while it trains (read by a reporter thread);
         None: a log of its own. Its summary is the result's ``diagnostics``.
+    math : TrainingMath, default=None
+        The training loops of the two phase types: numpy's (None), or a device's
+        (``_device_training``).
 
     Returns
     -------
     result : PhaseResult
     """
+    math = NUMPY_MATH if math is None else math
     rng = np.random.default_rng([*phase.seed, rank])
     params = FlatParams(phase.layout(), state.params.dtype, state.params.copy())
     if sync is None:
@@ -173,20 +179,20 @@ def train_phase(phase, shard, state, below, sync=None, rank=0, log=None):
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(phase, PretrainPhase):
             x = layer_input(shard, below)
-            trainer, history = _train_rbm(phase, x, params, rng, sync, log, delay)
+            velocity, history = math.train_rbm(phase, x, params, rng, sync, log, delay)
             hidden_mean = estimated_hidden_mean(x, params, np.random.default_rng(
                 [*phase.seed, rank, 1]))
         else:
             x = layer_input(shard, [])
-            trainer, history = _train_network(phase, x, shard.y, params, state.velocity, rng, sync,
-                                         log, delay)
+            velocity, history = math.train_network(phase, x, shard.y, params, state.velocity,
+                                                   rng, sync, log, delay)
     weight = sync.finish()
     if not np.all(np.isfinite(params.flat)):
         raise FloatingPointError(
             f"training diverged in {type(phase).__name__} (parameters are no longer finite); "
             "lower the learning rate"
         )
-    final = PhaseState(params.flat, trainer.velocity.flat)
+    final = PhaseState(params.flat, velocity)
     return PhaseResult(final, weight=weight, n_samples=shard.n_samples, history=history,
                        hidden_mean=hidden_mean, samples_trained=log.samples,
                        diagnostics=log.summary())
@@ -201,7 +207,7 @@ def estimated_hidden_mean(x, params, rng):
     return mean_hidden(x, params).mean(axis=0)
 
 
-def _run_minibatches(n_samples, batch_size, rng, sync, log, delay, train, end_epochs):
+def run_minibatches(n_samples, batch_size, rng, sync, log, delay, train, end_epochs):
     """Train minibatches over reshuffled passes of the shard until the budget is used.
 
     ``train(rows, epoch)`` trains one minibatch; ``end_epochs(count)`` is called whenever
@@ -251,40 +257,69 @@ def monitor_rows(shard_rows, n_workers):
 
 
 def _train_rbm(phase, x, params, rng, sync, log, delay):
-    learning_rate = phase.learning_rate
-    if phase.visible_units != BERNOULLI:
-        learning_rate *= GAUSSIAN_LEARNING_RATE_FACTOR
+    learning_rate = rbm_learning_rate(phase)
     batch_size = min(phase.batch_size, x.shape[0])
     trainer = ContrastiveDivergence(
         params, phase.visible_units, batch_size, phase.cd_steps, phase.persistent,
         learning_rate, phase.momentum, phase.weight_decay, rng,
     )
-    monitor = x[:monitor_rows(x.shape[0], getattr(sync, "n_workers", 1))]
-    # The monitoring figures draw from a stream of their own: what a fit learns must not
-    # depend on how many rows watch it.
-    monitor_rng = np.random.default_rng(rng.integers(2**63))
-    history = {"reconstruction_error": [], "pseudo_likelihood": []}
-    warmup_epochs = min(5, phase.epochs // 2)
+    monitor = RbmMonitor(phase, x, params, rng, sync)
 
     def train(rows, epoch):
-        trainer.momentum = (min(0.5, phase.momentum) if epoch < warmup_epochs
-                            else phase.momentum)
+        trainer.momentum = rbm_momentum(phase, epoch)
         trainer.learning_rate = learning_rate * sync.step_scale()
         _gather_rows(x, rows, trainer.load_batch(len(rows)))
         trainer.step(len(rows))
 
-    def end_epochs(count):
-        error = reconstruction_error(monitor, params, phase.visible_units)
-        history["reconstruction_error"] += [error] * count
-        if phase.visible_units == BERNOULLI:
-            history["pseudo_likelihood"] += [pseudo_likelihood(monitor, params,
-                                                               monitor_rng)] * count
+    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, monitor.end_epochs)
+    return trainer.velocity.flat, monitor.history()
+
+
+def rbm_learning_rate(phase):
+    """The pretraining step size of ``phase``: smaller for Gaussian visible units."""
+    if phase.visible_units != BERNOULLI:
+        return phase.learning_rate * GAUSSIAN_LEARNING_RATE_FACTOR
+    return phase.learning_rate
+
+
+def rbm_momentum(phase, epoch):
+    """Pretraining momentum in ``epoch``: at most 0.5 over the first epochs (up to five, at
+    most half of the phase's), then the phase's."""
+    warmup_epochs = min(5, phase.epochs // 2)
+    return min(0.5, phase.momentum) if epoch < warmup_epochs else phase.momentum
+
+
+class RbmMonitor:
+    """The per-epoch figures of a pretraining phase (reconstruction error, and for Bernoulli
+    units the pseudo-likelihood) on the first rows of the worker's input ``x``, from the host
+    parameters ``params``.
+
+    Its random stream is drawn from ``rng`` once, here: what a fit learns must not depend on
+    how many rows watch it.
+    """
+
+    def __init__(self, phase, x, params, rng, sync):
+        self.phase = phase
+        self.params = params
+        self.rows = x[:monitor_rows(x.shape[0], getattr(sync, "n_workers", 1))]
+        self.rng = np.random.default_rng(rng.integers(2**63))
+        self.figures = {"reconstruction_error": [], "pseudo_likelihood": []}
+
+    def end_epochs(self, count):
+        """Record the figures of ``count`` more ended epochs; returns the error."""
+        units = self.phase.visible_units
+        error = reconstruction_error(self.rows, self.params, units)
+        self.figures["reconstruction_error"] += [error] * count
+        if units == BERNOULLI:
+            self.figures["pseudo_likelihood"] += [
+                pseudo_likelihood(self.rows, self.params, self.rng)] * count
         return error
 
-    _run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)
-    if phase.visible_units != BERNOULLI:
-        del history["pseudo_likelihood"]
-    return trainer, history
+    def history(self):
+        """The figures by name (no pseudo-likelihood for Gaussian units)."""
+        if self.phase.visible_units != BERNOULLI:
+            del self.figures["pseudo_likelihood"]
+        return self.figures
 
 
 def _train_network(phase, x, y, params, velocity, rng, sync, log, delay):
@@ -293,26 +328,55 @@ def _train_network(phase, x, y, params, velocity, rng, sync, log, delay):
     trainer.velocity.flat[...] = velocity
     batch_size = min(phase.batch_size, x.shape[0])
     onehot = np.zeros((batch_size, n_classes), dtype=params.flat.dtype)
-    history = {"loss": []}
-    epoch_loss = {"total": 0.0, "seen": 0}
+    monitor = LossMonitor(phase, params)
 
     def train(rows, epoch):
         trainer.learning_rate = phase.learning_rate * sync.step_scale()
         batch_onehot = onehot[: len(rows)]
         batch_onehot[...] = 0
         batch_onehot[np.arange(len(rows)), y[rows]] = 1
-        epoch_loss["total"] += trainer.step(x[rows], batch_onehot)
-        epoch_loss["seen"] += len(rows)
+        monitor.add(trainer.step(x[rows], batch_onehot), len(rows))
 
-    def end_epochs(count):
-        mean = epoch_loss["total"] / max(epoch_loss["seen"], 1)
-        loss = mean + penalty(params, phase.alpha)
-        history["loss"] += [loss] * count
-        epoch_loss.update(total=0.0, seen=0)
+    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, monitor.end_epochs)
+    return trainer.velocity.flat, {"loss": monitor.losses}
+
+
+class LossMonitor:
+    """The per-epoch loss of a fine-tuning phase: the mean cross-entropy of the epoch's
+    minibatches plus the L2 term of the host parameters ``params``."""
+
+    def __init__(self, phase, params):
+        self.alpha = phase.alpha
+        self.params = params
+        self.losses = []
+        self._total, self._seen = 0.0, 0
+
+    def add(self, summed_loss, n_rows):
+        """Count a minibatch of ``n_rows`` rows whose losses sum to ``summed_loss`` (a number,
+        or a 0-d tensor left on its device until the epoch ends)."""
+        self._total += summed_loss
+        self._seen += n_rows
+
+    def end_epochs(self, count):
+        """Record the loss of ``count`` more ended epochs, and return it."""
+        loss = float(self._total) / max(self._seen, 1) + penalty(self.params, self.alpha)
+        self.losses += [loss] * count
+        self._total, self._seen = 0.0, 0
         return loss
 
-    _run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)
-    return trainer, history
+
+@dataclass(frozen=True)
+class TrainingMath:
+    """The training loops of a phase, by phase type: ``train_rbm(phase, x, params, rng, sync,
+    log, delay)`` and ``train_network(phase, x, y, params, velocity, rng, sync, log, delay)``,
+    each training ``params`` (a host ``FlatParams``) in place and returning ``(velocity,
+    history)`` with the final velocity as a host vector."""
+
+    train_rbm: object
+    train_network: object
+
+
+NUMPY_MATH = TrainingMath(_train_rbm, _train_network)
 
 
 def consensus(results):

@@ -194,6 +194,7 @@ class _Schedule:
             epochs=epochs, batch_size=self.batch_size, learning_rate=s.pretrain_learning_rate,
             momentum=s.momentum, weight_decay=s.alpha, cd_steps=s.cd_steps,
             persistent=s.persistent, seed=(seed, 1, index), slow_worker=s.slow_worker,
+            device=s.device,
         )
 
     def _initial_layer(self, state, index, phase, rng):
@@ -234,6 +235,7 @@ class _Schedule:
                        plan.max_epochs - state.n_iter),
             batch_size=self.batch_size, learning_rate=s.learning_rate, momentum=s.momentum,
             alpha=s.alpha, seed=(state.seed, 2, state.n_iter), slow_worker=s.slow_worker,
+            device=s.device,
         )
         consensus, results = self._run_with_retries(
             phase, PhaseState(state.network, state.velocity), [], stage)

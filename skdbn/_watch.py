@@ -289,6 +289,7 @@ class FitRecord:
                 "seconds_reading": float(result.seconds.get("read", 0.0)),
                 "seconds_training": float(result.seconds.get("train", 0.0)),
                 "started": offset,
+                "device": found.get("device", "cpu"),
             })
             for seconds, samples, drift in found.get("trace", []):
                 self.trace.append({

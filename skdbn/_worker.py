@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from threadpoolctl import threadpool_limits
 
+from ._devices import worker_device
 from ._gossip import GossipNode, WireSpec
 from ._phase import train_phase
 from ._sync import AverageSync, GossipSync, LocalBudget
@@ -97,12 +98,26 @@ def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=
     while it runs the worker's progress goes through ``send(snapshot)`` every ``interval``
     seconds and at each epoch's end (``send=None``: nobody watches)."""
     log = WorkerLog()
+    on = worker_device(phase.device, rank)
     reporter = None if send is None else ProgressReporter(log, send, interval).start()
     try:
-        return clock.lap("train", train_phase, phase, shard, state, below, sync, rank, log)
+        result = clock.lap("train", train_phase, phase, shard, state, below, sync, rank, log,
+                           training_math(on))
+        result.diagnostics["device"] = "cpu" if on is None else str(on)
+        return result
     finally:
         if reporter is not None:
             reporter.stop()
+
+
+def training_math(on):
+    """The ``TrainingMath`` of a worker training on the torch device ``on``: None (numpy on
+    the CPU) for None, else the loops of ``_device_training``."""
+    if on is None:
+        return None
+    from ._device_training import device_math  # imports torch
+
+    return device_math(on)
 
 
 class Stopwatch:

@@ -24,7 +24,7 @@ OTHER_VALUES = {
     "checkpoint_dir": "elsewhere", "phase_retries": 0, "network_timeout": 5.0,
     "warm_start": True, "verbose": 1, "random_state": 7, "features_col": "pixels",
     "label_col": "digit", "prediction_col": "p", "probability_col": "q",
-    "transform_col": "t", "handle_invalid": "skip", "dtype": "float32",
+    "transform_col": "t", "handle_invalid": "skip", "dtype": "float32", "device": "cuda",
 }
 
 

@@ -1,0 +1,108 @@
+"""The training loops of a worker that trains on a PyTorch device.
+
+``device_math(device)`` is the ``TrainingMath`` that ``_phase.train_phase`` runs for a phase
+whose ``device`` is not "cpu": the loops of ``_phase`` (same minibatch order, learning-rate
+schedule and per-epoch figures), with the parameters, the shard and the update
+(``_torch_math``) on the device. The shard moves to the device once per phase; the hidden
+samples are drawn there, from a generator seeded by the worker's stream. The host parameters
+are brought up to date at each epoch's end (the figures are computed there) and when the phase
+ends.
+
+Imported only by a worker with such a phase: it imports torch.
+"""
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ._network import layer_sizes_of
+from ._phase import (
+    LossMonitor,
+    RbmMonitor,
+    TrainingMath,
+    rbm_learning_rate,
+    rbm_momentum,
+    run_minibatches,
+)
+from ._torch_math import DeviceParams, TorchBackprop, TorchContrastiveDivergence
+
+
+def device_math(device):
+    """The ``TrainingMath`` of a worker training on ``device`` (a ``torch.device``)."""
+
+    def train_rbm(phase, x, params, rng, sync, log, delay):
+        return _train_rbm(device, phase, x, params, rng, sync, log, delay)
+
+    def train_network(phase, x, y, params, velocity, rng, sync, log, delay):
+        return _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay)
+
+    return TrainingMath(train_rbm, train_network)
+
+
+def on_device(x, device, dtype):
+    """The rows ``x`` (an array or sparse matrix) as a dense tensor on ``device``."""
+    dense = x.toarray() if sp.issparse(x) else np.ascontiguousarray(x)
+    return torch.as_tensor(dense, device=device).to(_torch_dtype(dtype))
+
+
+def _torch_dtype(dtype):
+    return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[
+        np.dtype(dtype)]
+
+
+def _train_rbm(device, phase, x, params, rng, sync, log, delay):
+    learning_rate = rbm_learning_rate(phase)
+    batch_size = min(phase.batch_size, x.shape[0])
+    on = DeviceParams.from_host(params, device)
+    monitor = RbmMonitor(phase, x, params, rng, sync)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(rng.integers(2**63)))
+    dtype = on.flat.dtype
+    trainer = TorchContrastiveDivergence(
+        on, phase.visible_units, batch_size, phase.cd_steps, phase.persistent, learning_rate,
+        phase.momentum, phase.weight_decay,
+        lambda shape: torch.rand(shape, generator=generator, device=device, dtype=dtype))
+    rows_on_device = on_device(x, device, params.flat.dtype)
+
+    def train(rows, epoch):
+        trainer.momentum = rbm_momentum(phase, epoch)
+        trainer.learning_rate = learning_rate * sync.step_scale()
+        index = torch.from_numpy(rows).to(device, non_blocking=True)
+        torch.index_select(rows_on_device, 0, index, out=trainer.load_batch(len(rows)))
+        trainer.step(len(rows))
+
+    def end_epochs(count):
+        on.to_host(params)
+        return monitor.end_epochs(count)
+
+    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)
+    on.to_host(params)
+    return trainer.velocity.flat.cpu().numpy(), monitor.history()
+
+
+def _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay):
+    n_classes = layer_sizes_of(params)[-1]
+    on = DeviceParams.from_host(params, device)
+    trainer = TorchBackprop(on, phase.learning_rate, phase.momentum, phase.alpha)
+    trainer.velocity.flat.copy_(torch.from_numpy(np.asarray(velocity)))
+    batch_size = min(phase.batch_size, x.shape[0])
+    onehot = on.flat.new_zeros((batch_size, n_classes))
+    rows_on_device = on_device(x, device, params.flat.dtype)
+    codes_on_device = torch.as_tensor(np.asarray(y, dtype=np.int64), device=device)
+    monitor = LossMonitor(phase, params)
+
+    def train(rows, epoch):
+        trainer.learning_rate = phase.learning_rate * sync.step_scale()
+        index = torch.from_numpy(rows).to(device, non_blocking=True)
+        batch_onehot = onehot[:len(rows)]
+        batch_onehot.zero_()
+        batch_onehot.scatter_(1, codes_on_device[index].unsqueeze(1), 1)
+        monitor.add(trainer.step(rows_on_device[index], batch_onehot), len(rows))
+
+    def end_epochs(count):
+        on.to_host(params)
+        return monitor.end_epochs(count)
+
+    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)
+    on.to_host(params)
+    return trainer.velocity.flat.cpu().numpy(), {"loss": monitor.losses}
