@@ -78,7 +78,7 @@ def test_cuda_without_a_cuda_device_fails_before_any_data_is_prepared(digits, mo
         pytest.skip("this machine has a CUDA device")
     _no_data_prepared(monkeypatch)
     model = DistributedDBN(device="cuda")
-    with pytest.raises(RuntimeError, match="sees no CUDA device.*CUDA_VISIBLE_DEVICES"):
+    with pytest.raises(RuntimeError, match=r"sees no CUDA device.*CUDA_VISIBLE_DEVICES"):
         model.fit(*digits)
     assert not hasattr(model, "coefs_")
 
