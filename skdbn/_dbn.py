@@ -125,11 +125,11 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         float64. Set it to convert either kind of input.
     device : {"cpu", "cuda"}, default="cpu"
         Where each worker trains. ``"cpu"``: numpy, the fastest CPU path. ``"cuda"``:
-        PyTorch on a CUDA GPU (install ``skdbn[gpu]``); this version trains one worker, in
-        this process (``backend="local"``), on GPU 0 of those ``CUDA_VISIBLE_DEVICES``
-        shows. The fitted model holds numpy arrays either way, so it pickles, loads and
-        predicts without torch. With a given ``random_state`` a GPU fit is deterministic up
-        to the GPU's own nondeterminism, but draws other random numbers than a CPU fit.
+        PyTorch on CUDA GPUs (install ``skdbn[gpu]``): worker ``r`` on GPU ``r`` modulo
+        those ``CUDA_VISIBLE_DEVICES`` shows, on this machine (not yet on Spark);
+        ``n_workers=None`` takes one per GPU. The fitted model holds numpy arrays either way,
+        so it pickles, loads and predicts without torch. A GPU fit draws other random numbers
+        than a CPU fit (see the user guide).
     backend : {"auto", "local", "spark"}, default="auto"
         Where the workers run. ``"spark"``: one task per worker in a barrier stage of the
         SparkSession (the input DataFrame's, else the active one, else an embedded

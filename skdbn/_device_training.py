@@ -5,16 +5,19 @@ whose ``device`` is not "cpu": the loops of ``_phase`` (same minibatch order, le
 schedule and per-epoch figures), with the parameters, the shard and the update
 (``_torch_math``) on the device. The shard moves to the device once per phase; the hidden
 samples are drawn there, from a generator seeded by the worker's stream. The host parameters
-are brought up to date at each epoch's end (the figures are computed there) and when the phase
-ends.
+are brought up to date at each exchange with peers (``_sync.keep_on_device``), at each epoch's
+end (the figures are computed there) and when the phase ends.
 
 Imported only by a worker with such a phase: it imports torch.
 """
+
+import contextlib
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ._devices import DeviceOutOfMemory
 from ._network import layer_sizes_of
 from ._phase import (
     LossMonitor,
@@ -24,6 +27,7 @@ from ._phase import (
     rbm_momentum,
     run_minibatches,
 )
+from ._sync import keep_on_device
 from ._torch_math import DeviceParams, TorchBackprop, TorchContrastiveDivergence
 
 
@@ -31,12 +35,51 @@ def device_math(device):
     """The ``TrainingMath`` of a worker training on ``device`` (a ``torch.device``)."""
 
     def train_rbm(phase, x, params, rng, sync, log, delay):
-        return _train_rbm(device, phase, x, params, rng, sync, log, delay)
+        with _out_of_memory_said(device, x, phase.batch_size, params.flat.dtype):
+            return _train_rbm(device, phase, x, params, rng, sync, log, delay)
 
     def train_network(phase, x, y, params, velocity, rng, sync, log, delay):
-        return _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay)
+        with _out_of_memory_said(device, x, phase.batch_size, params.flat.dtype):
+            return _train_network(device, phase, x, y, params, velocity, rng, sync, log,
+                                  delay)
 
     return TrainingMath(train_rbm, train_network)
+
+
+@contextlib.contextmanager
+def _out_of_memory_said(device, x, batch_size, dtype):
+    """Raise the device's out-of-memory as ``DeviceOutOfMemory``, with the sizes to change."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as error:
+        n_rows, n_features = x.shape
+        mib = n_rows * n_features * np.dtype(dtype).itemsize / 2**20
+        raise DeviceOutOfMemory(
+            f"{device} ran out of memory training a shard of {n_rows} rows x {n_features} "
+            f"features ({mib:,.0f} MiB in {np.dtype(dtype).name} on the device) at batch size "
+            f"{batch_size}: lower batch_size or the layer sizes, or give the fit a device "
+            f"with more free memory ({error})") from error
+
+
+class DeviceIndices:
+    """Each pass's permutation on the device, uploaded once, handed out a minibatch at a time:
+    no host-to-device copy (which waits for the device) per minibatch."""
+
+    def __init__(self, device):
+        self.device = device
+        self._order = None
+        self._next = 0
+
+    def new_order(self, order):
+        """Take the permutation of a new pass (``run_minibatches``'s ``new_order``)."""
+        self._order = torch.from_numpy(order).to(self.device)
+        self._next = 0
+
+    def take(self, n_rows):
+        """The indices of the next minibatch of ``n_rows`` rows, on the device."""
+        rows = self._order[self._next:self._next + n_rows]
+        self._next += n_rows
+        return rows
 
 
 def on_device(x, device, dtype):
@@ -54,6 +97,7 @@ def _train_rbm(device, phase, x, params, rng, sync, log, delay):
     learning_rate = rbm_learning_rate(phase)
     batch_size = min(phase.batch_size, x.shape[0])
     on = DeviceParams.from_host(params, device)
+    keep_on_device(sync, on)
     monitor = RbmMonitor(phase, x, params, rng, sync)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(rng.integers(2**63)))
@@ -63,19 +107,21 @@ def _train_rbm(device, phase, x, params, rng, sync, log, delay):
         phase.momentum, phase.weight_decay,
         lambda shape: torch.rand(shape, generator=generator, device=device, dtype=dtype))
     rows_on_device = on_device(x, device, params.flat.dtype)
+    indices = DeviceIndices(device)
 
     def train(rows, epoch):
         trainer.momentum = rbm_momentum(phase, epoch)
         trainer.learning_rate = learning_rate * sync.step_scale()
-        index = torch.from_numpy(rows).to(device, non_blocking=True)
-        torch.index_select(rows_on_device, 0, index, out=trainer.load_batch(len(rows)))
+        torch.index_select(rows_on_device, 0, indices.take(len(rows)),
+                           out=trainer.load_batch(len(rows)))
         trainer.step(len(rows))
 
     def end_epochs(count):
         on.to_host(params)
         return monitor.end_epochs(count)
 
-    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)
+    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs,
+                    indices.new_order)
     on.to_host(params)
     return trainer.velocity.flat.cpu().numpy(), monitor.history()
 
@@ -83,6 +129,7 @@ def _train_rbm(device, phase, x, params, rng, sync, log, delay):
 def _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay):
     n_classes = layer_sizes_of(params)[-1]
     on = DeviceParams.from_host(params, device)
+    keep_on_device(sync, on)
     trainer = TorchBackprop(on, phase.learning_rate, phase.momentum, phase.alpha)
     trainer.velocity.flat.copy_(torch.from_numpy(np.asarray(velocity)))
     batch_size = min(phase.batch_size, x.shape[0])
@@ -90,10 +137,11 @@ def _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay)
     rows_on_device = on_device(x, device, params.flat.dtype)
     codes_on_device = torch.as_tensor(np.asarray(y, dtype=np.int64), device=device)
     monitor = LossMonitor(phase, params)
+    indices = DeviceIndices(device)
 
     def train(rows, epoch):
         trainer.learning_rate = phase.learning_rate * sync.step_scale()
-        index = torch.from_numpy(rows).to(device, non_blocking=True)
+        index = indices.take(len(rows))
         batch_onehot = onehot[:len(rows)]
         batch_onehot.zero_()
         batch_onehot.scatter_(1, codes_on_device[index].unsqueeze(1), 1)
@@ -103,6 +151,7 @@ def _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay)
         on.to_host(params)
         return monitor.end_epochs(count)
 
-    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs)
+    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs,
+                    indices.new_order)
     on.to_host(params)
     return trainer.velocity.flat.cpu().numpy(), {"loss": monitor.losses}

@@ -15,6 +15,11 @@ INSTALL_HINT = ('install PyTorch with CUDA support (pip install "skdbn[gpu]", or
                 "wheel for your CUDA version from pytorch.org)")
 
 
+class DeviceOutOfMemory(MemoryError):
+    """A worker's device ran out of memory; the message gives the shard and batch sizes. A
+    fit's own error (never rerun as a lost worker)."""
+
+
 def check_device(device, backend, n_workers, spark_input):
     """Raise what keeps a fit on ``device`` from running here, before any data is prepared.
 
@@ -25,7 +30,7 @@ def check_device(device, backend, n_workers, spark_input):
     backend : {"auto", "local", "spark"}
         The estimator's ``backend`` (with ``device="cuda"``, ``"auto"`` trains arrays here).
     n_workers : int or None
-        The estimator's ``n_workers``.
+        The estimator's ``n_workers`` (any number: workers share the visible GPUs).
     spark_input : bool
         Whether the fit's input is a Spark DataFrame.
     """
@@ -34,17 +39,18 @@ def check_device(device, backend, n_workers, spark_input):
     torch = _torch()
     if backend == "spark" or spark_input:
         raise NotImplementedError(
-            "device='cuda' trains on this machine's GPU in this version; Spark GPU executors "
+            "device='cuda' trains on this machine's GPUs in this version; Spark GPU executors "
             "are not supported yet: use backend='local', or device='cpu' on Spark")
-    if n_workers is not None and n_workers > 1:
-        raise NotImplementedError(
-            f"device='cuda' trains one worker per fit in this version (n_workers={n_workers} "
-            "was asked): leave n_workers unset or set it to 1")
     if not torch.cuda.is_available():
         raise RuntimeError(
             f"device='cuda' but PyTorch {torch.__version__} sees no CUDA device (torch.cuda."
             "is_available() is False): check CUDA_VISIBLE_DEVICES and the NVIDIA driver, and "
             f"that the torch build has CUDA support; otherwise {INSTALL_HINT}")
+
+
+def visible_gpus():
+    """The CUDA devices this process sees (``CUDA_VISIBLE_DEVICES``)."""
+    return _torch().cuda.device_count()
 
 
 def worker_device(device, rank):

@@ -18,6 +18,7 @@ from functools import partial
 
 import numpy as np
 
+from ._devices import visible_gpus
 from ._machine import usable_cpus
 from ._phase import Shard, consensus
 from ._worker import Stopwatch, train_watched
@@ -144,10 +145,10 @@ def plan_workers(settings, n_samples, dataframe=None):
     ``dataframe`` left on the cluster is trained by Spark tasks.
     """
     backend = resolve_backend(settings.backend, dataframe_input=dataframe is not None)
-    if settings.device != "cpu":  # one worker here in this version (_devices.check_device)
+    if settings.device != "cpu":  # this machine's GPUs in this version (_devices.check_device)
         backend = "local"
-    wanted = settings.n_workers or (
-        default_workers(backend, n_samples) if settings.device == "cpu" else 1)
+    wanted = settings.n_workers or (default_workers(backend, n_samples)
+                                    if settings.device == "cpu" else default_gpu_workers(n_samples))
     if dataframe is None and trains_in_driver_process(backend, settings.n_workers, n_samples):
         return WorkerPlan("this process" if wanted == 1 else "processes", wanted)
     from .spark.placement import place_workers
@@ -186,6 +187,12 @@ def default_workers(backend, n_samples):
     BLAS thread each)."""
     wanted = max(1, n_samples // SAMPLES_PER_WORKER)
     return min(wanted, usable_cpus()) if backend == "local" else wanted
+
+
+def default_gpu_workers(n_samples):
+    """Workers of a ``device="cuda"`` fit with ``n_workers=None``: one per visible GPU, and
+    one per ``SAMPLES_PER_WORKER`` samples at most."""
+    return max(1, min(visible_gpus(), n_samples // SAMPLES_PER_WORKER))
 
 
 def trains_in_driver_process(backend, n_workers, n_samples):

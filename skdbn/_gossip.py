@@ -169,26 +169,47 @@ def decode(spec, body):
 
 
 class PushSum:
-    """Push-sum state of one worker: parameters ``x`` (updated in place) and weight ``w``."""
+    """Push-sum state of one worker: parameters ``x`` (updated in place) and weight ``w``.
+
+    ``params`` is a host vector. A worker whose parameters live on a device sets ``device``
+    (an object with ``copy_to(host)`` and ``copy_from(host)``, see
+    ``_torch_math.DeviceParams``): the state then reads the device's values before it sends
+    or mixes (:meth:`current`) and hands what it changed back (:meth:`changed`), so the
+    parameters cross to the host only at exchanges.
+    """
 
     def __init__(self, params, weight):
         self.params = params
         self.weight = float(weight)
+        self.device = None
+
+    def current(self):
+        """The host parameters, brought up to date from the device first."""
+        if self.device is not None:
+            self.device.copy_to(self.params)
+        return self.params
+
+    def changed(self):
+        """Say that the host parameters changed: the device takes them."""
+        if self.device is not None:
+            self.device.copy_from(self.params)
 
     def split(self):
         """Halve the weight and return ``(snapshot of x, w / 2)`` to send to a peer."""
         self.weight /= 2
-        return self.params.copy(), self.weight
+        return self.current().copy(), self.weight
 
     def merge(self, incoming):
         """Mix ``[(values, weight), ...]`` into the state: weighted mean, weights added."""
         if not incoming:
             return
+        params = self.current()
         total = self.weight + sum(w for _, w in incoming)
-        self.params *= self.weight / total
+        params *= self.weight / total
         for values, weight in incoming:
-            self.params += (weight / total) * values
+            params += (weight / total) * values
         self.weight = total
+        self.changed()
 
 
 def parse_address(address):

@@ -207,7 +207,8 @@ def estimated_hidden_mean(x, params, rng):
     return mean_hidden(x, params).mean(axis=0)
 
 
-def run_minibatches(n_samples, batch_size, rng, sync, log, delay, train, end_epochs):
+def run_minibatches(n_samples, batch_size, rng, sync, log, delay, train, end_epochs,
+                    new_order=None):
     """Train minibatches over reshuffled passes of the shard until the budget is used.
 
     ``train(rows, epoch)`` trains one minibatch; ``end_epochs(count)`` is called whenever
@@ -215,11 +216,14 @@ def run_minibatches(n_samples, batch_size, rng, sync, log, delay, train, end_epo
     figure of the last of them, which goes to ``log`` with the count (for one worker
     a pass over its shard, for gossip the whole training set over all workers, so a fast and a
     slow worker report the same number of epochs). ``delay`` (seconds per minibatch) slows this
-    worker down for straggler experiments.
+    worker down for straggler experiments. ``new_order(order)``, if given, hears each pass's
+    permutation before its first minibatch, whose ``rows`` then come from it in turn.
     """
     epoch = 0
     while sync.keep_going():
         order = rng.permutation(n_samples)
+        if new_order is not None:
+            new_order(order)
         for start in range(0, n_samples, batch_size):
             if not sync.keep_going():
                 break

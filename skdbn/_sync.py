@@ -308,7 +308,7 @@ class GossipSync:
         if incoming:
             self.log.merged(len(incoming))
             if self.log.drift_is_due():
-                self.log.record_drift(self.state.params, _weighted_mean(incoming))
+                self.log.record_drift(self.state.current(), _weighted_mean(incoming))
         with self._returned_lock:
             incoming += self._returned
             self._returned = []
@@ -401,7 +401,7 @@ class AverageSync:
 
     def _average(self, step):
         frame = encode(self.node.spec, KIND_STATE, self.rank, step, self.state.weight,
-                       np.zeros(self.n_workers, dtype=np.uint64), self.state.params)
+                       np.zeros(self.n_workers, dtype=np.uint64), self.state.current())
         peers = [peer for peer in range(self.n_workers)
                  if peer != self.rank and peer not in self._absent]  # see _collect
         for peer in peers:
@@ -415,6 +415,7 @@ class AverageSync:
         if self.log.drift_is_due():
             self.log.record_drift(self.state.params, mean)
         self.state.params[...] = mean
+        self.state.changed()
 
     def _collect(self, step):
         """The states of this sync point: every peer's, except that a peer which once
@@ -445,3 +446,9 @@ class AverageSync:
         self.node.flush(self.timeout)
         self.log.waited(time.monotonic() - began)
         return self.state.weight
+
+
+def keep_on_device(sync, device_params):
+    """Have the exchanges of ``sync`` (begun) read and write the parameters where they live,
+    on a device (``_torch_math.DeviceParams``): see ``PushSum``."""
+    sync.state.device = device_params

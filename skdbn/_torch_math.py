@@ -52,7 +52,15 @@ class DeviceParams:
 
     def to_host(self, params):
         """Copy the values into ``params`` (a ``FlatParams`` of the same layout)."""
-        params.flat[...] = self.flat.cpu().numpy()
+        self.copy_to(params.flat)
+
+    def copy_to(self, flat):
+        """Copy the values into the host vector ``flat``."""
+        flat[...] = self.flat.cpu().numpy()
+
+    def copy_from(self, flat):
+        """Take the values of the host vector ``flat``."""
+        self.flat.copy_(torch.from_numpy(flat))
 
 
 def capped_sigmoid_(x):

@@ -83,16 +83,11 @@ def test_cuda_without_a_cuda_device_fails_before_any_data_is_prepared(digits, mo
     assert not hasattr(model, "coefs_")
 
 
-@pytest.mark.parametrize("setting, match", [
-    (dict(n_workers=2), "one worker per fit"),
-    (dict(backend="spark"), "Spark GPU executors are not supported yet"),
-])
-def test_cuda_settings_this_version_cannot_train_are_refused_first(digits, monkeypatch, setting,
-                                                                   match):
+def test_cuda_on_spark_which_this_version_cannot_train_is_refused_first(digits, monkeypatch):
     pytest.importorskip("torch")
     _no_data_prepared(monkeypatch)
-    with pytest.raises(NotImplementedError, match=match):
-        DistributedDBN(device="cuda", **setting).fit(*digits)
+    with pytest.raises(NotImplementedError, match="Spark GPU executors are not supported yet"):
+        DistributedDBN(device="cuda", backend="spark").fit(*digits)
 
 
 @pytest.fixture
@@ -157,3 +152,102 @@ def test_an_unsupervised_device_fit_and_partial_fit(digits, cuda_on_the_cpu):
     assert model.transform(X[:5]).shape == (5, 16)
     model.partial_fit(X)
     assert len(model.pretraining_history_[0]["reconstruction_error"]) == 3
+
+
+def test_a_device_out_of_memory_is_said_with_the_sizes_and_not_retried(digits, cuda_on_the_cpu,
+                                                                        monkeypatch):
+    torch = pytest.importorskip("torch")
+    from skdbn import _device_training
+
+    calls = []
+
+    def no_room(x, device, dtype):
+        calls.append(x.shape)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(_device_training, "on_device", no_room)
+    X, y = digits
+    with pytest.raises(MemoryError, match=r"ran out of memory training a shard of 1797 rows x "
+                                          r"64 features .* at batch size 22: lower batch_size"):
+        DistributedDBN(device="cuda", phase_retries=2, **QUICK).fit(X, y)
+    assert calls == [(1797, 64)]  # a fit's own error: no phase reran
+
+
+def test_each_pass_hands_the_device_its_permutation_once():
+    torch = pytest.importorskip("torch")
+    from skdbn._device_training import DeviceIndices
+
+    indices = DeviceIndices(torch.device("cpu"))
+    order = np.random.default_rng(0).permutation(10)
+    indices.new_order(order)
+    taken = [indices.take(4), indices.take(4), indices.take(2)]
+    np.testing.assert_array_equal(torch.cat(taken).numpy(), order)
+    indices.new_order(order[::-1].copy())
+    np.testing.assert_array_equal(indices.take(3).numpy(), order[::-1][:3])
+
+
+@pytest.mark.parametrize("mode", ["average", "gossip"])
+def test_workers_on_devices_exchange_their_parameters_through_the_host(digits, cuda_on_the_cpu,
+                                                                      mode):
+    # Two workers (threads here, processes or tasks in a fit) whose parameters live on a
+    # device: every exchange must read the device's values and hand merged ones back.
+    import secrets
+    import threading
+
+    from skdbn._gossip import AllGatherClient, AllGatherServer
+    from skdbn._phase import PhaseState, PretrainPhase, Shard
+    from skdbn._rbm import init_rbm
+    from skdbn._worker import SyncPlan, run_worker
+
+    X, _ = digits
+    shards = [Shard(X[:900]), Shard(X[900:])]
+    phase = PretrainPhase(layer=0, n_visible=64, n_hidden=16, visible_units="bernoulli",
+                          epochs=3, batch_size=20, learning_rate=0.1, momentum=0.5,
+                          weight_decay=0.0, cd_steps=1, persistent=False, seed=(0, 1, 0),
+                          device="cuda")
+    start = init_rbm(64, 16, X.mean(axis=0), "bernoulli", np.float32, np.random.default_rng(0))
+    state = PhaseState(start.flat, np.zeros_like(start.flat))
+    secret = secrets.token_bytes(32)
+    server = AllGatherServer(secret, 2, 20).start()
+    try:
+        plan = SyncPlan(mode=mode, n_workers=2, sync_every=5, secret=secret, phase_key=1,
+                        total_samples=len(X), timeout=20, blas_threads=1)
+        rendezvous = AllGatherClient(server.address, secret, 20, 2)
+        results, errors = {}, []
+
+        def work(rank):
+            try:
+                results[rank] = run_worker(rank, phase, shards[rank], state, [], plan,
+                                           rendezvous)
+            except Exception as error:  # raised below, in the test's thread
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(rank,)) for rank in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        server.close()
+    assert not errors and len(results) == 2
+    assert len(cuda_on_the_cpu) == 2  # both trained on the device
+    assert sum(r.weight for r in results.values()) == pytest.approx(len(X))  # no mass lost
+    assert all(r.diagnostics["messages_merged"] > 0 for r in results.values())
+    final = [results[rank].state.params for rank in range(2)]
+    assert not np.allclose(final[0], start.flat, atol=1e-3)  # trained, not the stale start
+    if mode == "average":  # the last minibatch ends on an average, which the device took
+        np.testing.assert_array_equal(final[0], final[1])
+
+
+def test_cuda_fits_take_a_worker_per_visible_gpu_as_the_data_allows(monkeypatch):
+    from skdbn import _engines
+    from skdbn._params import Settings
+
+    monkeypatch.setattr(_engines, "visible_gpus", lambda: 4)
+    assert _engines.default_gpu_workers(60_000) == 4
+    assert _engines.default_gpu_workers(12_000) == 2
+    assert _engines.default_gpu_workers(800) == 1
+    settings = Settings.of(DistributedDBN(device="cuda", backend="auto"))
+    assert _engines.plan_workers(settings, 60_000) == _engines.WorkerPlan("processes", 4)
+    settings = Settings.of(DistributedDBN(device="cuda", n_workers=3))
+    assert _engines.plan_workers(settings, 800) == _engines.WorkerPlan("processes", 3)
