@@ -127,9 +127,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         Where each worker trains. ``"cpu"``: numpy, the fastest CPU path. ``"cuda"``:
         PyTorch on CUDA GPUs (install ``skdbn[gpu]``): worker ``r`` on GPU ``r`` modulo
         those ``CUDA_VISIBLE_DEVICES`` shows, on this machine (not yet on Spark);
-        ``n_workers=None`` takes one per GPU. The fitted model holds numpy arrays either way,
-        so it pickles, loads and predicts without torch. A GPU fit draws other random numbers
-        than a CPU fit (see the user guide).
+        ``n_workers=None`` takes one per GPU, at most one per 5,000 rows. The fitted model
+        holds numpy arrays either way, so it pickles, loads and predicts without torch. A
+        GPU fit draws other random numbers than a CPU fit (see the user guide).
     backend : {"auto", "local", "spark"}, default="auto"
         Where the workers run. ``"spark"``: one task per worker in a barrier stage of the
         SparkSession (the input DataFrame's, else the active one, else an embedded

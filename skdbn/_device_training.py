@@ -35,11 +35,11 @@ def device_math(device):
     """The ``TrainingMath`` of a worker training on ``device`` (a ``torch.device``)."""
 
     def train_rbm(phase, x, params, rng, sync, log, delay):
-        with _out_of_memory_said(device, x, phase.batch_size, params.flat.dtype):
+        with _device_phase(device, x, phase.batch_size, params.flat.dtype):
             return _train_rbm(device, phase, x, params, rng, sync, log, delay)
 
     def train_network(phase, x, y, params, velocity, rng, sync, log, delay):
-        with _out_of_memory_said(device, x, phase.batch_size, params.flat.dtype):
+        with _device_phase(device, x, phase.batch_size, params.flat.dtype):
             return _train_network(device, phase, x, y, params, velocity, rng, sync, log,
                                   delay)
 
@@ -47,18 +47,26 @@ def device_math(device):
 
 
 @contextlib.contextmanager
-def _out_of_memory_said(device, x, batch_size, dtype):
-    """Raise the device's out-of-memory as ``DeviceOutOfMemory``, with the sizes to change."""
+def _device_phase(device, x, batch_size, dtype):
+    """A phase on ``device``: its cached memory is given back when the phase ends (a pooled
+    worker process may take another rank, on another GPU, next time), and running out of
+    memory is raised as ``DeviceOutOfMemory``, with the sizes to change."""
+    said = None
     try:
         yield
     except torch.cuda.OutOfMemoryError as error:
+        said = str(error)  # not the error: its traceback holds the phase's tensors
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if said is not None:
         n_rows, n_features = x.shape
         mib = n_rows * n_features * np.dtype(dtype).itemsize / 2**20
         raise DeviceOutOfMemory(
             f"{device} ran out of memory training a shard of {n_rows} rows x {n_features} "
             f"features ({mib:,.0f} MiB in {np.dtype(dtype).name} on the device) at batch size "
             f"{batch_size}: lower batch_size or the layer sizes, or give the fit a device "
-            f"with more free memory ({error})") from error
+            f"with more free memory ({said})")
 
 
 class DeviceIndices:
@@ -82,10 +90,18 @@ class DeviceIndices:
         return rows
 
 
-def on_device(x, device, dtype):
-    """The rows ``x`` (an array or sparse matrix) as a dense tensor on ``device``."""
-    dense = x.toarray() if sp.issparse(x) else np.ascontiguousarray(x)
-    return torch.as_tensor(dense, device=device).to(_torch_dtype(dtype))
+def on_device(x, device, dtype, block_bytes=64 * 2**20):
+    """The rows ``x`` (an array, possibly read-only, or a sparse matrix) as a dense tensor on
+    ``device``, copied a block of rows at a time: the host never holds more than a block
+    beyond ``x`` (sparse rows are densified a block at a time)."""
+    n_rows, n_features = x.shape
+    out = torch.empty((n_rows, n_features), dtype=_torch_dtype(dtype), device=device)
+    step = max(1, block_bytes // max(1, n_features * np.dtype(dtype).itemsize))
+    for start in range(0, n_rows, step):
+        block = x[start:start + step]
+        block = block.toarray() if sp.issparse(block) else block
+        out[start:start + step].copy_(torch.tensor(np.asarray(block, dtype=dtype)))
+    return out
 
 
 def _torch_dtype(dtype):
@@ -135,7 +151,7 @@ def _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay)
     batch_size = min(phase.batch_size, x.shape[0])
     onehot = on.flat.new_zeros((batch_size, n_classes))
     rows_on_device = on_device(x, device, params.flat.dtype)
-    codes_on_device = torch.as_tensor(np.asarray(y, dtype=np.int64), device=device)
+    codes_on_device = torch.tensor(np.asarray(y, dtype=np.int64), device=device)
     monitor = LossMonitor(phase, params)
     indices = DeviceIndices(device)
 

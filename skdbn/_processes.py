@@ -22,6 +22,12 @@ from ._shared import SharedShards, open_shard
 from ._watch import open_progress_listener
 from ._worker import PhaseStalled, SyncPlan, run_worker, straggler_allowance
 
+# Shards written while the workers start, at most: what a slow disk (this many bytes per
+# second) writes in a quarter of the network timeout, and never more than this many bytes
+# (shared memory writes them in about 0.2 s; larger shards are written first).
+_OVERLAPPED_WRITE_BYTES = 256 * 2**20
+_SLOW_WRITE_BYTES_PER_SECOND = 40 * 2**20
+
 
 class ProcessEngine(Engine):
     """Runs each phase on ``n_workers`` local processes that synchronise by ``sync``.
@@ -86,7 +92,9 @@ class ProcessEngine(Engine):
                 listeners.callback(progress.close)
                 plan = dataclasses.replace(plan, progress_address=progress.address)
             server = rendezvous = None
-            if self.sync == "none":  # independent workers: no rendezvous to hold them back
+            if not self._write_while_workers_start():
+                self._shards.write()
+            if self.sync == "none":  # independent workers: no rendezvous
                 self._shards.write()
             else:
                 server = AllGatherServer(self._secret, self.n_workers, self.timeout)
@@ -105,6 +113,16 @@ class ProcessEngine(Engine):
             results = self._results(futures)
             self._phase_running = False
         return consensus(results), results
+
+    def _write_while_workers_start(self):
+        """Whether the shards still to write are small enough to write while the workers
+        start: they wait for them at the rendezvous, whose every wait is bounded by
+        ``timeout``, so a write that might take a fair share of it comes first."""
+        if self.n_workers == 1:  # a lone worker reads its shard without a rendezvous
+            return False
+        budget = min(_OVERLAPPED_WRITE_BYTES,
+                     self.timeout / 4 * _SLOW_WRITE_BYTES_PER_SECOND)
+        return self._shards.unwritten_bytes <= budget
 
     def _results(self, futures):
         """The workers' results in rank order. A worker's error is raised at once; workers

@@ -87,6 +87,14 @@ class SharedShards:
             self._paths = tuple(path for path in paths if path is not None)
             self._unwritten = (X, codes, np.concatenate(worker_rows), paths)
 
+    @property
+    def unwritten_bytes(self):
+        """Bytes :meth:`write` has yet to write (0 once written, or where nothing is)."""
+        if self._unwritten is None:
+            return 0
+        X, codes, order, _ = self._unwritten
+        return len(order) * (X[:1].nbytes + (0 if codes is None else 8))
+
     def write(self):
         """Write the files the ``sources`` name (once; nothing to do where the rows travel
         in the sources themselves). Workers must not open their shards before this returns;

@@ -1,8 +1,8 @@
 """The updates of ``_rbm.ContrastiveDivergence`` and ``_network.Backprop`` in PyTorch, for
 workers that train on a device.
 
-Only workers whose phase names a device import this module, and it is the only one that
-imports torch: ``import skdbn`` never does. Each trainer computes its numpy counterpart's update
+Only workers whose phase names a device import this module (through ``_device_training``):
+``import skdbn`` never imports torch. Each trainer computes its numpy counterpart's update
 operation for operation (the same capped sigmoid, the same stacked weight gradient, the same
 decoupled weight decay and momentum), so that from the same state, minibatches and uniform draws
 both give the same parameters up to float32 rounding; ``tests/test_torch_math.py`` holds them to
@@ -187,8 +187,9 @@ class TorchBackprop:
         y_onehot : torch.Tensor of shape (batch, n_classes)
         """
         activations = self.forward(x)
-        probabilities = activations[-1]
-        loss = -torch.log(torch.clamp(probabilities[y_onehot > 0], min=1e-12)).sum()
+        # A product with the one-hot rows, not a boolean index: an index would wait for the
+        # device to say how many rows it selects.
+        loss = -(torch.log(torch.clamp(activations[-1], min=1e-12)) * y_onehot).sum()
         self._backward(activations, y_onehot)
         self._apply_update()
         return loss

@@ -138,6 +138,26 @@ def test_workers_wait_for_shards_written_while_they_start(digits, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_write_too_long_to_overlap_comes_before_the_workers_start(digits, monkeypatch):
+    # The workers' waits at the rendezvous are bounded by network_timeout: shards that could
+    # take a fair share of it to write (here: a very slow disk) are written before the
+    # workers are sent their phase, or they would give up waiting.
+    from skdbn import _processes
+
+    X, y = digits
+    monkeypatch.setattr(_processes, "_SLOW_WRITE_BYTES_PER_SECOND", 1000)
+    write = _shared.SharedShards.write
+
+    def slow_write(shards):
+        if shards.unwritten_bytes:
+            time.sleep(3.0)
+        write(shards)
+
+    monkeypatch.setattr(_shared.SharedShards, "write", slow_write)
+    model = DistributedDBN(**dict(PARAMS, network_timeout=2.0)).fit(X, y)
+    assert model.n_workers_ == 2
+
+
 def test_a_fit_without_room_for_files_trains_as_one_with_them(digits, monkeypatch):
     X, y = digits
     written = DistributedDBN(**PARAMS).fit(X, y)

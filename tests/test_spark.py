@@ -83,8 +83,10 @@ def test_the_phases_of_a_fit_share_one_spark_job_that_ends_after_the_fit(spark, 
         return original(job)
 
     monkeypatch.setattr(standing.StandingJob, "start", start)
+    # n_iter_no_change above max_iter: gossip's noisy loss must not stop it before 3 rounds.
     model = DistributedDBN(hidden_layer_sizes=(32, 16), pretrain_epochs=2, max_iter=30,
-                           tol=0.0, n_workers=2, random_state=0).fit(X_train, y_train)
+                           n_iter_no_change=31, n_workers=2,
+                           random_state=0).fit(X_train, y_train)
     assert len({stats["phase"] for stats in model.worker_stats_}) == 5  # 2 layers + 3 rounds
     assert len(jobs) == 1
     jobs[0]._thread.join(30)
