@@ -28,18 +28,10 @@ import time
 
 import numpy as np
 import torch
+from bench_cores import mnist_like
 
 from skdbn import DistributedDBN
 from skdbn.datasets import load_distorted_digits
-
-
-def mnist_like(n_samples, seed=0, n_features=784, n_classes=10):
-    """Binary rows: noisy copies of sparse class prototypes (float32), and their classes."""
-    rng = np.random.default_rng(seed)
-    prototypes = rng.random((n_classes * 4, n_features)) < 0.19
-    which = rng.integers(0, len(prototypes), n_samples)
-    noise = rng.random((n_samples, n_features)) < 0.05
-    return (prototypes[which] ^ noise).astype(np.float32), which % n_classes
 
 
 def synchronized_seconds(device, function):

@@ -132,13 +132,8 @@ def _train_rbm(device, phase, x, params, rng, sync, log, delay):
                            out=trainer.load_batch(len(rows)))
         trainer.step(len(rows))
 
-    def end_epochs(count):
-        on.to_host(params)
-        return monitor.end_epochs(count)
-
-    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs,
-                    indices.new_order)
-    on.to_host(params)
+    _run_on_device(on, params, monitor, indices, x.shape[0], batch_size, rng, sync, log,
+                   delay, train)
     return trainer.velocity.flat.cpu().numpy(), monitor.history()
 
 
@@ -163,11 +158,21 @@ def _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay)
         batch_onehot.scatter_(1, codes_on_device[index].unsqueeze(1), 1)
         monitor.add(trainer.step(rows_on_device[index], batch_onehot), len(rows))
 
+    _run_on_device(on, params, monitor, indices, x.shape[0], batch_size, rng, sync, log,
+                   delay, train)
+    return trainer.velocity.flat.cpu().numpy(), monitor.history()
+
+
+def _run_on_device(on, params, monitor, indices, n_rows, batch_size, rng, sync, log, delay,
+                   train):
+    """``run_minibatches`` of a phase whose parameters ``on`` live on a device: the host
+    parameters ``params`` are brought up to date for each epoch's figures (``monitor``) and
+    when the phase ends."""
+
     def end_epochs(count):
         on.to_host(params)
         return monitor.end_epochs(count)
 
-    run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, end_epochs,
+    run_minibatches(n_rows, batch_size, rng, sync, log, delay, train, end_epochs,
                     indices.new_order)
     on.to_host(params)
-    return trainer.velocity.flat.cpu().numpy(), {"loss": monitor.losses}

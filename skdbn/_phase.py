@@ -342,7 +342,7 @@ def _train_network(phase, x, y, params, velocity, rng, sync, log, delay):
         monitor.add(trainer.step(x[rows], batch_onehot), len(rows))
 
     run_minibatches(x.shape[0], batch_size, rng, sync, log, delay, train, monitor.end_epochs)
-    return trainer.velocity.flat, {"loss": monitor.losses}
+    return trainer.velocity.flat, monitor.history()
 
 
 class LossMonitor:
@@ -367,6 +367,10 @@ class LossMonitor:
         self.losses += [loss] * count
         self._total, self._seen = 0.0, 0
         return loss
+
+    def history(self):
+        """The per-epoch losses, as a phase's history."""
+        return {"loss": self.losses}
 
 
 @dataclass(frozen=True)
