@@ -411,8 +411,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         """
         with _unchanged_on_error(self):
             settings = Settings.of(self)
-            check_device(settings.device, settings.backend, settings.n_workers,
-                         is_spark_dataframe(X))
+            check_device(settings.device, settings.backend, is_spark_dataframe(X))
             warm = self._warm_start() if self.warm_start and hasattr(self, "coefs_") else None
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
             with self._prepared(X, y, settings, warm, seed) as data:
@@ -461,7 +460,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                             "warm_start=True to continue training)")
         with _unchanged_on_error(self):
             settings = Settings.of(self)
-            check_device(settings.device, settings.backend, settings.n_workers, False)
+            check_device(settings.device, settings.backend, False)
             warm = self._warm_start() if hasattr(self, "coefs_") else None
             data = prepare_partial_arrays(self, X, y, classes, settings, warm)
             # Each call draws new minibatches: the seed moves on with the epochs trained.

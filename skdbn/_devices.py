@@ -20,7 +20,7 @@ class DeviceOutOfMemory(MemoryError):
     fit's own error (never rerun as a lost worker)."""
 
 
-def check_device(device, backend, n_workers, spark_input):
+def check_device(device, backend, spark_input):
     """Raise what keeps a fit on ``device`` from running here, before any data is prepared.
 
     Parameters
@@ -29,8 +29,6 @@ def check_device(device, backend, n_workers, spark_input):
         The estimator's ``device``.
     backend : {"auto", "local", "spark"}
         The estimator's ``backend`` (with ``device="cuda"``, ``"auto"`` trains arrays here).
-    n_workers : int or None
-        The estimator's ``n_workers`` (any number: workers share the visible GPUs).
     spark_input : bool
         Whether the fit's input is a Spark DataFrame.
     """

@@ -144,11 +144,9 @@ def plan_workers(settings, n_samples, dataframe=None):
     See :func:`trains_in_driver_process` for when the workers run in this process; a
     ``dataframe`` left on the cluster is trained by Spark tasks.
     """
-    backend = resolve_backend(settings.backend, dataframe_input=dataframe is not None)
-    if settings.device != "cpu":  # this machine's GPUs in this version (_devices.check_device)
-        backend = "local"
-    wanted = settings.n_workers or (default_workers(backend, n_samples)
-                                    if settings.device == "cpu" else default_gpu_workers(n_samples))
+    backend = resolve_backend(settings.backend, dataframe_input=dataframe is not None,
+                              device=settings.device)
+    wanted = settings.n_workers or default_workers(backend, n_samples, settings.device)
     if dataframe is None and trains_in_driver_process(backend, settings.n_workers, n_samples):
         return WorkerPlan("this process" if wanted == 1 else "processes", wanted)
     from .spark.placement import place_workers
@@ -158,16 +156,19 @@ def plan_workers(settings, n_samples, dataframe=None):
     return WorkerPlan("spark", placement.n_tasks, placement)
 
 
-def resolve_backend(backend, dataframe_input):
+def resolve_backend(backend, dataframe_input, device="cpu"):
     """The backend a fit uses, "local" or "spark", for the ``backend`` parameter.
 
     An explicit "local" or "spark" always wins. With "auto", a DataFrame, or a SparkSession
     active in this process, means Spark; anything else trains on local worker processes,
     which start in a fraction of a second where an embedded Spark session takes several
-    (``benchmarks/bench_cores.py`` measures both).
+    (``benchmarks/bench_cores.py`` measures both). Arrays on a ``device`` other than the CPU
+    train on this machine's GPUs whatever the session (Spark GPUs are not supported yet).
     """
     if backend != "auto":
         return backend
+    if device != "cpu" and not dataframe_input:
+        return "local"
     if dataframe_input or _active_spark_session():
         return "spark"
     return "local"
@@ -181,18 +182,14 @@ def _active_spark_session():
     return SparkSession.getActiveSession() is not None
 
 
-def default_workers(backend, n_samples):
+def default_workers(backend, n_samples, device="cpu"):
     """Workers of a fit with ``n_workers=None``, before Spark's task slots are counted: one
     per ``SAMPLES_PER_WORKER`` samples, and for local processes at most one per core (one
-    BLAS thread each)."""
+    BLAS thread each), or on a ``device`` other than the CPU one per visible GPU."""
     wanted = max(1, n_samples // SAMPLES_PER_WORKER)
+    if device != "cpu":
+        return max(1, min(wanted, visible_gpus()))
     return min(wanted, usable_cpus()) if backend == "local" else wanted
-
-
-def default_gpu_workers(n_samples):
-    """Workers of a ``device="cuda"`` fit with ``n_workers=None``: one per visible GPU, and
-    one per ``SAMPLES_PER_WORKER`` samples at most."""
-    return max(1, min(visible_gpus(), n_samples // SAMPLES_PER_WORKER))
 
 
 def trains_in_driver_process(backend, n_workers, n_samples):

@@ -91,12 +91,11 @@ class ProcessEngine(Engine):
             if progress is not None:
                 listeners.callback(progress.close)
                 plan = dataclasses.replace(plan, progress_address=progress.address)
+            overlap = self._write_while_workers_start()
+            if not overlap:
+                self._shards.write()
             server = rendezvous = None
-            if not self._write_while_workers_start():
-                self._shards.write()
-            if self.sync == "none":  # independent workers: no rendezvous
-                self._shards.write()
-            else:
+            if self.sync != "none":  # independent workers need no rendezvous
                 server = AllGatherServer(self._secret, self.n_workers, self.timeout)
                 listeners.callback(server.close)
                 rendezvous = AllGatherClient(server.address, self._secret, self.timeout,
@@ -105,9 +104,10 @@ class ProcessEngine(Engine):
             futures = [self._pool.submit(_run_shared_worker, rank, phase, source, state, below,
                                          plan, rendezvous)
                        for rank, source in enumerate(self._shards.sources)]
-            # The workers start while their shards are written: they read them only after
-            # the rendezvous, which answers once the shards are complete.
-            self._shards.write()
+            if overlap:
+                # The workers start while their shards are written: they read them only after
+                # the rendezvous, which answers once the shards are complete.
+                self._shards.write()
             if server is not None:
                 server.start()
             results = self._results(futures)
@@ -117,8 +117,9 @@ class ProcessEngine(Engine):
     def _write_while_workers_start(self):
         """Whether the shards still to write are small enough to write while the workers
         start: they wait for them at the rendezvous, whose every wait is bounded by
-        ``timeout``, so a write that might take a fair share of it comes first."""
-        if self.n_workers == 1:  # a lone worker reads its shard without a rendezvous
+        ``timeout``, so a write that might take a fair share of it comes first. Workers
+        that do not meet (``sync="none"``, or a lone worker) read at once: never."""
+        if self.sync == "none" or self.n_workers == 1:
             return False
         budget = min(_OVERLAPPED_WRITE_BYTES,
                      self.timeout / 4 * _SLOW_WRITE_BYTES_PER_SECOND)

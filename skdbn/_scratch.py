@@ -100,15 +100,10 @@ def remove_files(paths, empty=False):
     """
     handles = []
     for path in paths:
-        try:
+        with contextlib.suppress(OSError):  # gone, or not ours to open: its name goes anyway
             handles.append(os.open(path, os.O_WRONLY if empty else os.O_RDONLY))
-        except FileNotFoundError:
-            continue
-        except OSError:  # not ours to open: its name goes all the same
-            handles.append(None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    handles = [handle for handle in handles if handle is not None]
     if handles:
         threading.Thread(target=_free, args=(handles, empty), name="skdbn-free-files",
                          daemon=True).start()

@@ -157,12 +157,13 @@ def write_rows(path, X, order, dtype=None):
     header["fortran_order"] = False
     step = max(1, _WRITE_BYTES // max(1, n_features * dtype.itemsize))
     block = np.empty((min(step, len(order)), n_features), dtype)
+    gathers_in_place = isinstance(X, np.ndarray) and X.dtype == dtype
     with open(path, "wb") as out:
         np.lib.format.write_array_header_1_0(out, header)
         for start in range(0, len(order), step):
             rows = order[start:start + step]
             part = block[:len(rows)]
-            if isinstance(X, np.ndarray) and X.dtype == dtype:
+            if gathers_in_place:
                 np.take(X, rows, axis=0, out=part)
             else:
                 chosen = X[rows]

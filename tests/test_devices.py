@@ -244,9 +244,9 @@ def test_cuda_fits_take_a_worker_per_visible_gpu_as_the_data_allows(monkeypatch)
     from skdbn._params import Settings
 
     monkeypatch.setattr(_engines, "visible_gpus", lambda: 4)
-    assert _engines.default_gpu_workers(60_000) == 4
-    assert _engines.default_gpu_workers(12_000) == 2
-    assert _engines.default_gpu_workers(800) == 1
+    assert _engines.default_workers("local", 60_000, "cuda") == 4
+    assert _engines.default_workers("local", 12_000, "cuda") == 2
+    assert _engines.default_workers("local", 800, "cuda") == 1
     settings = Settings.of(DistributedDBN(device="cuda", backend="auto"))
     assert _engines.plan_workers(settings, 60_000) == _engines.WorkerPlan("processes", 4)
     settings = Settings.of(DistributedDBN(device="cuda", n_workers=3))

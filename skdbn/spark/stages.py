@@ -102,9 +102,9 @@ class SparkEngine(Engine):
         here, before shard files are written: its tasks start (a tenth of a second of Spark's
         scheduling) while this process writes, and read their shards in the first phase.
         """
-        write_shards = None
+        worker_rows = None
         if data.frame is None:
-            write_shards = self._start_from_arrays(data, seed)
+            worker_rows = self._start_from_arrays(data, seed)
         else:
             self._layout = data.frame.layout
             if data.frame.source is None:
@@ -113,12 +113,13 @@ class SparkEngine(Engine):
                 self._cache_partitions(data.frame.source)
         if self._standing_job_possible():
             self._start_standing_job()
-        if write_shards is not None:
-            write_shards()
+        if worker_rows is not None and self._layout.shard_dir is not None:
+            for rank, rows in enumerate(worker_rows):
+                write_array_shard(data.X, data.codes, rows, rank, self._layout)
 
     def _start_from_arrays(self, data, seed):
-        """Deal the arrays of ``data``: into cached partitions, or, where the tasks map shard
-        files, return the function that writes them."""
+        """Deal the arrays of ``data`` and return each worker's rows: into cached partitions,
+        or, where the tasks map shard files, to be written by :meth:`start`."""
         X, codes = data.X, data.codes
         worker_rows = [np.arange(data.n_samples) if part is None else part
                        for part in dealt_indices(data.n_samples, self.n_workers, seed)]
@@ -126,15 +127,10 @@ class SparkEngine(Engine):
                                          X.dtype, codes is not None, data.mean, data.scale)
         if self._layout.shard_dir is not None:
             self._frame = self._one_row_per_task()
-
-            def write_shards():
-                for rank, rows in enumerate(worker_rows):
-                    write_array_shard(X, codes, rows, rank, self._layout)
-            return write_shards
-        source = frame_from_arrays(self.spark, X, codes, worker_rows, X.dtype,
-                                   is_connect_session(self.spark))
-        self._cache_partitions(source)
-        return None
+        else:
+            self._cache_partitions(frame_from_arrays(self.spark, X, codes, worker_rows, X.dtype,
+                                                     is_connect_session(self.spark)))
+        return worker_rows
 
     def _plan_layout(self, rows, n_features, dtype, labelled, mean, scale):
         """The shards to come, with a fresh shard directory when the tasks can use one."""
