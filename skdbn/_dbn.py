@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checkpoint import TrainingState
 from ._devices import check_device
+from ._engines import resolve_backend
 from ._flat import FlatParams
 from ._inputs import WarmStart, prepare_arrays, prepare_partial_arrays
 from ._network import forward, network_from_layers, network_layout
@@ -411,7 +412,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         """
         with _unchanged_on_error(self):
             settings = Settings.of(self)
-            check_device(settings.device, settings.backend, is_spark_dataframe(X))
+            check_device(settings.device, on_spark=resolve_backend(
+                settings.backend, is_spark_dataframe(X), settings.device) == "spark")
             warm = self._warm_start() if self.warm_start and hasattr(self, "coefs_") else None
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
             with self._prepared(X, y, settings, warm, seed) as data:
@@ -460,7 +462,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                             "warm_start=True to continue training)")
         with _unchanged_on_error(self):
             settings = Settings.of(self)
-            check_device(settings.device, settings.backend, False)
+            check_device(settings.device, on_spark=resolve_backend(
+                settings.backend, False, settings.device) == "spark")
             warm = self._warm_start() if hasattr(self, "coefs_") else None
             data = prepare_partial_arrays(self, X, y, classes, settings, warm)
             # Each call draws new minibatches: the seed moves on with the epochs trained.

@@ -2,8 +2,10 @@
 (``device="cuda"``).
 
 :func:`check_device` runs when a fit starts, before any data is prepared, and says what to
-install or configure; :func:`worker_device` runs on each worker. torch is imported only by a
-fit whose ``device`` is not "cpu", so ``import skdbn`` and numpy-only installs never need it.
+install or configure; a Spark fit's GPUs are the executors', which ``spark.placement`` checks.
+On each worker, :func:`worker_device` (local processes) or :func:`spark_task_device` (a Spark
+task) names the device and :func:`torch_device` makes it. torch is imported only by a fit
+whose ``device`` is not "cpu", so ``import skdbn`` and numpy-only installs never need it.
 """
 
 import importlib
@@ -20,25 +22,21 @@ class DeviceOutOfMemory(MemoryError):
     fit's own error (never rerun as a lost worker)."""
 
 
-def check_device(device, backend, spark_input):
+def check_device(device, on_spark):
     """Raise what keeps a fit on ``device`` from running here, before any data is prepared.
 
     Parameters
     ----------
     device : {"cpu", "cuda"}
         The estimator's ``device``.
-    backend : {"auto", "local", "spark"}
-        The estimator's ``backend`` (with ``device="cuda"``, ``"auto"`` trains arrays here).
-    spark_input : bool
-        Whether the fit's input is a Spark DataFrame.
+    on_spark : bool
+        Whether the fit's workers are Spark tasks. Their GPUs are the executors', checked
+        with the session's task slots (``spark.placement``): this process needs neither torch
+        nor a GPU then.
     """
-    if device == CPU:
+    if device == CPU or on_spark:
         return
     torch = _torch()
-    if backend == "spark" or spark_input:
-        raise NotImplementedError(
-            "device='cuda' trains on this machine's GPUs in this version; Spark GPU executors "
-            "are not supported yet: use backend='local', or device='cpu' on Spark")
     if not torch.cuda.is_available():
         raise RuntimeError(
             f"device='cuda' but PyTorch {torch.__version__} sees no CUDA device (torch.cuda."
@@ -52,12 +50,45 @@ def visible_gpus():
 
 
 def worker_device(device, rank):
-    """The ``torch.device`` worker ``rank`` trains on for the ``device`` setting, or None for
-    numpy on the CPU: GPU ``rank`` modulo the visible GPUs (``CUDA_VISIBLE_DEVICES``)."""
+    """The device local worker ``rank`` trains on for the ``device`` setting, as a name
+    (``"cuda:1"``), or None for numpy on the CPU: GPU ``rank`` modulo the visible GPUs
+    (``CUDA_VISIBLE_DEVICES``)."""
     if device == CPU:
         return None
+    return f"{CUDA}:{rank % max(1, visible_gpus())}"
+
+
+def spark_task_device(device, resources):
+    """The device a Spark task trains on for the ``device`` setting: the GPU Spark assigned
+    it (``resources``: ``TaskContext.resources()``), as a name, or None for numpy on the CPU.
+
+    Spark's GPU addresses are the executor's CUDA ordinals (its discovery script's answer),
+    as xgboost.spark and TorchDistributor read them.
+    """
+    if device == CPU:
+        return None
+    gpu = resources.get("gpu")
+    if gpu is None or not gpu.addresses:
+        raise RuntimeError(
+            "device='cuda' but Spark assigned this task no GPU (TaskContext.resources() has "
+            "no 'gpu'): the executors need spark.executor.resource.gpu.amount and a discovery "
+            "script (spark.executor.resource.gpu.discoveryScript, or the worker's "
+            "spark.worker.resource.gpu.* on a standalone cluster)")
+    address = gpu.addresses[0]
     torch = _torch()
-    return torch.device(CUDA, rank % max(1, torch.cuda.device_count()))
+    if not address.isdigit() or int(address) >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"Spark assigned this task GPU {address!r}, but PyTorch {torch.__version__} on "
+            f"this executor sees {torch.cuda.device_count()} CUDA device(s): the GPU "
+            "discovery script must give the CUDA ordinals the executor sees (check its "
+            f"CUDA_VISIBLE_DEVICES); otherwise {INSTALL_HINT}")
+    return f"{CUDA}:{address}"
+
+
+def torch_device(name):
+    """The ``torch.device`` of a device name from :func:`worker_device` or
+    :func:`spark_task_device`."""
+    return _torch().device(name)
 
 
 def _torch():

@@ -147,12 +147,13 @@ def plan_workers(settings, n_samples, dataframe=None):
     backend = resolve_backend(settings.backend, dataframe_input=dataframe is not None,
                               device=settings.device)
     wanted = settings.n_workers or default_workers(backend, n_samples, settings.device)
-    if dataframe is None and trains_in_driver_process(backend, settings.n_workers, n_samples):
+    if dataframe is None and trains_in_driver_process(backend, settings.n_workers, n_samples,
+                                                      settings.device):
         return WorkerPlan("this process" if wanted == 1 else "processes", wanted)
     from .spark.placement import place_workers
 
     placement = place_workers(dataframe, settings.n_workers, wanted,
-                              settings.sync != "none")
+                              settings.sync != "none", settings.device)
     return WorkerPlan("spark", placement.n_tasks, placement)
 
 
@@ -163,7 +164,8 @@ def resolve_backend(backend, dataframe_input, device="cpu"):
     active in this process, means Spark; anything else trains on local worker processes,
     which start in a fraction of a second where an embedded Spark session takes several
     (``benchmarks/bench_cores.py`` measures both). Arrays on a ``device`` other than the CPU
-    train on this machine's GPUs whatever the session (Spark GPUs are not supported yet).
+    train on this machine's GPUs whatever the session; ``backend="spark"`` sends them to the
+    executors' GPUs.
     """
     if backend != "auto":
         return backend
@@ -185,21 +187,30 @@ def _active_spark_session():
 def default_workers(backend, n_samples, device="cpu"):
     """Workers of a fit with ``n_workers=None``, before Spark's task slots are counted: one
     per ``SAMPLES_PER_WORKER`` samples, and for local processes at most one per core (one
-    BLAS thread each), or on a ``device`` other than the CPU one per visible GPU."""
+    BLAS thread each), or on a ``device`` other than the CPU one per visible GPU (Spark's
+    GPU task slots cap a Spark fit's count later)."""
     wanted = max(1, n_samples // SAMPLES_PER_WORKER)
+    if backend != "local":
+        return wanted
     if device != "cpu":
         return max(1, min(wanted, visible_gpus()))
-    return min(wanted, usable_cpus()) if backend == "local" else wanted
+    return min(wanted, usable_cpus())
 
 
-def trains_in_driver_process(backend, n_workers, n_samples):
+def trains_in_driver_process(backend, n_workers, n_samples, device="cpu"):
     """Whether a fit trains on workers of this process, from data this process holds.
 
     ``backend`` is resolved ("local" or "spark"). True for the local backend, and for data
     that one worker should train (``n_workers=None`` and fewer than ``2 *
     SAMPLES_PER_WORKER`` samples): starting Spark tasks for it costs more than the training,
     so it trains here, which also keeps small fits (and scikit-learn's checks) fast and
-    deterministic. A small DataFrame is then read into this process first.
+    deterministic. A small DataFrame is then read into this process first. A Spark fit on a
+    ``device`` other than the CPU always trains on the executors: their GPUs, not this
+    process's, are the ones asked for.
     """
+    if backend == "local":
+        return True
+    if device != "cpu":
+        return False
     wanted = n_workers or default_workers(backend, n_samples)
-    return backend == "local" or (n_workers is None and wanted == 1)
+    return n_workers is None and wanted == 1

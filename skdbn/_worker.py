@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from threadpoolctl import threadpool_limits
 
-from ._devices import worker_device
+from . import _devices
 from ._gossip import GossipNode, WireSpec
 from ._phase import train_phase
 from ._sync import AverageSync, GossipSync, LocalBudget
@@ -47,7 +47,8 @@ class SyncPlan:
                 f"sync_every={self.sync_every}, phase_key={self.phase_key})")
 
 
-def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0.1"):
+def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0.1",
+               device=None):
     """Train ``phase`` on this worker's ``shard`` and return its ``PhaseResult``.
 
     Parameters
@@ -65,6 +66,9 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
         ``all_gather(rank, address) -> list of addresses by rank``: the rendezvous.
     host : str, default="127.0.0.1"
         Address this worker listens on (its own host).
+    device : str, default=None
+        The device this worker trains on (``"cuda:1"``: a Spark task's assigned GPU); None:
+        the one of local worker ``rank`` for the phase's ``device`` setting.
     """
     read = shard if callable(shard) else (lambda: shard)
     clock = Stopwatch()
@@ -76,7 +80,7 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
             shard = clock.lap("read", read)
             budget = LocalBudget(phase.epochs, shard.n_samples)
             result = train_watched(clock, send, REPORT_SECONDS, rank, phase, shard, state,
-                                   below, budget)
+                                   below, budget, device)
             return clock.stamped(result)
         spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
                         state.params.dtype.name)
@@ -87,23 +91,25 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
             node.start(peers)
             sync = _synchronizer(plan, phase, node)
             result = train_watched(clock, send, REPORT_SECONDS, rank, phase, shard, state,
-                                   below, sync)
+                                   below, sync, device)
         finally:
             clock.lap("close", node.close)
         return clock.stamped(result)
 
 
-def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=None):
-    """``train_phase`` of worker ``rank``, timed by ``clock`` (a ``Stopwatch``) as "train";
-    while it runs the worker's progress goes through ``send(snapshot)`` every ``interval``
-    seconds and at each epoch's end (``send=None``: nobody watches)."""
+def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=None,
+                  device=None):
+    """``train_phase`` of worker ``rank``, timed by ``clock`` (a ``Stopwatch``) as "train",
+    on ``device`` (a name; None: local worker ``rank``'s for the phase's setting); while it
+    runs the worker's progress goes through ``send(snapshot)`` every ``interval`` seconds and
+    at each epoch's end (``send=None``: nobody watches)."""
     log = WorkerLog()
-    on = worker_device(phase.device, rank)
+    on = device or _devices.worker_device(phase.device, rank)
     reporter = None if send is None else ProgressReporter(log, send, interval).start()
     try:
         result = clock.lap("train", train_phase, phase, shard, state, below, sync, rank, log,
                            training_math(on))
-        result.diagnostics["device"] = "cpu" if on is None else str(on)
+        result.diagnostics["device"] = "cpu" if on is None else on
         return result
     finally:
         if reporter is not None:
@@ -111,13 +117,13 @@ def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=
 
 
 def training_math(on):
-    """The ``TrainingMath`` of a worker training on the torch device ``on``: None (numpy on
+    """The ``TrainingMath`` of a worker training on the device named ``on``: None (numpy on
     the CPU) for None, else the loops of ``_device_training``."""
     if on is None:
         return None
     from ._device_training import device_math  # imports torch
 
-    return device_math(on)
+    return device_math(_devices.torch_device(on))
 
 
 class Stopwatch:

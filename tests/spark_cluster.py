@@ -40,9 +40,10 @@ def _stop(processes):
 
 
 @contextlib.contextmanager
-def running_cluster(root, n_workers=2):
-    """Start a master and ``n_workers`` one-core workers under ``root``; yield the master's
-    URL once every worker has registered; stop them all on exit."""
+def running_cluster(root, n_workers=2, cores=1, worker_env=None):
+    """Start a master and ``n_workers`` workers of ``cores`` cores each under ``root``, the
+    workers with ``worker_env`` added to their environment (their executors inherit it);
+    yield the master's URL once every worker has registered; stop them all on exit."""
     import pyspark
 
     spark_home = os.path.dirname(pyspark.__file__)
@@ -56,14 +57,15 @@ def running_cluster(root, n_workers=2):
                  "--port", str(port), "--webui-port", str(web_port)]]
     for i in range(n_workers):
         commands.append([spark_class, "org.apache.spark.deploy.worker.Worker",
-                         "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
+                         "--host", "127.0.0.1", "--cores", str(cores), "--memory", "1g",
                          "--webui-port", str(_free_port()),
                          "--work-dir", str(root / f"work{i}"), master_url])
     processes = []
     try:
         for i, command in enumerate(commands):
             log = open(root / f"process{i}.log", "w")  # noqa: SIM115 - closed with the process
-            processes.append(subprocess.Popen(command, env=env, stdout=log,
+            own_env = env if i == 0 else {**env, **(worker_env or {})}
+            processes.append(subprocess.Popen(command, env=own_env, stdout=log,
                                               stderr=subprocess.STDOUT))
         deadline = time.monotonic() + START_TIMEOUT
         alive = 0

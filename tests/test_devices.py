@@ -83,22 +83,14 @@ def test_cuda_without_a_cuda_device_fails_before_any_data_is_prepared(digits, mo
     assert not hasattr(model, "coefs_")
 
 
-def test_cuda_on_spark_which_this_version_cannot_train_is_refused_first(digits, monkeypatch):
-    pytest.importorskip("torch")
-    _no_data_prepared(monkeypatch)
-    with pytest.raises(NotImplementedError, match="Spark GPU executors are not supported yet"):
-        DistributedDBN(device="cuda", backend="spark").fit(*digits)
-
-
 @pytest.fixture
 def cuda_on_the_cpu(monkeypatch):
     """``device="cuda"`` trained by the PyTorch path on the CPU device."""
     torch = pytest.importorskip("torch")
-    import skdbn._worker as worker
+    from skdbn import _devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(worker, "worker_device",
-                        lambda device, rank: None if device == "cpu" else torch.device("cpu"))
+    monkeypatch.setattr(_devices, "torch_device", lambda name: torch.device("cpu"))
     trained = []
     from skdbn import _device_training
 

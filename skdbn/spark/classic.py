@@ -22,6 +22,15 @@ def scheduler_slots(spark):
     return int(context.maxNumConcurrentTasks(profile))
 
 
+def profile_slots(spark, profile):
+    """Tasks of the stage-level ``profile`` (a ``pyspark.resource.ResourceProfile``) that
+    the executors registered now can run at once, as the scheduler counts them."""
+    context = spark.sparkContext._jsc.sc()
+    manager = context.resourceProfileManager()
+    manager.addResourceProfile(profile._java_resource_profile)
+    return int(context.maxNumConcurrentTasks(manager.resourceProfileFromId(profile.id)))
+
+
 def tag_jobs(spark, tag):
     """Tag the jobs this thread starts on ``spark`` from now on, so that
     :func:`cancel_tagged_jobs` stops them. A classic session's ``SparkSession.addTag`` does

@@ -11,18 +11,19 @@ result, a ``SparkPlacement``, is what ``SparkEngine`` and the DataFrame preparat
 import contextlib
 import os
 import secrets
-import threading
 from dataclasses import dataclass
 from functools import partial
 
 from .._gossip import AllGatherClient, AllGatherServer
 from .._scratch import new_scratch_dirs, remove_tree
 from .classic import scheduler_slots
+from .gpus import gpu_placement
 from .session import (
     check_barrier_possible,
     conf_value,
     free_task_slots,
     get_session,
+    interruptible_job,
     is_connect_session,
     local_connect_cluster,
     local_master_cores,
@@ -52,22 +53,28 @@ class SparkPlacement:
     n_tasks: int
     rendezvous: str | None
     shard_files: bool
+    profile: object = None  # the tasks' stage-level ResourceProfile (one GPU each), if any
 
 
-def place_workers(dataframe, n_workers, wanted, needs_rendezvous):
+def place_workers(dataframe, n_workers, wanted, needs_rendezvous, device="cpu"):
     """The ``SparkPlacement`` of a fit on ``dataframe``'s session (None: the active or the
     embedded one): ``n_workers`` tasks, or with None the ``wanted`` count capped by the
-    session's free task slots.
+    session's free task slots (GPU task slots for a ``device`` other than "cpu").
 
     Raises before any data moves when the barrier stage cannot run (dynamic allocation, too
-    few slots) or, for the tasks of a fit that meet at every phase (several of them, and a
-    ``sync`` other than "none"), when ``spark.skdbn.rendezvous`` has a value it cannot take.
+    few slots, no GPUs on the executors: ``gpus.gpu_placement``) or, for the tasks of a fit
+    that meet at every phase (several of them, and a ``sync`` other than "none"), when
+    ``spark.skdbn.rendezvous`` has a value it cannot take.
     """
     spark = get_session(dataframe)
     slots = check_barrier_possible(spark, n_workers or 1)
+    profile = None
+    if device != "cpu":
+        gpus = gpu_placement(spark, n_workers, slots)
+        profile, slots = gpus.profile, min(slots, gpus.slots)
     n_tasks = n_workers or min(wanted, slots)
     mode = rendezvous_mode(spark) if n_tasks > 1 and needs_rendezvous else None
-    return SparkPlacement(spark, n_tasks, mode, tasks_share_files(spark))
+    return SparkPlacement(spark, n_tasks, mode, tasks_share_files(spark), profile)
 
 
 def tasks_share_files(spark):
@@ -206,23 +213,4 @@ def task_slots_now(spark, timeout):
 
 def _interruptible_probe(spark, timeout):
     """``free_task_slots(spark)``, or 0 when the probe job has not run within ``timeout``."""
-    tag = f"skdbn-slot-probe-{os.getpid()}-{threading.get_ident()}"
-    found = []
-
-    def probe():
-        spark.addTag(tag)  # tags belong to the thread that starts the job
-        try:
-            found.append(free_task_slots(spark))
-        except Exception:  # interrupted, or no session left: no slots known
-            found.append(0)
-        finally:
-            spark.removeTag(tag)
-
-    thread = threading.Thread(target=probe, name="skdbn-slot-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        with contextlib.suppress(Exception):
-            spark.interruptTag(tag)
-        thread.join(10.0)
-    return found[0] if found else 0
+    return interruptible_job(spark, timeout, free_task_slots, 0)

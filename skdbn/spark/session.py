@@ -4,15 +4,19 @@ Only DataFrame and configuration APIs are used here (no SparkContext, no RDD), s
 works on a Spark Connect session, where the client may run outside the cluster.
 """
 
+import contextlib
+import itertools
 import os
 import re
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 from .._machine import usable_cpus
 
 _EMBEDDED_SESSION = None
+_probe_numbers = itertools.count()
 
 # Rows of the probe that counts a session's default parallelism: more than any cluster's cores,
 # so that every partition of ``spark.range`` holds at least one row.
@@ -246,3 +250,30 @@ def check_barrier_possible(spark, n_workers):
             "the session more executors or cores"
         )
     return slots
+
+
+def interruptible_job(spark, timeout, job, failed):
+    """``job(spark)``, run by a thread of its own whose Spark jobs are interrupted after
+    ``timeout`` seconds (a job that waits for executors or resources that never come), or
+    ``failed`` when it was interrupted or raised. For Connect sessions: a classic session's
+    ``addTag`` does not reach the jobs of DataFrame actions (see ``classic.tag_jobs``)."""
+    tag = f"skdbn-probe-{os.getpid()}-{threading.get_ident()}-{next(_probe_numbers)}"
+    found = []
+
+    def run():
+        spark.addTag(tag)  # tags belong to the thread that starts the job
+        try:
+            found.append(job(spark))
+        except Exception:  # interrupted, or no session left: nothing known
+            found.append(failed)
+        finally:
+            spark.removeTag(tag)
+
+    thread = threading.Thread(target=run, name="skdbn-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        with contextlib.suppress(Exception):
+            spark.interruptTag(tag)
+        thread.join(10.0)
+    return found[0] if found else failed

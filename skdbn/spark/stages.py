@@ -18,6 +18,7 @@ from functools import partial
 
 import numpy as np
 
+from .._devices import DeviceOutOfMemory, spark_task_device
 from .._engines import Engine, dealt_indices
 from .._gossip import AllGatherClient, AllGatherServer, PeerLost
 from .._phase import PhaseResult, PhaseState, consensus
@@ -33,6 +34,7 @@ from .data import (
     struct_schema,
     task_ranks,
 )
+from .gpus import gpu_task_slots
 from .placement import RENDEZVOUS_CONF, rendezvous_mode, task_slots_now
 from .session import conf_value, is_connect_session
 from .shards import write_array_shard
@@ -80,6 +82,7 @@ class SparkEngine(Engine):
         self._secret = secrets.token_bytes(32)
         self._tasks = self.n_workers  # fewer after a phase reran on the slots that were left
         self._shard_files = placement.shard_files
+        self._profile = placement.profile  # the tasks' resources: one GPU each, or None
         self._frame = None  # what the phases' stage maps: one partition per task
         self._cached = None  # the cached training partitions, one per worker
         self._layout = None
@@ -228,7 +231,8 @@ class SparkEngine(Engine):
             return partial(serve_phases, channel, layout, rendezvous)
 
         self._standing = StandingJob(self.spark, self._frame, make_task, self._tasks,
-                                     self._secret, self.timeout, host, bind).start()
+                                     self._secret, self.timeout, host, bind,
+                                     self._profile).start()
 
     def _stop_standing_job(self):
         job, self._standing = self._standing, None
@@ -247,7 +251,7 @@ class SparkEngine(Engine):
         try:
             with watch:
                 return self._frame.mapInArrow(task, struct_schema(_RESULT_COLUMNS),
-                                              barrier=True).toArrow()
+                                              barrier=True, profile=self._profile).toArrow()
         except Exception as error:
             if watch.cancelled:
                 raise PhaseStalled(
@@ -335,7 +339,7 @@ class SparkEngine(Engine):
         """
         deadline = time.monotonic() + self.timeout
         while True:
-            slots = task_slots_now(self.spark, max(1.0, deadline - time.monotonic()))
+            slots = self._slots_now(max(1.0, deadline - time.monotonic()))
             if slots >= self._tasks:
                 return None
             if time.monotonic() >= deadline:
@@ -356,6 +360,12 @@ class SparkEngine(Engine):
         return (f"{slots} of the {before} task slots are left after {self.timeout:.0f}s: "
                 f"the phases now run on {slots} task(s) training the {self.n_workers} "
                 "workers' shards")
+
+    def _slots_now(self, timeout):
+        slots = task_slots_now(self.spark, timeout)
+        if self._profile is None or slots < 1:
+            return slots
+        return min(slots, gpu_task_slots(self.spark, self._profile, slots))
 
     def close(self):
         """Drop the cached training partitions from the executors, and any shard files.
@@ -384,7 +394,11 @@ class SparkEngine(Engine):
 
 # Errors skdbn's own task code raises on purpose (a DataFrame that changed between reads, a
 # diverging phase): raised again on the driver as themselves, not as Spark's stage failure.
-_TASK_ERRORS = {"RuntimeError": RuntimeError, "FloatingPointError": FloatingPointError}
+# A task's missing torch and its GPU's out-of-memory are the fit's own errors too (issue 20).
+_TASK_ERRORS = {"RuntimeError": RuntimeError, "FloatingPointError": FloatingPointError,
+                "ImportError": ImportError, "ModuleNotFoundError": ImportError,
+                "skdbn._devices.DeviceOutOfMemory": DeviceOutOfMemory,
+                "DeviceOutOfMemory": DeviceOutOfMemory}
 
 
 def _task_error(error):
@@ -423,7 +437,8 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
     if rendezvous is None:
         def rendezvous(_rank, address):
             return context.allGather(address)
-    result = run_worker(rank, phase, shard.read, state, below, plan, rendezvous, host=host)
+    result = run_worker(rank, phase, shard.read, state, below, plan, rendezvous, host=host,
+                        device=spark_task_device(phase.device, context.resources()))
     shard.drain()
     yield _result_batch(rank, result)
 

@@ -23,6 +23,7 @@ import selectors
 import threading
 import time
 
+from .._devices import spark_task_device
 from .._gossip import PeerLost, parse_address
 from .._phase_wire import (
     PLAN_FIELDS,
@@ -94,10 +95,14 @@ class StandingJob:
         Seconds a single network wait may take; the least straggler allowance.
     host, bind : str
         The name the tasks reach this process by, and the address its channel listens on.
+    profile : pyspark.resource.ResourceProfile, default=None
+        The tasks' stage-level resources (one GPU each for ``device="cuda"``).
     """
 
-    def __init__(self, spark, frame, make_task, n_tasks, secret, timeout, host, bind):
+    def __init__(self, spark, frame, make_task, n_tasks, secret, timeout, host, bind,
+                 profile=None):
         self.spark = spark
+        self._profile = profile
         self.n_tasks = n_tasks
         self.timeout = timeout
         self._secret = secret
@@ -131,8 +136,8 @@ class StandingJob:
     def _run_job(self):
         try:
             tag_jobs(self.spark, self._tag)  # tags are per thread: this job's only
-            self._frame.mapInArrow(self._task, struct_schema(_JOB_COLUMNS),
-                                   barrier=True).toArrow()
+            self._frame.mapInArrow(self._task, struct_schema(_JOB_COLUMNS), barrier=True,
+                                   profile=self._profile).toArrow()
         except BaseException as error:  # handed to the thread that waits
             self._error = error
         finally:
@@ -307,6 +312,7 @@ def serve_phases(channel, layout, rendezvous, batches):
     host = infos[rank].address.rsplit(":", 1)[0]
     shard = TaskShard(batches, task_ranks(rank, len(infos), len(layout.rows)), layout)
     blas_threads = max(1, int(context.cpus()))  # spark.task.cpus, or the stage's profile
+    resources = context.resources()
     trained = 0
     conn, nonce = _connect_to_driver(channel, rank)
     with conn:
@@ -318,7 +324,8 @@ def serve_phases(channel, layout, rendezvous, batches):
             seq = order.seq
             plan = SyncPlan(secret=channel.secret, blas_threads=blas_threads, **order.plan)
             result = run_worker(rank, order.phase, shard.read, order.state, order.below, plan,
-                                rendezvous, host=host)
+                                rendezvous, host=host,
+                                device=spark_task_device(order.phase.device, resources))
             # The driver reads the tasks' results one after another, and its straggler
             # allowance bounds how long it waits: the send itself needs no tighter bound.
             conn.settimeout(_IDLE_SECONDS)

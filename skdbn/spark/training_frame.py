@@ -157,12 +157,12 @@ def _choose_workers(df, settings):
     """``(workers, counts)``: the ``WorkerPlan`` of a fit on the cluster, or None when the
     DataFrame is to be read into this process; the rows of each partition when they were
     counted (choosing the number of workers needs the row count, a cheap JVM-only job)."""
-    backend = resolve_backend(settings.backend, dataframe_input=True)
+    backend = resolve_backend(settings.backend, dataframe_input=True, device=settings.device)
     counts = None
     if backend != "local" and settings.n_workers is None:
         counts = partition_rows(df)
     n_samples = 0 if counts is None else sum(counts.values())
-    if trains_in_driver_process(backend, settings.n_workers, n_samples):
+    if trains_in_driver_process(backend, settings.n_workers, n_samples, settings.device):
         return None, counts
     return plan_workers(settings, n_samples, df), counts
 
