@@ -21,16 +21,22 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._checkpoint import TrainingState
-from ._devices import check_device
-from ._engines import resolve_backend
+from ._array_api import (
+    attributes_to,
+    fit_settings,
+    host_attributes,
+    in_input_namespace,
+    numpy_dtype,
+    on_host,
+    tensor_input,
+)
 from ._flat import FlatParams
-from ._inputs import WarmStart, prepare_arrays, prepare_partial_arrays
+from ._inputs import WarmStart, prepare_arrays, prepare_partial_arrays, starting_state
 from ._network import forward, network_from_layers, network_layout
 from ._params import ADDED_SINCE_0_1, Settings, parameter_constraints
 from ._phase import standardize
 from ._rbm import mean_hidden, rbm_layout
-from ._schedule import Plan, train
+from ._schedule import Plan, check_fit_device, train
 from .spark.data import accuracy_of, check_feature_count, label_column, map_dataframe
 from .spark.session import is_spark_dataframe
 from .spark.training_frame import prepare_training_frame
@@ -411,14 +417,12 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             The fitted estimator.
         """
         with _unchanged_on_error(self):
-            settings = Settings.of(self)
-            check_device(settings.device, on_spark=resolve_backend(
-                settings.backend, is_spark_dataframe(X), settings.device) == "spark")
+            settings, tensors, X, y = _fit_call(self, X, y)
             warm = self._warm_start() if self.warm_start and hasattr(self, "coefs_") else None
             seed = check_random_state(self.random_state).randint(_SEED_BOUND)
             with self._prepared(X, y, settings, warm, seed) as data:
                 labelled = data.classes is not None
-                state = _starting_state(self, seed, warm, labelled, data.dtype)
+                state = starting_state(self, seed, warm, labelled, data.dtype)
                 if warm is None:
                     plan = Plan("missing", settings.pretrain_epochs, settings.max_iter)
                 else:
@@ -427,6 +431,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 outcome = train(settings, data, plan, state)
             self._set_fitted(outcome, data, settings,
                              input_names=warm is not None or not is_spark_dataframe(X))
+            if tensors is not None:
+                attributes_to(self, tensors)
         return self
 
     def _prepared(self, X, y, settings, warm, seed):
@@ -461,9 +467,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             raise TypeError("partial_fit takes arrays; for a Spark DataFrame use fit (with "
                             "warm_start=True to continue training)")
         with _unchanged_on_error(self):
-            settings = Settings.of(self)
-            check_device(settings.device, on_spark=resolve_backend(
-                settings.backend, False, settings.device) == "spark")
+            settings, tensors, X, y = _fit_call(self, X, y)
+            classes = classes if tensors is None else tensors.labels_to_host(classes)
             warm = self._warm_start() if hasattr(self, "coefs_") else None
             data = prepare_partial_arrays(self, X, y, classes, settings, warm)
             # Each call draws new minibatches: the seed moves on with the epochs trained.
@@ -471,7 +476,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             epochs = len(getattr(self, "loss_curve_", [])) + sum(
                 len(h["reconstruction_error"])
                 for h in getattr(self, "pretraining_history_", []))
-            state = _starting_state(self, (seed + epochs) % _SEED_BOUND, warm, y is not None,
+            state = starting_state(self, (seed + epochs) % _SEED_BOUND, warm, y is not None,
                                     data.dtype)
             if y is None:
                 plan = Plan("all", pretrain_epochs=1, max_epochs=0)
@@ -479,6 +484,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
                 plan = Plan("missing", settings.pretrain_epochs, state.n_iter + 1,
                             stopping_rule=False)
             self._set_fitted(train(settings, data, plan, state), data, settings)
+            if tensors is not None:
+                attributes_to(self, tensors)
         return self
 
     # ------------------------------------------------------------------ fitted attributes
@@ -541,7 +548,8 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             Each fitted attribute (``coefs_``, ``classes_``, ...) by name.
         """
         check_is_fitted(self)
-        return {name: value for name, value in vars(self).items() if name in FITTED_ATTRIBUTES}
+        return {name: value for name, value in vars(on_host(self)).items()
+                if name in FITTED_ATTRIBUTES}
 
     def set_fitted_state(self, state):
         """Make this estimator the model whose fitted attributes are ``state``.
@@ -568,6 +576,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     # ------------------------------------------------------------------ inference
 
+    @in_input_namespace
     def transform(self, X):
         """Activations of the top hidden layer.
 
@@ -593,6 +602,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
             x = mean_hidden(x, _rbm_view(weights, bias, X.dtype))
         return x
 
+    @in_input_namespace
     def predict_proba(self, X):
         """Class probabilities from the softmax head.
 
@@ -618,6 +628,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         params = network_from_layers(self.coefs_, self.intercepts_, X.dtype)
         return forward(self._standardized(X, X.dtype), params, len(self.coefs_) - 1)[-1]
 
+    @in_input_namespace
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`.
 
@@ -634,6 +645,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
+    @in_input_namespace
     def predict(self, X):
         """Most probable class of each sample.
 
@@ -719,7 +731,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     def dtype_(self):
         """The dtype of the fitted weights: the dtype training ran in (read-only)."""
         check_is_fitted(self)
-        return self.coefs_[0].dtype
+        return numpy_dtype(self.coefs_[0].dtype)
 
     @property
     def _n_features_out(self):
@@ -739,31 +751,23 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         tags.input_tags.sparse = True
         tags.target_tags.required = False
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.array_api_support = True  # PyTorch tensors (see _array_api)
         return tags
 
 
-def _starting_state(model, seed, warm, labelled, dtype):
-    """The training state a fit of ``model`` starts from: fresh, or the fitted model's layers
-    (and, for a labelled fit, its network) in ``dtype`` when it continues the model
-    (``warm``)."""
-    state = TrainingState(seed=int(seed))
-    if warm is None:
-        return state
-    sizes = [model.n_features_in_, *warm.layer_sizes]
-    for i, (weights, bias) in enumerate(zip(model._hidden_coefs(), model.intercepts_,
-                                            strict=False)):
-        layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype)
-        layer["weights"][...] = weights
-        layer["hidden_bias"][...] = bias
-        layer["visible_bias"][...] = model.visible_intercepts_[i]
-        state.layers.append(layer.flat)
-    state.pretraining_history = [dict(h) for h in model.pretraining_history_]
-    if labelled and hasattr(model, "classes_"):
-        state.network = network_from_layers(model.coefs_, model.intercepts_, dtype).flat
-        state.velocity = np.zeros_like(state.network)
-        state.loss_curve = list(model.loss_curve_)
-        state.best_loss = min(model.loss_curve_, default=np.inf)
-    return state
+def _fit_call(estimator, X, y):
+    """``(settings, tensors, X, y)`` of a fit of ``estimator`` on ``X`` and ``y``: its
+    settings, checked for their device before any data is prepared; the ``TensorInput`` of
+    PyTorch tensors under ``array_api_dispatch`` (else None), whose fit trains on their
+    device; and the data on the host. A model fitted on tensors is taken to the host, where
+    a fit that continues it starts."""
+    settings, tensors = Settings.of(estimator), tensor_input(X)
+    if tensors is not None:
+        X, y = tensors.to_host(X), tensors.labels_to_host(y)
+        settings = fit_settings(settings, tensors)
+    check_fit_device(settings, is_spark_dataframe(X))
+    host_attributes(estimator)
+    return settings, tensors, X, y
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import importlib
 
 CPU = "cpu"
 CUDA = "cuda"
+TENSOR_PREFIX = "torch:"  # a fit on PyTorch tensors trains on their device (_array_api)
 
 INSTALL_HINT = ('install PyTorch with CUDA support (pip install "skdbn[gpu]", or the torch '
                 "wheel for your CUDA version from pytorch.org)")
@@ -34,7 +35,7 @@ def check_device(device, on_spark):
         with the session's task slots (``spark.placement``): this process needs neither torch
         nor a GPU then.
     """
-    if device == CPU or on_spark:
+    if device == CPU or on_spark or tensor_device(device) is not None:
         return
     torch = _torch()
     if not torch.cuda.is_available():
@@ -52,10 +53,19 @@ def visible_gpus():
 def worker_device(device, rank):
     """The device local worker ``rank`` trains on for the ``device`` setting, as a name
     (``"cuda:1"``), or None for numpy on the CPU: GPU ``rank`` modulo the visible GPUs
-    (``CUDA_VISIBLE_DEVICES``)."""
+    (``CUDA_VISIBLE_DEVICES``), or the tensors' device of a fit on tensors
+    (``"torch:cpu"``)."""
     if device == CPU:
         return None
+    if tensor_device(device) is not None:
+        return device
     return f"{CUDA}:{rank % max(1, visible_gpus())}"
+
+
+def tensor_device(device):
+    """The torch device name of a fit on PyTorch tensors (a ``device`` of ``"torch:cuda:0"``
+    from ``_array_api``: every worker trains there), else None."""
+    return device.removeprefix(TENSOR_PREFIX) if device.startswith(TENSOR_PREFIX) else None
 
 
 def spark_task_device(device, resources):
@@ -87,8 +97,8 @@ def spark_task_device(device, resources):
 
 def torch_device(name):
     """The ``torch.device`` of a device name from :func:`worker_device` or
-    :func:`spark_task_device`."""
-    return _torch().device(name)
+    :func:`spark_task_device` (``"torch:cpu"``, a fit on tensors, is ``"cpu"``)."""
+    return _torch().device(tensor_device(name) or name)
 
 
 def _torch():

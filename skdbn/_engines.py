@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from ._devices import visible_gpus
+from ._devices import tensor_device, visible_gpus
 from ._machine import usable_cpus
 from ._phase import Shard, consensus
 from ._worker import Stopwatch, train_watched
@@ -193,7 +193,7 @@ def default_workers(backend, n_samples, device="cpu"):
     if backend != "local":
         return wanted
     if device != "cpu":
-        return max(1, min(wanted, visible_gpus()))
+        return max(1, min(wanted, 1 if tensor_device(device) else visible_gpus()))
     return min(wanted, usable_cpus())
 
 

@@ -15,8 +15,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import validate_data
 
-from ._checkpoint import fingerprint
-from ._rbm import BERNOULLI, GAUSSIAN
+from ._checkpoint import TrainingState, fingerprint
+from ._flat import FlatParams
+from ._network import network_from_layers
+from ._rbm import BERNOULLI, GAUSSIAN, rbm_layout
 
 # What a Spark DataFrame trains in unless the dtype setting says otherwise: its vectors hold
 # doubles, and float32 trains about twice as fast with the same accuracy (docs/benchmarks.md).
@@ -323,3 +325,27 @@ def _split_validation(X, y, classes, seed, settings):
             f"{settings.validation_fraction} of {X.shape[0]} samples gives {X_val.shape[0]}"
         )
     return X_train, y_train, (X_val, y_val)
+
+
+def starting_state(model, seed, warm, labelled, dtype):
+    """The training state a fit of ``model`` starts from: fresh, or the fitted model's layers
+    (and, for a labelled fit, its network) in ``dtype`` when it continues the model
+    (``warm``)."""
+    state = TrainingState(seed=int(seed))
+    if warm is None:
+        return state
+    sizes = [model.n_features_in_, *warm.layer_sizes]
+    for i, (weights, bias) in enumerate(zip(model._hidden_coefs(), model.intercepts_,
+                                            strict=False)):
+        layer = FlatParams(rbm_layout(sizes[i], sizes[i + 1]), dtype)
+        layer["weights"][...] = weights
+        layer["hidden_bias"][...] = bias
+        layer["visible_bias"][...] = model.visible_intercepts_[i]
+        state.layers.append(layer.flat)
+    state.pretraining_history = [dict(h) for h in model.pretraining_history_]
+    if labelled and hasattr(model, "classes_"):
+        state.network = network_from_layers(model.coefs_, model.intercepts_, dtype).flat
+        state.velocity = np.zeros_like(state.network)
+        state.loss_curve = list(model.loss_curve_)
+        state.best_loss = min(model.loss_curve_, default=np.inf)
+    return state

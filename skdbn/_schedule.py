@@ -14,7 +14,8 @@ import numpy as np
 
 from ._checkpoint import TrainingState, check_state, load_checkpoint, save_checkpoint
 from ._console import StageProgress, report
-from ._engines import LocalEngine, plan_workers
+from ._devices import check_device
+from ._engines import LocalEngine, plan_workers, resolve_backend
 from ._flat import FlatParams
 from ._network import forward, network_layout
 from ._params import batch_size_for
@@ -57,6 +58,14 @@ class FitOutcome:
     n_phase_retries: int
     worker_stats: list
     worker_trace: list
+
+
+def check_fit_device(settings, dataframe_input):
+    """Raise what keeps a fit's ``device`` from training where its workers will run, before
+    any data is prepared: this machine's GPUs, or (on Spark) the executors', which the
+    placement checks with the session's slots."""
+    on_spark = resolve_backend(settings.backend, dataframe_input, settings.device) == "spark"
+    check_device(settings.device, on_spark)
 
 
 def train(settings, data, plan, state):

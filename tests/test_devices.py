@@ -149,7 +149,7 @@ def test_an_unsupervised_device_fit_and_partial_fit(digits, cuda_on_the_cpu):
 def test_a_device_out_of_memory_is_said_with_the_sizes_and_not_retried(digits, cuda_on_the_cpu,
                                                                         monkeypatch):
     torch = pytest.importorskip("torch")
-    from skdbn import _device_training
+    from skdbn import _device_rows
 
     calls = []
 
@@ -157,7 +157,7 @@ def test_a_device_out_of_memory_is_said_with_the_sizes_and_not_retried(digits, c
         calls.append(x.shape)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(_device_training, "on_device", no_room)
+    monkeypatch.setattr(_device_rows, "on_device", no_room)
     X, y = digits
     with pytest.raises(MemoryError, match=r"ran out of memory training a shard of 1797 rows x "
                                           r"64 features .* at batch size 22: lower batch_size"):
@@ -167,7 +167,7 @@ def test_a_device_out_of_memory_is_said_with_the_sizes_and_not_retried(digits, c
 
 def test_each_pass_hands_the_device_its_permutation_once():
     torch = pytest.importorskip("torch")
-    from skdbn._device_training import DeviceIndices
+    from skdbn._device_rows import DeviceIndices
 
     indices = DeviceIndices(torch.device("cpu"))
     order = np.random.default_rng(0).permutation(10)
@@ -176,6 +176,62 @@ def test_each_pass_hands_the_device_its_permutation_once():
     np.testing.assert_array_equal(torch.cat(taken).numpy(), order)
     indices.new_order(order[::-1].copy())
     np.testing.assert_array_equal(indices.take(3).numpy(), order[::-1][:3])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_streamed_shard_hands_out_the_minibatches_of_a_resident_one(sparse):
+    torch = pytest.importorskip("torch")
+    import scipy.sparse
+
+    from skdbn._device_rows import ResidentRows, StreamedRows
+
+    rng = np.random.default_rng(0)
+    x = rng.random((23, 5)).astype(np.float32)
+    x[x < 0.5] = 0
+    codes = rng.integers(0, 3, 23)
+    shard = scipy.sparse.csr_matrix(x) if sparse else x
+    cpu = torch.device("cpu")
+    resident = ResidentRows(shard, codes, cpu, np.float32)
+    streamed = StreamedRows(shard, codes, cpu, np.float32, chunk_rows=8)  # 2 batches of 4
+    for _ in range(2):  # two passes, each a new order; 23 rows: a short last minibatch
+        order = rng.permutation(23)
+        resident.new_order(order)
+        streamed.new_order(order)
+        for start in range(0, 23, 4):
+            n = len(order[start:start + 4])
+            out = torch.empty((4, 5))[:n]
+            rows, batch_codes = streamed.take(n, out=out)
+            expected_rows, expected_codes = resident.take(n)
+            assert rows.data_ptr() == out.data_ptr()
+            np.testing.assert_array_equal(rows.numpy(), x[order[start:start + n]])
+            np.testing.assert_array_equal(rows.numpy(), expected_rows.numpy())
+            np.testing.assert_array_equal(batch_codes.numpy(), expected_codes.numpy())
+
+
+def test_a_shard_over_the_device_budget_trains_as_a_resident_one(digits, cuda_on_the_cpu,
+                                                                monkeypatch):
+    from skdbn import _device_rows
+
+    X, y = digits
+    params = dict(QUICK, persistent=True)
+    resident = DistributedDBN(device="cuda", **params).fit(X, y)
+    streamed_shards = []
+    original = _device_rows.StreamedRows
+
+    def streamed(*args):
+        streamed_shards.append(original(*args))
+        return streamed_shards[-1]
+
+    # 40 KB of device memory for a 1,797 x 64 float32 shard (460 KB): streamed in chunks
+    monkeypatch.setattr(_device_rows, "shard_budget", lambda device: 40_000)
+    monkeypatch.setattr(_device_rows, "StreamedRows", streamed)
+    model = DistributedDBN(device="cuda", **params).fit(X, y)
+    assert len(streamed_shards) >= 3  # each phase: two layers, then fine-tuning
+    assert all(s.chunk_rows < 1797 and s.chunk_rows % 22 == 0 for s in streamed_shards)
+    for mine, theirs in zip(model.coefs_ + model.intercepts_,
+                            resident.coefs_ + resident.intercepts_, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert model.loss_curve_ == resident.loss_curve_
 
 
 @pytest.mark.parametrize("mode", ["average", "gossip"])

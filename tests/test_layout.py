@@ -17,7 +17,8 @@ from skdbn._processes import ProcessEngine
 PACKAGE = pathlib.Path(__file__).parents[1] / "skdbn"
 # Modules of one worker's training and its wire: they run in every worker process.
 WORKER_SIDE = ("_flat", "_rbm", "_network", "_phase", "_sync", "_gossip", "_transport",
-               "_watch", "_worker")
+               "_watch", "_worker", "_devices", "_device_rows", "_device_training",
+               "_torch_math")
 LONGEST_FUNCTION = 60  # lines of a body, docstring aside
 
 
