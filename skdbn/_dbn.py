@@ -132,11 +132,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         float64. Set it to convert either kind of input.
     device : {"cpu", "cuda"}, default="cpu"
         Where each worker trains. ``"cpu"``: numpy, the fastest CPU path. ``"cuda"``:
-        PyTorch on CUDA GPUs (install ``skdbn[gpu]``): worker ``r`` on GPU ``r`` modulo
-        those ``CUDA_VISIBLE_DEVICES`` shows, on this machine (not yet on Spark);
-        ``n_workers=None`` takes one per GPU, at most one per 5,000 rows. The fitted model
-        holds numpy arrays either way, so it pickles, loads and predicts without torch. A
-        GPU fit draws other random numbers than a CPU fit (see the user guide).
+        PyTorch on CUDA GPUs (install ``skdbn[gpu]``): on this machine worker ``r`` on GPU
+        ``r`` modulo those ``CUDA_VISIBLE_DEVICES`` shows, ``n_workers=None`` taking one per
+        GPU; on Spark each barrier task on the GPU its executor was assigned (one GPU a task,
+        ``spark.executor.resource.gpu.amount``); at most one worker per 5,000 rows. The
+        fitted model holds numpy arrays either way, so it pickles, loads and predicts
+        without torch. A GPU fit draws other random numbers than a CPU fit. PyTorch tensors
+        under scikit-learn's ``array_api_dispatch`` train on their own device whatever this
+        says, and give tensors back (see the user guide, "Training on GPUs").
     backend : {"auto", "local", "spark"}, default="auto"
         Where the workers run. ``"spark"``: one task per worker in a barrier stage of the
         SparkSession (the input DataFrame's, else the active one, else an embedded

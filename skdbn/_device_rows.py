@@ -10,29 +10,35 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-# Share of a CUDA device's free memory that a shard may take on it; a larger shard is
-# streamed. The rest is the parameters', the minibatch buffers' and the allocator's.
+# Share of a CUDA device's free memory that the shards of the workers on it may take; a
+# larger shard is streamed. The rest is the parameters', the minibatch buffers' and the
+# allocator's.
 SHARD_SHARE = 0.5
+# A streamed chunk's most bytes: its staging buffer is pinned host memory, which counts
+# against an executor's memory, and a chunk's copy does not overlap training anyway.
+CHUNK_BYTES = 256 * 2**20
 
 
-def shard_budget(device):
-    """Bytes of ``device``'s memory a shard may take: ``SHARD_SHARE`` of a CUDA device's free
-    memory now; None (no limit) elsewhere, where the device's memory is the host's."""
+def shard_budget(device, sharing=1):
+    """Bytes of ``device``'s memory a shard may take when ``sharing`` workers train on it:
+    their part of ``SHARD_SHARE`` of a CUDA device's free memory now; None (no limit)
+    elsewhere, where the device's memory is the host's."""
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
-    return int(free * SHARD_SHARE)
+    return int(free * SHARD_SHARE / max(1, sharing))
 
 
-def device_rows(x, codes, device, dtype, batch_size):
+def device_rows(x, codes, device, dtype, batch_size, sharing=1):
     """The shard ``x`` (rows; ``codes``: class codes or None) for training on ``device`` in
-    ``dtype``: ``ResidentRows`` when it fits :func:`shard_budget`, else ``StreamedRows`` in
-    chunks of whole minibatches that fit half of it."""
+    ``dtype``, which ``sharing`` workers train on: ``ResidentRows`` when it fits
+    :func:`shard_budget`, else ``StreamedRows`` in chunks of whole minibatches that fit half
+    of it (at most ``CHUNK_BYTES``)."""
     row_bytes = x.shape[1] * np.dtype(dtype).itemsize + (0 if codes is None else 8)
-    budget = shard_budget(device)
+    budget = shard_budget(device, sharing)
     if budget is None or x.shape[0] * row_bytes <= budget:
         return ResidentRows(x, codes, device, dtype)
-    batches = max(1, budget // 2 // (row_bytes * batch_size))
+    batches = max(1, min(budget // 2, CHUNK_BYTES) // (row_bytes * batch_size))
     return StreamedRows(x, codes, device, dtype, batches * batch_size)
 
 
@@ -127,7 +133,7 @@ class StreamedRows:
             self._chunk_codes[:len(order)].copy_(self._staging_codes[:len(order)],
                                                  non_blocking=True)
         if self._copied is not None:
-            self._copied.record()
+            self._copied.record(torch.cuda.current_stream(self._chunk.device))
         self._in_chunk, self._chunk_length = 0, len(order)
 
 

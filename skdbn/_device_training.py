@@ -32,17 +32,18 @@ from ._sync import keep_on_device
 from ._torch_math import DeviceParams, TorchBackprop, TorchContrastiveDivergence
 
 
-def device_math(device):
-    """The ``TrainingMath`` of a worker training on ``device`` (a ``torch.device``)."""
+def device_math(device, sharing=1):
+    """The ``TrainingMath`` of a worker training on ``device`` (a ``torch.device``), which
+    ``sharing`` workers of the fit train on (its memory budget is split among them)."""
 
     def train_rbm(phase, x, params, rng, sync, log, delay):
         with _device_phase(device, x, phase.batch_size, params.flat.dtype):
-            return _train_rbm(device, phase, x, params, rng, sync, log, delay)
+            return _train_rbm(device, sharing, phase, x, params, rng, sync, log, delay)
 
     def train_network(phase, x, y, params, velocity, rng, sync, log, delay):
         with _device_phase(device, x, phase.batch_size, params.flat.dtype):
-            return _train_network(device, phase, x, y, params, velocity, rng, sync, log,
-                                  delay)
+            return _train_network(device, sharing, phase, x, y, params, velocity, rng, sync,
+                                  log, delay)
 
     return TrainingMath(train_rbm, train_network)
 
@@ -54,7 +55,10 @@ def _device_phase(device, x, batch_size, dtype):
     memory is raised as ``DeviceOutOfMemory``, with the sizes to change."""
     said = None
     try:
-        yield
+        # The worker's GPU is the current one for the phase: events, pinned buffers and
+        # streams then belong to it, not to GPU 0 (which Spark may have given another task).
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            yield
     except torch.cuda.OutOfMemoryError as error:
         said = str(error)  # not the error: its traceback holds the phase's tensors
     finally:
@@ -70,7 +74,7 @@ def _device_phase(device, x, batch_size, dtype):
             f"with more free memory ({said})")
 
 
-def _train_rbm(device, phase, x, params, rng, sync, log, delay):
+def _train_rbm(device, sharing, phase, x, params, rng, sync, log, delay):
     learning_rate = rbm_learning_rate(phase)
     batch_size = min(phase.batch_size, x.shape[0])
     on = DeviceParams.from_host(params, device)
@@ -83,7 +87,7 @@ def _train_rbm(device, phase, x, params, rng, sync, log, delay):
         on, phase.visible_units, batch_size, phase.cd_steps, phase.persistent, learning_rate,
         phase.momentum, phase.weight_decay,
         lambda shape: torch.rand(shape, generator=generator, device=device, dtype=dtype))
-    shard = device_rows(x, None, device, params.flat.dtype, batch_size)
+    shard = device_rows(x, None, device, params.flat.dtype, batch_size, sharing)
 
     def train(rows, epoch):
         trainer.momentum = rbm_momentum(phase, epoch)
@@ -96,7 +100,7 @@ def _train_rbm(device, phase, x, params, rng, sync, log, delay):
     return trainer.velocity.flat.cpu().numpy(), monitor.history()
 
 
-def _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay):
+def _train_network(device, sharing, phase, x, y, params, velocity, rng, sync, log, delay):
     n_classes = layer_sizes_of(params)[-1]
     on = DeviceParams.from_host(params, device)
     keep_on_device(sync, on)
@@ -104,7 +108,7 @@ def _train_network(device, phase, x, y, params, velocity, rng, sync, log, delay)
     trainer.velocity.flat.copy_(torch.from_numpy(np.asarray(velocity)))
     batch_size = min(phase.batch_size, x.shape[0])
     onehot = on.flat.new_zeros((batch_size, n_classes))
-    shard = device_rows(x, y, device, params.flat.dtype, batch_size)
+    shard = device_rows(x, y, device, params.flat.dtype, batch_size, sharing)
     monitor = LossMonitor(phase, params)
 
     def train(rows, epoch):

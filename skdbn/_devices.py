@@ -62,6 +62,16 @@ def worker_device(device, rank):
     return f"{CUDA}:{rank % max(1, visible_gpus())}"
 
 
+def workers_sharing(device, n_workers):
+    """How many of a fit's ``n_workers`` local workers train on each device for the
+    ``device`` setting: all of them for tensors' device, else one per visible GPU in turn."""
+    if device == CPU:
+        return 1
+    if tensor_device(device) is not None:
+        return n_workers
+    return -(-n_workers // max(1, visible_gpus()))
+
+
 def tensor_device(device):
     """The torch device name of a fit on PyTorch tensors (a ``device`` of ``"torch:cuda:0"``
     from ``_array_api``: every worker trains there), else None."""

@@ -179,9 +179,9 @@ def resolve_backend(backend, dataframe_input, device="cpu"):
 def _active_spark_session():
     if "pyspark" not in sys.modules:  # no session without pyspark imported
         return False
-    from pyspark.sql import SparkSession
+    from .spark.session import current_session
 
-    return SparkSession.getActiveSession() is not None
+    return current_session() is not None
 
 
 def default_workers(backend, n_samples, device="cpu"):

@@ -71,6 +71,8 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
         the one of local worker ``rank`` for the phase's ``device`` setting.
     """
     read = shard if callable(shard) else (lambda: shard)
+    sharing = 1 if device is not None else _devices.workers_sharing(phase.device,
+                                                                    plan.n_workers)
     clock = Stopwatch()
     send = None
     if plan.progress_address is not None:
@@ -80,7 +82,7 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
             shard = clock.lap("read", read)
             budget = LocalBudget(phase.epochs, shard.n_samples)
             result = train_watched(clock, send, REPORT_SECONDS, rank, phase, shard, state,
-                                   below, budget, device)
+                                   below, budget, device, sharing)
             return clock.stamped(result)
         spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
                         state.params.dtype.name)
@@ -91,16 +93,17 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
             node.start(peers)
             sync = _synchronizer(plan, phase, node)
             result = train_watched(clock, send, REPORT_SECONDS, rank, phase, shard, state,
-                                   below, sync, device)
+                                   below, sync, device, sharing)
         finally:
             clock.lap("close", node.close)
         return clock.stamped(result)
 
 
 def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=None,
-                  device=None):
+                  device=None, sharing=1):
     """``train_phase`` of worker ``rank``, timed by ``clock`` (a ``Stopwatch``) as "train",
-    on ``device`` (a name; None: local worker ``rank``'s for the phase's setting); while it
+    on ``device`` (a name; None: local worker ``rank``'s for the phase's setting), which
+    ``sharing`` workers of the fit train on; while it
     runs the worker's progress goes through ``send(snapshot)`` every ``interval`` seconds and
     at each epoch's end (``send=None``: nobody watches)."""
     log = WorkerLog()
@@ -108,7 +111,7 @@ def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=
     reporter = None if send is None else ProgressReporter(log, send, interval).start()
     try:
         result = clock.lap("train", train_phase, phase, shard, state, below, sync, rank, log,
-                           training_math(on))
+                           training_math(on, sharing))
         result.diagnostics["device"] = "cpu" if on is None else on
         return result
     finally:
@@ -116,14 +119,14 @@ def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=
             reporter.stop()
 
 
-def training_math(on):
-    """The ``TrainingMath`` of a worker training on the device named ``on``: None (numpy on
-    the CPU) for None, else the loops of ``_device_training``."""
+def training_math(on, sharing=1):
+    """The ``TrainingMath`` of a worker training on the device named ``on`` with ``sharing``
+    workers: None (numpy on the CPU) for None, else the loops of ``_device_training``."""
     if on is None:
         return None
     from ._device_training import device_math  # imports torch
 
-    return device_math(_devices.torch_device(on))
+    return device_math(_devices.torch_device(on), sharing)
 
 
 class Stopwatch:

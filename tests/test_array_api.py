@@ -31,7 +31,8 @@ from skdbn import _device_training
 
 trained_on = []
 _math = _device_training.device_math
-_device_training.device_math = lambda device: trained_on.append(str(device)) or _math(device)
+_device_training.device_math = (
+    lambda device, *more: trained_on.append(str(device)) or _math(device, *more))
 
 X, y = load_digits(return_X_y=True)
 X = (X / 16.0).astype(np.float32)

@@ -96,7 +96,7 @@ def cuda_on_the_cpu(monkeypatch):
 
     math = _device_training.device_math
     monkeypatch.setattr(_device_training, "device_math",
-                        lambda device: trained.append(device) or math(device))
+                        lambda device, *more: trained.append(device) or math(device, *more))
     return trained
 
 
@@ -223,7 +223,7 @@ def test_a_shard_over_the_device_budget_trains_as_a_resident_one(digits, cuda_on
         return streamed_shards[-1]
 
     # 40 KB of device memory for a 1,797 x 64 float32 shard (460 KB): streamed in chunks
-    monkeypatch.setattr(_device_rows, "shard_budget", lambda device: 40_000)
+    monkeypatch.setattr(_device_rows, "shard_budget", lambda device, sharing=1: 40_000)
     monkeypatch.setattr(_device_rows, "StreamedRows", streamed)
     model = DistributedDBN(device="cuda", **params).fit(X, y)
     assert len(streamed_shards) >= 3  # each phase: two layers, then fine-tuning
@@ -299,3 +299,30 @@ def test_cuda_fits_take_a_worker_per_visible_gpu_as_the_data_allows(monkeypatch)
     assert _engines.plan_workers(settings, 60_000) == _engines.WorkerPlan("processes", 4)
     settings = Settings.of(DistributedDBN(device="cuda", n_workers=3))
     assert _engines.plan_workers(settings, 800) == _engines.WorkerPlan("processes", 3)
+
+
+def test_workers_sharing_a_device_split_its_budget_and_chunks_stay_small(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from skdbn import _device_rows, _devices
+
+    monkeypatch.setattr(_devices, "visible_gpus", lambda: 2)
+    assert _devices.workers_sharing("cpu", 5) == 1
+    assert _devices.workers_sharing("cuda", 5) == 3  # ranks 0, 2, 4 on GPU 0
+    assert _devices.workers_sharing("torch:cuda:1", 5) == 5  # all on the tensors' device
+
+    budgets = []
+
+    def budget(device, sharing=1):
+        budgets.append(sharing)
+        return 40_000 // sharing
+
+    monkeypatch.setattr(_device_rows, "shard_budget", budget)
+    monkeypatch.setattr(_device_rows, "CHUNK_BYTES", 4_000)
+    x = np.zeros((1000, 10), dtype=np.float32)  # 40 KB
+    cpu = torch.device("cpu")
+    assert isinstance(_device_rows.device_rows(x, None, cpu, np.float32, 10),
+                      _device_rows.ResidentRows)
+    streamed = _device_rows.device_rows(x, None, cpu, np.float32, 10, sharing=2)
+    assert budgets == [1, 2]
+    assert isinstance(streamed, _device_rows.StreamedRows)
+    assert streamed.chunk_rows == 100  # 4,000 bytes: ten minibatches of 400 bytes

@@ -68,6 +68,34 @@ def test_numpy_input_trains_on_two_barrier_tasks_with_gossip(spark, digits_split
         assert "pyspark" not in type(value).__module__, name
 
 
+def test_a_fit_started_from_another_thread_uses_the_session(spark, digits_split,
+                                                            monkeypatch):
+    # A Connect client's active session belongs to the thread that made it; a fit from a
+    # thread pool must still train on that session's cluster, not on local processes.
+    import threading
+
+    from skdbn.spark import placement
+
+    X_train, _, y_train, _ = digits_split
+    sessions = []
+    place_workers = placement.place_workers
+
+    def spied(dataframe, *args):
+        placed = place_workers(dataframe, *args)
+        sessions.append(placed.spark)
+        return placed
+
+    monkeypatch.setattr(placement, "place_workers", spied)
+    fitted = []
+    thread = threading.Thread(target=lambda: fitted.append(DistributedDBN(
+        hidden_layer_sizes=(16,), pretrain_epochs=1, max_iter=2, n_workers=2,
+        random_state=0).fit(X_train, y_train)))
+    thread.start()
+    thread.join(timeout=300)
+    assert fitted and fitted[0].n_workers_ == 2
+    assert len(sessions) == 1 and sessions[0] is spark
+
+
 def test_the_phases_of_a_fit_share_one_spark_job_that_ends_after_the_fit(spark, digits_split,
                                                                         monkeypatch):
     # Where the tasks reach this process (both sessions here), one barrier job carries every

@@ -78,10 +78,17 @@ def _gpu_driver(master_url, body, connect=False, gpus_per_executor=2):
     """)
 
 
+# The fit runs on a thread of its own: a Connect client's session (and the GPU profile made
+# through it) belongs to the thread that made the session.
 _FIT_ON_TWO_GPUS = """
-model = DistributedDBN(hidden_layer_sizes=(32,), pretrain_epochs=3, max_iter=10,
-                       n_workers=2, sync="gossip", device="cuda", backend="spark",
-                       random_state=0).fit(X, y)
+import threading
+fitted = []
+thread = threading.Thread(target=lambda: fitted.append(DistributedDBN(
+    hidden_layer_sizes=(32,), pretrain_epochs=3, max_iter=10, n_workers=2, sync="gossip",
+    device="cuda", backend="spark", random_state=0).fit(X, y)))
+thread.start()
+thread.join(timeout=200)
+model = fitted[0]
 frame = spark.createDataFrame([(row.tolist(), int(label)) for row, label in zip(X, y, strict=True)],
                               ["features", "label"])
 try:

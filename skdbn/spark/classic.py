@@ -22,13 +22,21 @@ def scheduler_slots(spark):
     return int(context.maxNumConcurrentTasks(profile))
 
 
-def profile_slots(spark, profile):
-    """Tasks of the stage-level ``profile`` (a ``pyspark.resource.ResourceProfile``) that
-    the executors registered now can run at once, as the scheduler counts them."""
+def profile_slots(spark, cpus, gpus):
+    """Tasks of ``cpus`` cores and ``gpus`` GPUs each (a task-level resource profile) that
+    the executors registered now can run at once, as the scheduler counts them.
+
+    The profile is made in the JVM here: a pyspark ``ResourceProfile`` has no JVM side in a
+    process that ever opened a Spark Connect session (pyspark then builds profiles for
+    Connect).
+    """
+    jvm = spark.sparkContext._jvm
+    requests = jvm.org.apache.spark.resource.TaskResourceRequests().cpus(cpus).resource(
+        "gpu", float(gpus))
+    profile = jvm.org.apache.spark.resource.ResourceProfileBuilder().require(requests).build()
     context = spark.sparkContext._jsc.sc()
-    manager = context.resourceProfileManager()
-    manager.addResourceProfile(profile._java_resource_profile)
-    return int(context.maxNumConcurrentTasks(manager.resourceProfileFromId(profile.id)))
+    context.resourceProfileManager().addResourceProfile(profile)
+    return int(context.maxNumConcurrentTasks(profile))
 
 
 def tag_jobs(spark, tag):

@@ -59,6 +59,12 @@ def gpu_placement(spark, n_workers, cpu_slots):
             f"{EXECUTOR_GPUS_CONF} is {per_executor:g} on this session: {_CLUSTER_GPU_SETUP}")
     profile = one_gpu_per_task(spark)
     slots = gpu_task_slots(spark, profile, cpu_slots)
+    if slots is None:
+        raise RuntimeError(
+            f"device='cuda': no task of one GPU ran on this session's executors within "
+            f"{SLOT_PROBE_SECONDS:.0f}s (the GPU task slots of a Connect session are counted "
+            "by such a job): the cluster's GPUs are all taken, or its executors have none "
+            f"({_CLUSTER_GPU_SETUP})")
     needed = n_workers or 1
     if needed > slots:
         raise RuntimeError(
@@ -75,30 +81,46 @@ def one_gpu_per_task(spark):
 
     requests = TaskResourceRequests().cpus(task_cpus(spark)).resource("gpu", 1.0)
     profile = ResourceProfileBuilder().require(requests).build
-    # Made on the cluster now: a Connect client makes it through this thread's active
-    # session, which the threads that run the phases' jobs do not have.
-    profile.id  # noqa: B018
+    if is_connect_session(spark):
+        _make_on_server(spark, profile)
     return profile
 
 
-def gpu_task_slots(spark, profile, cpu_slots):
+def _make_on_server(spark, profile):
+    """Make ``profile`` on the Connect server of ``spark`` now. A Connect client makes a
+    profile through this thread's active session: none on a thread other than the one that
+    made the session, and perhaps another session's; the phases' jobs run on threads of
+    their own, so it must exist before they start."""
+    from pyspark.sql.connect.session import SparkSession
+
+    local = SparkSession._active_session
+    before = getattr(local, "session", None)
+    local.session = spark
+    try:
+        profile.id  # noqa: B018 - made on first use, kept on the profile
+    finally:
+        local.session = before
+
+
+def gpu_task_slots(spark, profile, cpu_slots, timeout=SLOT_PROBE_SECONDS):
     """Tasks of ``profile`` (one GPU each) that can run at once on the executors of
-    ``spark``, which have ``cpu_slots`` task slots.
+    ``spark``, which have ``cpu_slots`` task slots; None if unknown after ``timeout``.
 
     A classic session asks its scheduler. A Connect session cannot, so one job of
     ``cpu_slots`` short tasks of ``profile`` runs: the scheduler hands every free GPU to a
     task of its first wave, and the distinct GPUs the tasks were given (executor and address)
-    are the slots. The job is interrupted after ``SLOT_PROBE_SECONDS`` (no GPU ever free: 0).
+    are the slots. The job is interrupted after ``timeout`` seconds (None: no GPU was free
+    long enough); an error of the job itself is raised.
     """
     if not is_connect_session(spark):
-        return profile_slots(spark, profile)
+        return profile_slots(spark, task_cpus(spark), gpus=1)
 
     def probe(session):
         rows = (session.range(0, cpu_slots, 1, cpu_slots)
                 .mapInArrow(_gpu_held, "gpu string", profile=profile).toArrow())
         return len(set(rows.column("gpu").to_pylist()))
 
-    return interruptible_job(spark, SLOT_PROBE_SECONDS, probe, 0)
+    return interruptible_job(spark, timeout, probe, None, reraise=True)
 
 
 def _gpu_held(batches):

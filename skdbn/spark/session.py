@@ -137,9 +137,8 @@ def get_session(df=None):
     if df is not None:
         return df.sparkSession
     import_pyspark()
-    from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
+    active = current_session()
     if active is not None:
         return active
     if _EMBEDDED_SESSION is None:
@@ -153,6 +152,21 @@ def get_session(df=None):
                 "or use backend='local'"
             ) from exc
     return _EMBEDDED_SESSION
+
+
+def current_session():
+    """The session a fit started on this thread uses, or None: the thread's active session,
+    else the one this process made first. A Spark Connect client's active session belongs to
+    the thread that made it, so a fit started from another thread (a thread pool, a
+    notebook's background job) would otherwise find none and train elsewhere."""
+    if "pyspark" not in sys.modules:  # no session without pyspark imported
+        return None
+    from pyspark.sql import SparkSession
+
+    try:
+        return SparkSession.active()
+    except Exception:  # PySparkRuntimeError NO_ACTIVE_OR_DEFAULT_SESSION: there is none
+        return None
 
 
 class ParallelSearchWarning(UserWarning):
@@ -252,28 +266,32 @@ def check_barrier_possible(spark, n_workers):
     return slots
 
 
-def interruptible_job(spark, timeout, job, failed):
+def interruptible_job(spark, timeout, job, failed, reraise=False):
     """``job(spark)``, run by a thread of its own whose Spark jobs are interrupted after
     ``timeout`` seconds (a job that waits for executors or resources that never come), or
-    ``failed`` when it was interrupted or raised. For Connect sessions: a classic session's
-    ``addTag`` does not reach the jobs of DataFrame actions (see ``classic.tag_jobs``)."""
+    ``failed`` when it was interrupted, or raised (raised again with ``reraise``). For
+    Connect sessions: a classic session's ``addTag`` does not reach the jobs of DataFrame
+    actions (see ``classic.tag_jobs``)."""
     tag = f"skdbn-probe-{os.getpid()}-{threading.get_ident()}-{next(_probe_numbers)}"
-    found = []
+    found, errors = [], []
 
     def run():
         spark.addTag(tag)  # tags belong to the thread that starts the job
         try:
             found.append(job(spark))
-        except Exception:  # interrupted, or no session left: nothing known
-            found.append(failed)
+        except Exception as error:  # interrupted, or no session left: nothing known
+            errors.append(error)
         finally:
             spark.removeTag(tag)
 
     thread = threading.Thread(target=run, name="skdbn-probe", daemon=True)
     thread.start()
     thread.join(timeout)
-    if thread.is_alive():
+    timed_out = thread.is_alive()
+    if timed_out:
         with contextlib.suppress(Exception):
             spark.interruptTag(tag)
         thread.join(10.0)
+    if errors and reraise and not timed_out:
+        raise errors[0]
     return found[0] if found else failed

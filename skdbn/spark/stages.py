@@ -362,10 +362,14 @@ class SparkEngine(Engine):
                 "workers' shards")
 
     def _slots_now(self, timeout):
+        """Task slots now, and for a fit on GPUs the GPU task slots among them (0 when a
+        Connect session's probe saw no free GPU within ``timeout``)."""
+        started = time.monotonic()
         slots = task_slots_now(self.spark, timeout)
         if self._profile is None or slots < 1:
             return slots
-        return min(slots, gpu_task_slots(self.spark, self._profile, slots))
+        left = max(1.0, timeout - (time.monotonic() - started))
+        return min(slots, gpu_task_slots(self.spark, self._profile, slots, left) or 0)
 
     def close(self):
         """Drop the cached training partitions from the executors, and any shard files.
