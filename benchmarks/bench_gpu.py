@@ -166,10 +166,10 @@ def whole_fit_part(args, skdbn_device):
 
 def _cuda_on_the_cpu():
     """For ``--smoke``: skdbn's device path on the CPU device, as the tests run it."""
-    import skdbn._worker as worker
+    import skdbn._devices as devices
 
     torch.cuda.is_available = lambda: True
-    worker.worker_device = lambda device, rank: None if device == "cpu" else torch.device("cpu")
+    devices.torch_device = lambda name: torch.device("cpu")
 
 
 def main():
