@@ -130,8 +130,7 @@ def mark_phase(engine, *args):
     open({marker!r}, "a").close()
     return original(engine, *args)
 
-spark = loopback_session({master!r}, app_name="skdbn-fault",
-                         config={{"spark.executor.memory": "512m"}})
+spark = loopback_session({master!r}, app_name="skdbn-fault", config={config!r})
 try:
     X, y = load_digits(return_X_y=True)
     X, y = np.tile(X / 16.0, (3, 1)), np.tile(y, 3)
@@ -141,11 +140,13 @@ finally:
 """
 
 
-def _fit_with_fault(master, tmp_path, body, strike, delay):
-    """Run ``body`` in a driver on ``master``; ``delay`` seconds into its first marked phase
-    call ``strike()``. Returns the driver's RESULT line (as a dict) and its stdout."""
+def _fit_with_fault(master, tmp_path, body, strike, delay, config=None):
+    """Run ``body`` in a driver on ``master`` (its session's ``config`` added); ``delay``
+    seconds into its first marked phase call ``strike()``. Returns the driver's RESULT line
+    (as a dict) and its stdout."""
     marker = tmp_path / "phase-started"
     driver = _FAULT_DRIVER.format(marker=str(marker), master=master,
+                                  config={"spark.executor.memory": "512m", **(config or {})},
                                   body=textwrap.indent(textwrap.dedent(body), "    "))
     process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,

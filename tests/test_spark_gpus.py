@@ -12,9 +12,10 @@ import stat
 import textwrap
 
 import pytest
+from processes import kill_standalone_worker
 from sklearn.datasets import load_digits
 from spark_cluster import running_cluster
-from test_cluster import _driver_result
+from test_cluster import _driver_result, _fit_with_fault
 
 from skdbn import DistributedDBN
 
@@ -33,8 +34,26 @@ skdbn._devices.torch_device = lambda name: torch.device("cpu")
 """
 
 _DISCOVERY_SCRIPT = """#!/bin/sh
-echo '{"name": "gpu", "addresses": ["0", "1"]}'
+echo '{{"name": "gpu", "addresses": [{addresses}]}}'
 """
+
+
+def _fake_gpu_workers(root, gpus):
+    """The environment of standalone workers that find ``gpus`` GPUs each (a discovery
+    script under ``root``), whose executors' Python trains "cuda:N" on the CPU device."""
+    script = root / "discover_gpus.sh"
+    script.write_text(_DISCOVERY_SCRIPT.format(
+        addresses=", ".join(f'"{i}"' for i in range(gpus))))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    site = root / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    return {
+        "SPARK_WORKER_OPTS": (f"-Dspark.worker.resource.gpu.amount={gpus} "
+                              f"-Dspark.worker.resource.gpu.discoveryScript={script}"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site),
+                                                    os.environ.get("PYTHONPATH")])),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +61,8 @@ def gpu_cluster(tmp_path_factory):
     """A standalone cluster of one worker with four cores and two (fake) GPUs: two GPU task
     slots of its four."""
     root = tmp_path_factory.mktemp("gpu-cluster")
-    script = root / "discover_gpus.sh"
-    script.write_text(_DISCOVERY_SCRIPT)
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    site = root / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    worker_env = {
-        "SPARK_WORKER_OPTS": (f"-Dspark.worker.resource.gpu.amount=2 "
-                              f"-Dspark.worker.resource.gpu.discoveryScript={script}"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(site),
-                                                    os.environ.get("PYTHONPATH")])),
-    }
-    with running_cluster(root, n_workers=1, cores=4, worker_env=worker_env) as master_url:
+    with running_cluster(root, n_workers=1, cores=4,
+                         worker_env=_fake_gpu_workers(root, 2)) as master_url:
         yield master_url
 
 
@@ -182,3 +190,32 @@ def test_a_gpu_address_the_executor_cannot_see_is_refused(monkeypatch):
     assert spark_task_device("cuda", {"gpu": ResourceInformation("gpu", ["1"])}) == "cuda:1"
     with pytest.raises(RuntimeError, match=r"assigned this task GPU '5'.*sees 2 CUDA"):
         spark_task_device("cuda", {"gpu": ResourceInformation("gpu", ["5"])})
+
+
+@pytest.mark.slow
+def test_a_lost_gpu_machine_reruns_the_phase_on_the_gpu_slots_left(tmp_path):
+    # Two machines of two cores and one GPU each; one is lost in the first phase. Its CPU
+    # slots would still count two task slots on the one left; its GPU slots count one, and
+    # the phase reruns there, that task training both workers' shards.
+    root = tmp_path / "cluster"
+    root.mkdir()
+    with running_cluster(root, n_workers=2, cores=2,
+                         worker_env=_fake_gpu_workers(root, 1)) as master_url:
+        def lose_a_machine():
+            assert kill_standalone_worker(root / "work0"), "no worker killed"
+
+        outcome, stdout = _fit_with_fault(master_url, tmp_path, """
+            SparkEngine.run_phase = mark_phase
+            model = DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=5,
+                                   n_workers=2, sync="gossip", network_timeout=5.0,
+                                   device="cuda", backend="spark", random_state=0,
+                                   verbose=1).fit(X, y)
+            print("RESULT", json.dumps({"retries": model.n_phase_retries_,
+                                        "accuracy": model.score(X, y),
+                                        "devices": sorted({row["device"] for row in
+                                                           model.worker_stats_})}))
+        """, lose_a_machine, delay=2.0, config={"spark.executor.resource.gpu.amount": "1"})
+    assert outcome["retries"] == 1, outcome
+    assert "1 of the 2 task slots are left" in stdout, stdout
+    assert outcome["devices"] == ["cuda:0"]
+    assert outcome["accuracy"] > 0.9
