@@ -40,9 +40,7 @@ class TensorInput:
 
     def to_host(self, value):
         """``value`` as numpy when it is a tensor, else as it is."""
-        if isinstance(value, self.torch.Tensor):
-            return value.detach().cpu().numpy()
-        return value
+        return _as_numpy(value)
 
     def labels_to_host(self, y):
         """Labels ``y`` (a tensor, array-like or None) as numpy; refused before any training
@@ -56,16 +54,13 @@ class TensorInput:
         return y
 
     def to_device(self, value):
-        """A numpy array (or a list of them) as tensors on the input's device; anything else
-        (None, numbers) as it is. Arrays of strings or objects cannot be tensors: refused."""
+        """A numeric numpy array (or a list of them) as tensors on the input's device;
+        anything else (None, numbers) as it is. Labels that could not be tensors were
+        refused by :meth:`labels_to_host` before the fit."""
         if isinstance(value, list):
             return [self.to_device(v) for v in value]
         if not isinstance(value, np.ndarray):
             return value
-        if value.dtype.kind not in "biuf":
-            raise TypeError(
-                f"a fit on PyTorch tensors needs numeric labels; got {value.dtype} (use "
-                "integer class codes, or fit on numpy arrays)")
         return self.torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
 
 

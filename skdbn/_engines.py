@@ -12,7 +12,6 @@ schedule turns it into an engine.
 """
 
 import abc
-import sys
 from dataclasses import dataclass
 from functools import partial
 
@@ -177,8 +176,6 @@ def resolve_backend(backend, dataframe_input, device="cpu"):
 
 
 def _active_spark_session():
-    if "pyspark" not in sys.modules:  # no session without pyspark imported
-        return False
     from .spark.session import current_session
 
     return current_session() is not None

@@ -103,9 +103,9 @@ def train_watched(clock, send, interval, rank, phase, shard, state, below, sync=
                   device=None, sharing=1):
     """``train_phase`` of worker ``rank``, timed by ``clock`` (a ``Stopwatch``) as "train",
     on ``device`` (a name; None: local worker ``rank``'s for the phase's setting), which
-    ``sharing`` workers of the fit train on; while it
-    runs the worker's progress goes through ``send(snapshot)`` every ``interval`` seconds and
-    at each epoch's end (``send=None``: nobody watches)."""
+    ``sharing`` workers of the fit train on; while it runs the worker's progress goes
+    through ``send(snapshot)`` every ``interval`` seconds and at each epoch's end
+    (``send=None``: nobody watches)."""
     log = WorkerLog()
     on = device or _devices.worker_device(phase.device, rank)
     reporter = None if send is None else ProgressReporter(log, send, interval).start()
