@@ -440,7 +440,7 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
 
     def _prepared(self, X, y, settings, warm, seed):
         if is_spark_dataframe(X):
-            return prepare_training_frame(X, y, settings, warm)
+            return prepare_training_frame(X, y, settings, warm, seed)
         return prepare_arrays(self, X, y, settings, warm, seed)
 
     @_fit_context(prefer_skip_nested_validation=True)

@@ -142,7 +142,7 @@ def prepare_arrays(estimator, X, y, settings, warm, seed):
         warm.check_layers(settings.hidden_sizes)
     classes = classes_for_fit(y, warm)
     kind, mean, scale = _visible_units(X, settings.visible_units, warm)
-    X_train, y_train, validation = _split_validation(X, y, classes, seed, settings)
+    X_train, y_train, validation = split_validation(X, y, classes, seed, settings)
     key = None
     if settings.checkpoint_dir is not None and warm is None:
         key = fingerprint(settings.params(), X, y, classes)
@@ -310,9 +310,12 @@ def within_unit_interval(X):
     return values.size == 0 or (values.min() >= 0 and values.max() <= 1)
 
 
-def _split_validation(X, y, classes, seed, settings):
+def split_validation(X, y, classes, seed, settings):
     """``(X_train, y_train, validation)``: a stratified share of labelled data held out for
-    early stopping, as ``(X_val, codes_val)``; without early stopping nothing is held out."""
+    early stopping, as ``(X_val, codes_val)``; without early stopping nothing is held out.
+
+    A Spark DataFrame read into this process is split here too; one left on the cluster is
+    split on its executors (``spark.held_out``)."""
     if y is None or not settings.early_stopping:
         return X, y, None
     X_train, X_val, y_train, y_val = train_test_split(

@@ -8,6 +8,7 @@ the functions whose name ends in ``_task`` run on the executors; the others on t
 (the client, for a Spark Connect session).
 """
 
+import dataclasses
 from dataclasses import dataclass
 from functools import reduce
 
@@ -384,6 +385,28 @@ def merged_summary(rows, features_col, label_col, dtype):
         variance=moments.m2 / moments.n, minimum=moments.minimum, maximum=moments.maximum,
         labels=labels, partition_rows={row["partition"]: row["n_rows"] for row in rows},
     )
+
+
+def combined_summary(summary, other):
+    """The figures of two disjoint sets of rows, ``summary`` and ``other``, together (sizes,
+    moments, extremes, labels); the partitions are ``summary``'s, the ones that train.
+
+    ``other`` must have ``summary``'s features (a vector width of another set of rows is
+    refused as one pass over both would refuse it).
+    """
+    if other.n_features != summary.n_features:
+        raise ValueError("feature vectors of different lengths; every row needs the same "
+                         "number of features")
+    moments = _Moments()
+    for part in (summary, other):
+        moments.merge(part.n_samples, part.mean, part.variance * part.n_samples,
+                      part.minimum, part.maximum)
+    labels = summary.labels
+    if labels is not None:
+        labels = np.union1d(labels, other.labels)
+    return dataclasses.replace(summary, n_samples=moments.n, mean=moments.mean,
+                               variance=moments.m2 / moments.n, minimum=moments.minimum,
+                               maximum=moments.maximum, labels=labels)
 
 
 def _check_rows(rows, widths, features_col, label_col):

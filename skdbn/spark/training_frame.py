@@ -8,6 +8,12 @@ input (visible units, standardisation, classes), then deals the rows to the work
 shard files are completed with their labels, or the dealt rows become a DataFrame that the
 engine caches. A DataFrame small enough for one worker is read into this process instead. The
 result is the same ``TrainingData`` that arrays become (``_inputs``).
+
+With ``early_stopping``, a stratified ``validation_fraction`` of the labelled rows is held out
+before the statistics pass: chosen on the executors (``held_out``), and only those rows are
+read into this process, where the schedule scores the network on them as it does for arrays.
+The training shards never hold them. A DataFrame read into this process is split as arrays
+are.
 """
 
 import dataclasses
@@ -22,9 +28,11 @@ from .._engines import plan_workers, resolve_backend, trains_in_driver_process
 from .._inputs import (
     BERNOULLI_RANGE_MESSAGE,
     TrainingData,
+    arrays_data,
     classes_for_fit,
     dtype_setting,
     frame_dtype,
+    split_validation,
     standardization,
     visible_units_of_range,
 )
@@ -36,6 +44,7 @@ from .data import (
     LABEL,
     POSITION,
     ShardLayout,
+    combined_summary,
     dealt_rows,
     feature_column,
     label_column,
@@ -47,6 +56,7 @@ from .data import (
     training_columns,
     valid_features,
 )
+from .held_out import hold_out
 from .shards import (
     ShardPlan,
     count_rows_task,
@@ -89,9 +99,9 @@ class _Input:
     classes: np.ndarray | None
 
 
-def prepare_training_frame(df, y, settings, warm):
+def prepare_training_frame(df, y, settings, warm, seed=0):
     """The ``TrainingData`` of ``fit(df)``; ``warm`` is the ``WarmStart`` of a warm-start fit
-    (else None).
+    (else None), ``seed`` draws the validation share of early stopping.
 
     A DataFrame left on the cluster comes back dealt to its workers (``data.frame``,
     ``data.workers``); use the result as a context manager, so that its shard files are
@@ -102,26 +112,56 @@ def prepare_training_frame(df, y, settings, warm):
     dtype = frame_dtype(dtype_setting(settings.dtype, warm))
     if settings.handle_invalid != "error":
         df = df.filter(_valid_training_rows(df, settings.features_col, label_col, dtype))
+    # As for arrays, unlabelled data has no validation score: nothing is held out.
+    holds_out = settings.early_stopping and label_col is not None
     workers, counts = _choose_workers(df, settings)
     if workers is None:
-        summary, X, labels = read_dataframe(df, settings.features_col, label_col, dtype)
-        learned = _learned_input(summary, settings, warm, label_col)
-        codes = None if labels is None else np.searchsorted(learned.classes, labels)
-        return _as_training_data(summary, learned, settings, warm, X=X, codes=codes)
+        return _read_here(df, settings, warm, label_col, dtype, seed if holds_out else None)
+    validation = None
+    if holds_out:
+        df, validation = _held_out(df, settings, label_col, dtype, seed)
+        counts = None  # counted with the held-out rows
     dirs = new_scratch_dirs() if workers.placement.shard_files else ()
     try:
         summary, plan = _statistics_pass(df, settings, label_col, dtype, workers, counts,
                                          dirs)
         if plan is None:  # no shard files, or no room for them: the rows are cached
             dirs = _removed(dirs)
-        learned = _learned_input(summary, settings, warm, label_col)
+        # The input is learned from every row, the held-out ones too, as for arrays.
+        whole = summary if validation is None else combined_summary(summary, validation[0])
+        learned = _learned_input(whole, settings, warm, label_col)
         layout, source = _dealt(df, settings, label_col, summary, learned, plan,
                                 workers.n_workers)
+        scored = None if validation is None else (
+            validation[1], np.searchsorted(learned.classes, validation[2]))
         return _as_training_data(summary, learned, settings, warm, workers=workers,
-                                 frame=DealtFrame(layout, source, dirs))
+                                 frame=DealtFrame(layout, source, dirs), validation=scored)
     except BaseException:
         _removed(dirs)
         raise
+
+
+def _read_here(df, settings, warm, label_col, dtype, seed):
+    """The ``TrainingData`` of a DataFrame read into this process; with a ``seed``, a
+    validation share split off as arrays split it."""
+    summary, X, labels = read_dataframe(df, settings.features_col, label_col, dtype)
+    learned = _learned_input(summary, settings, warm, label_col)
+    if seed is None:
+        codes = None if labels is None else np.searchsorted(learned.classes, labels)
+        return _as_training_data(summary, learned, settings, warm, X=X, codes=codes)
+    X, labels, validation = split_validation(X, labels, learned.classes, seed, settings)
+    return arrays_data(X, labels, learned.classes, learned.visible_units, learned.mean,
+                       learned.scale, validation=validation,
+                       checkpoint_key=_checkpoint_key(summary, learned, settings, warm))
+
+
+def _held_out(df, settings, label_col, dtype, seed):
+    """``(training, (summary, X_val, labels_val))``: the rows of ``df`` left to train on,
+    and the validation share held out on the executors, read into this process."""
+    split = hold_out(df, settings.features_col, label_col, dtype,
+                     settings.validation_fraction, seed)
+    return split.training, read_dataframe(split.validation, settings.features_col,
+                                          label_col, dtype)
 
 
 def _check_fit_arguments(y, settings):
@@ -129,11 +169,6 @@ def _check_fit_arguments(y, settings):
         raise ValueError(
             "with a Spark DataFrame the labels are a column of it (label_col="
             f"{settings.label_col!r}); do not pass y"
-        )
-    if settings.early_stopping:
-        raise NotImplementedError(
-            "early_stopping is not available for Spark DataFrames yet; fit on numpy "
-            "arrays or set early_stopping=False"
         )
 
 
@@ -233,12 +268,16 @@ def _dealt(df, settings, label_col, summary, learned, plan, n_workers):
 def _as_training_data(summary, learned, settings, warm, **where):
     d = summary.n_features
     input_mean = summary.mean if learned.mean is None else np.zeros(d)
-    key = None
-    if settings.checkpoint_dir is not None and warm is None:
-        key = frame_fingerprint(settings.params(), summary, learned.classes)
     return TrainingData(summary.n_samples, d, summary.dtype, input_mean.astype(summary.dtype),
                         learned.visible_units, learned.mean, learned.scale, learned.classes,
-                        checkpoint_key=key, **where)
+                        checkpoint_key=_checkpoint_key(summary, learned, settings, warm),
+                        **where)
+
+
+def _checkpoint_key(summary, learned, settings, warm):
+    if settings.checkpoint_dir is None or warm is not None:
+        return None
+    return frame_fingerprint(settings.params(), summary, learned.classes)
 
 
 # ---------------------------------------------------------------------------- the passes
