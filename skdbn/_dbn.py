@@ -112,9 +112,10 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the labelled data (stratified) and stop
         fine-tuning when the validation accuracy has not improved by ``tol`` for
-        ``n_iter_no_change`` epochs; the best network seen is kept.
+        ``n_iter_no_change`` epochs; the best network seen is kept. A Spark DataFrame's share
+        is chosen on the executors; only it is read into the driver, which scores it.
     validation_fraction : float, default=0.1
-        Share of the training data held out when ``early_stopping`` is on.
+        Share of the labelled rows held out when ``early_stopping`` is on.
     n_iter_no_change : int, default=5
         Epochs without improvement tolerated before fine-tuning stops. Set it above
         ``max_iter`` to train exactly ``max_iter`` epochs: with several workers the epoch loss

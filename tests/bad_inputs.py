@@ -166,9 +166,10 @@ DATAFRAME_CASES = [
          "'dtype' parameter of DistributedDBN must be"),
     Case("DataFrame", "fit", "y passed beside a DataFrame",
          lambda c: _fit().fit(c.digits_frame(), c.y[:40]), ValueError, "do not pass y"),
-    Case("DataFrame", "fit", "early_stopping",
-         lambda c: _fit(early_stopping=True).fit(c.digits_frame()), NotImplementedError,
-         "early_stopping"),
+    Case("DataFrame", "fit", "early_stopping with a class of one row",
+         lambda c: _fit(early_stopping=True, n_workers=2).fit(c.digits_frame(
+             y=np.where((c.y[:40] == 9) & (np.arange(40) > 9), 8, c.y[:40]))), ValueError,
+         r"classes \[9\] have only 1 row"),
     Case("DataFrame", "partial_fit", "a DataFrame",
          lambda c: _fit().partial_fit(c.digits_frame()), TypeError, "partial_fit takes arrays"),
     Case("DataFrame", "predict", "other number of features",
