@@ -276,7 +276,9 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
         with peers), ``seconds_waiting`` (for peers: synchronous averages, the end of a
         phase), ``seconds_reading`` (its data), ``seconds_training`` and ``started`` (seconds
         after the fit began) and ``device`` (where it trained: ``"cpu"`` for numpy, else
-        the torch device, e.g. ``"cuda:0"``). Phases resumed from a checkpoint are not in it.
+        the torch device, e.g. ``"cuda:0"``) and ``address`` (``"host:port"`` its gossip
+        listener bound and its peers reached it at; None for a worker without peers).
+        Phases resumed from a checkpoint are not in it.
     worker_trace_ : list of dict
         Each worker's course through each phase, for ``pandas.DataFrame(worker_trace_)``:
         rows with ``stage``, ``phase``, ``worker``, ``seconds`` (since the fit began),

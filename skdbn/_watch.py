@@ -290,6 +290,7 @@ class FitRecord:
                 "seconds_training": float(result.seconds.get("train", 0.0)),
                 "started": offset,
                 "device": found.get("device", "cpu"),
+                "address": found.get("address"),
             })
             for seconds, samples, drift in found.get("trace", []):
                 self.trace.append({

@@ -94,6 +94,7 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
             sync = _synchronizer(plan, phase, node)
             result = train_watched(clock, send, REPORT_SECONDS, rank, phase, shard, state,
                                    below, sync, device, sharing)
+            result.diagnostics["address"] = node.address
         finally:
             clock.lap("close", node.close)
         return clock.stamped(result)

@@ -5,47 +5,20 @@ The cluster comes from the installed pyspark's ``spark-class``; every process bi
 runs in a subprocess of its own (one SparkContext per process).
 """
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
 from processes import executor_pids, kill_standalone_worker
-from spark_cluster import running_cluster
+from spark_cluster import driver_result, fit_with_fault, running_cluster
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is a dependency; needed here")
-
-STOP_TIMEOUT = 20
 
 
 @pytest.fixture(scope="module")
 def standalone_cluster(tmp_path_factory):
     with running_cluster(tmp_path_factory.mktemp("spark-cluster")) as master_url:
         yield master_url
-
-
-def _failure_summary(stderr):
-    # The JVM's stack traces bury the Python error; show the Python lines first.
-    python_lines = [line for line in stderr.splitlines()
-                    if "Error" in line or "Traceback" in line or 'File "' in line]
-    return "\n".join(python_lines[-40:]) + "\n--- end of stderr ---\n" + stderr[-1500:]
-
-
-def _driver_result(driver, timeout=300):
-    """Run the ``driver`` script in a Python process of its own (one SparkContext per
-    process), bounded by ``timeout``; its RESULT line as a dict."""
-    result = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
-                            timeout=timeout, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
-    return _result_line(result.stdout, result.stderr)
-
-
-def _result_line(stdout, stderr):
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, _failure_summary(stderr)
-    return json.loads(lines[0][len("RESULT "):])
 
 
 def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
@@ -70,7 +43,7 @@ def test_gossip_fit_on_a_standalone_cluster(standalone_cluster):
         finally:
             spark.stop()
     """)
-    outcome = _driver_result(driver)
+    outcome = driver_result(driver)
     assert outcome["master"] == standalone_cluster
     assert outcome["n_workers"] == 2
     assert outcome["accuracy"] > 0.9
@@ -109,61 +82,12 @@ def test_a_connect_session_of_the_cluster_swaps_addresses_through_spark(standalo
         finally:
             spark.stop()
     """)
-    outcome = _driver_result(driver)
+    outcome = driver_result(driver)
     assert outcome["connect"] and outcome["master"] == standalone_cluster
     assert outcome["mode"] == "barrier"
     assert outcome["n_workers"] == 2
     assert outcome["accuracy"] > 0.8
     assert "not possible on this Spark Connect session" in (outcome["refusal"] or "")
-
-
-# A driver whose first phase leaves a marker file, so that a test knows when to strike.
-_FAULT_DRIVER = """
-import json
-import numpy as np
-from sklearn.datasets import load_digits
-from skdbn import DistributedDBN, loopback_session
-from skdbn.spark.stages import SparkEngine
-
-original = SparkEngine.run_phase
-def mark_phase(engine, *args):
-    open({marker!r}, "a").close()
-    return original(engine, *args)
-
-spark = loopback_session({master!r}, app_name="skdbn-fault", config={config!r})
-try:
-    X, y = load_digits(return_X_y=True)
-    X, y = np.tile(X / 16.0, (3, 1)), np.tile(y, 3)
-{body}
-finally:
-    spark.stop()
-"""
-
-
-def _fit_with_fault(master, tmp_path, body, strike, delay, config=None):
-    """Run ``body`` in a driver on ``master`` (its session's ``config`` added); ``delay``
-    seconds into its first marked phase call ``strike()``. Returns the driver's RESULT line
-    (as a dict) and its stdout."""
-    marker = tmp_path / "phase-started"
-    driver = _FAULT_DRIVER.format(marker=str(marker), master=master,
-                                  config={"spark.executor.memory": "512m", **(config or {})},
-                                  body=textwrap.indent(textwrap.dedent(body), "    "))
-    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
-    try:
-        deadline = time.monotonic() + 180
-        while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        assert marker.exists(), "the fit never started a phase"
-        time.sleep(delay)
-        strike()
-        stdout, stderr = process.communicate(timeout=400)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=STOP_TIMEOUT)
-    return _result_line(stdout, stderr), stdout
 
 
 def _kill_an_executor():
@@ -176,7 +100,7 @@ def _kill_an_executor():
 def test_a_killed_executor_costs_one_phase(standalone_cluster, tmp_path):
     # The standalone worker launches a new executor, and the retried phase waits for its
     # task slot.
-    outcome, stdout = _fit_with_fault(standalone_cluster, tmp_path, """
+    outcome, stdout = fit_with_fault(standalone_cluster, tmp_path, """
         params = dict(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=2,
                       n_workers=2, sync="average", random_state=0)
         SparkEngine.run_phase = mark_phase
@@ -203,7 +127,7 @@ def test_a_phase_reruns_on_the_workers_left_when_a_machine_is_lost(tmp_path):
         def lose_a_machine():
             assert kill_standalone_worker(tmp_path / "cluster" / "work0"), "no worker killed"
 
-        outcome, stdout = _fit_with_fault(master_url, tmp_path, """
+        outcome, stdout = fit_with_fault(master_url, tmp_path, """
             SparkEngine.run_phase = mark_phase
             model = DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=5,
                                    n_workers=2, sync="gossip", network_timeout=5.0,

@@ -14,8 +14,7 @@ import textwrap
 import pytest
 from processes import kill_standalone_worker
 from sklearn.datasets import load_digits
-from spark_cluster import running_cluster
-from test_cluster import _driver_result, _fit_with_fault
+from spark_cluster import driver_result, fit_with_fault, running_cluster
 
 from skdbn import DistributedDBN
 
@@ -115,7 +114,7 @@ print("RESULT", json.dumps({"devices": sorted(
 @pytest.mark.slow
 @pytest.mark.parametrize("connect", [False, True], ids=["classic", "connect"])
 def test_each_task_trains_on_the_gpu_spark_assigned_it(gpu_cluster, connect):
-    outcome = _driver_result(_gpu_driver(gpu_cluster, _FIT_ON_TWO_GPUS, connect=connect))
+    outcome = driver_result(_gpu_driver(gpu_cluster, _FIT_ON_TWO_GPUS, connect=connect))
     # Two tasks on one executor with GPUs "0" and "1": each got its own.
     assert outcome["devices"] == ["cuda:0", "cuda:1"]
     assert outcome["accuracy"] > 0.85
@@ -168,7 +167,7 @@ except RuntimeError as error:
 def test_executors_without_gpus_are_refused_before_any_data_is_read(gpu_cluster):
     # The workers have GPUs, but this session's executors take none of them.
     driver = _gpu_driver(gpu_cluster, _FIT_WITHOUT_GPUS, gpus_per_executor=0)
-    refusal = _driver_result(driver)["refusal"]
+    refusal = driver_result(driver)["refusal"]
     assert "spark.executor.resource.gpu.amount is 0" in refusal
     assert "spark.worker.resource.gpu.discoveryScript" in refusal
 
@@ -204,7 +203,7 @@ def test_a_lost_gpu_machine_reruns_the_phase_on_the_gpu_slots_left(tmp_path):
         def lose_a_machine():
             assert kill_standalone_worker(root / "work0"), "no worker killed"
 
-        outcome, stdout = _fit_with_fault(master_url, tmp_path, """
+        outcome, stdout = fit_with_fault(master_url, tmp_path, """
             SparkEngine.run_phase = mark_phase
             model = DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=40, max_iter=5,
                                    n_workers=2, sync="gossip", network_timeout=5.0,

@@ -14,12 +14,21 @@ from .._worker import straggler_allowance
 from .session import is_connect_session
 
 
-def scheduler_slots(spark):
-    """Task slots of the executors registered now, as the scheduler counts them for barrier
-    stages (``spark.task.cpus`` taken into account); never waits for executors to come."""
+def free_scheduler_slots(spark):
+    """Task slots of the executors registered now that no task holds, as the scheduler
+    counts them for barrier stages (``spark.task.cpus`` taken into account); never waits for
+    executors to come.
+
+    A task the scheduler still counts as running holds its slot: one of a cancelled job on
+    an executor that cannot be reached, whose end is never reported, holds it until Spark
+    declares the executor lost (``spark.network.timeout`` without heartbeats).
+    """
     context = spark.sparkContext._jsc.sc()
     profile = context.resourceProfileManager().defaultResourceProfile()
-    return int(context.maxNumConcurrentTasks(profile))
+    slots = int(context.maxNumConcurrentTasks(profile))
+    running = sum(int(info.numRunningTasks())
+                  for info in context.statusTracker().getExecutorInfos())
+    return max(0, slots - running)
 
 
 def profile_slots(spark, cpus, gpus):

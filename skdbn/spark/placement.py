@@ -3,7 +3,7 @@
 ``place_workers`` finds the session, checks that a barrier stage of the fit's tasks can run,
 and decides, once per fit and before any data moves, how the tasks of a phase will meet
 (``rendezvous_mode``) and whether they share this machine's files (``tasks_share_files``);
-``task_slots_now`` counts the slots left when a phase is to run again after a lost worker. The
+``free_slots_now`` counts the slots free when a phase is to run again after a lost worker. The
 result, a ``SparkPlacement``, is what ``SparkEngine`` and the DataFrame preparation
 (``training_frame``) work from.
 """
@@ -16,7 +16,7 @@ from functools import partial
 
 from .._gossip import AllGatherClient, AllGatherServer
 from .._scratch import new_scratch_dirs, remove_tree
-from .classic import scheduler_slots
+from .classic import free_scheduler_slots
 from .gpus import gpu_placement
 from .session import (
     check_barrier_possible,
@@ -194,23 +194,68 @@ def _text_of(path):
         return handle.read()
 
 
-def task_slots_now(spark, timeout):
-    """Task slots of the executors registered now, waiting at most ``timeout`` seconds.
+def free_slots_now(spark, timeout):
+    """Task slots free now, on the executors registered now, waiting at most ``timeout``
+    seconds; a slot still held by a task of a failed phase is not free.
 
-    Unlike :func:`free_task_slots` this never waits for executors to come: on a classic
-    session the scheduler is asked (slots of the live executors, ``spark.task.cpus`` taken
-    into account); on a Connect session the probe job is interrupted after ``timeout``
-    (no executor: 0 slots). A local master's slots come from its URL.
+    This never waits for executors to come. On a classic session the scheduler is asked
+    (:func:`~skdbn.spark.classic.free_scheduler_slots`). A Connect session cannot ask, so a
+    job of one short task per slot runs (:func:`concurrent_task_slots`), interrupted after
+    ``timeout`` (no executor, or none free: 0 slots). A local master's slots come from its
+    URL: its tasks end with this process's JVM's.
     """
     cores = local_master_cores(conf_value(spark, "spark.master", ""))
     if cores is not None:
         return max(1, cores // task_cpus(spark))
     if not is_connect_session(spark):
         with contextlib.suppress(Exception):  # a private scheduler call; probe otherwise
-            return scheduler_slots(spark)
-    return _interruptible_probe(spark, timeout)
+            return free_scheduler_slots(spark)
+    return interruptible_job(spark, timeout, concurrent_task_slots, 0)
 
 
-def _interruptible_probe(spark, timeout):
-    """``free_task_slots(spark)``, or 0 when the probe job has not run within ``timeout``."""
-    return interruptible_job(spark, timeout, free_task_slots, 0)
+def concurrent_task_slots(spark):
+    """Tasks that ran at once in one job of as many short tasks as the session has slots.
+
+    Every task holds its slot a moment and notes its executor and when it ran; the slots are
+    the largest number of tasks that overlapped on each executor (by that executor's own
+    clock), summed. A slot held by another task is not used, so it is not counted.
+    """
+    n_tasks = free_task_slots(spark)
+    rows = (spark.range(0, n_tasks, 1, n_tasks)
+            .mapInArrow(_slot_held, "executor string, started double, ended double")
+            .toArrow().to_pylist())
+    by_executor = {}
+    for row in rows:
+        by_executor.setdefault(row["executor"], []).append((row["started"], row["ended"]))
+    return sum(_most_overlapping(spans) for spans in by_executor.values())
+
+
+def _most_overlapping(spans):
+    """The largest number of ``(start, end)`` intervals that overlap at one instant."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = now = 0
+    for _, change in events:  # an end sorts before a start at the same instant
+        now += change
+        most = max(most, now)
+    return most
+
+
+_SLOT_HOLD_SECONDS = 0.5
+
+
+def _slot_held(batches):
+    """A task of the slot probe: its executor (host and the parent that Python workers of
+    one executor share), and the span it held its slot."""
+    import socket
+    import time
+
+    import pyarrow as pa
+
+    for _ in batches:  # one row; read so that Spark can reuse this Python worker
+        pass
+    started = time.monotonic()
+    time.sleep(_SLOT_HOLD_SECONDS)
+    yield pa.RecordBatch.from_pydict({
+        "executor": pa.array([f"{socket.gethostname()}/{os.getppid()}"], pa.string()),
+        "started": pa.array([started], pa.float64()),
+        "ended": pa.array([time.monotonic()], pa.float64())})

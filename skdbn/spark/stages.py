@@ -35,7 +35,7 @@ from .data import (
     task_ranks,
 )
 from .gpus import gpu_task_slots
-from .placement import RENDEZVOUS_CONF, rendezvous_mode, task_slots_now
+from .placement import RENDEZVOUS_CONF, free_slots_now, rendezvous_mode
 from .session import conf_value, is_connect_session
 from .shards import write_array_shard
 from .standing import JobEnded, StandingJob, TaskShard, serve_phases
@@ -328,9 +328,10 @@ class SparkEngine(Engine):
 
     def recover(self):
         """Prepare a retried phase: wait (at most ``timeout`` seconds) until the session has
-        the phase's task slots again, as a cluster that replaces a lost executor does within
-        seconds; if fewer come back, run the phases from now on with one task per slot left,
-        each training the shards of several workers.
+        the phase's task slots free again, as a cluster that replaces a lost executor does
+        within seconds; if fewer are free, run the phases from now on with one task per slot
+        left, each training the shards of several workers. A slot whose task Spark still
+        counts as running (on a host cut off, until ``spark.network.timeout``) is not free.
 
         Returns
         -------
@@ -365,7 +366,7 @@ class SparkEngine(Engine):
         """Task slots now, and for a fit on GPUs the GPU task slots among them (0 when a
         Connect session's probe saw no free GPU within ``timeout``)."""
         started = time.monotonic()
-        slots = task_slots_now(self.spark, timeout)
+        slots = free_slots_now(self.spark, timeout)
         if self._profile is None or slots < 1:
             return slots
         left = max(1.0, timeout - (time.monotonic() - started))
