@@ -19,8 +19,9 @@ from ._gossip import AllGatherClient, AllGatherServer, PeerLost
 from ._phase import consensus
 from ._pool import acquire_pool, blas_threads, discard_pool, release_pool
 from ._shared import SharedShards, open_shard
+from ._sync import straggler_allowance
 from ._watch import open_progress_listener
-from ._worker import PhaseStalled, SyncPlan, run_worker, straggler_allowance
+from ._worker import PhaseStalled, SyncPlan, run_worker
 
 # Shards written while the workers start, at most: what a slow disk (this many bytes per
 # second) writes in a quarter of the network timeout, and never more than this many bytes

@@ -13,6 +13,12 @@ returns the worker's push-sum weight.
 - ``AverageSync``: the synchronous, deterministic baseline. Every worker runs the same number
   of minibatches and every ``sync_every`` of them all workers exchange their full state and take
   the exact weighted average, summed in rank order so that all get identical bits.
+
+Where nobody outside the phase watches its workers (a Spark Connect session of a cluster,
+whose client the tasks cannot reach), the workers watch each other (``watch_peers``): a worker
+that has finished waits for every peer to finish within the straggler allowance, and raises
+``PeersStalled`` if one has not. Its task fails, Spark ends the barrier stage and its other
+tasks, and the phase is rerun.
 """
 
 import math
@@ -21,7 +27,36 @@ import time
 
 import numpy as np
 
-from ._gossip import KIND_DONE, KIND_PROGRESS, KIND_STATE, PushSum, encode
+from ._gossip import KIND_DONE, KIND_PROGRESS, KIND_STATE, PeerLost, PushSum, encode
+
+
+class PeersStalled(PeerLost):
+    """Peers of a worker that had finished its phase had not finished theirs within the
+    straggler allowance (stopped or hung); the phase can be run again."""
+
+
+def straggler_allowance(first_finished_after, timeout):
+    """Seconds the other workers of a phase may take after the first has finished, which
+    took ``first_finished_after`` seconds: twice that, and at least ``timeout``."""
+    return max(timeout, 2.0 * first_finished_after)
+
+
+def _await_peers_done(sync, began, finished):
+    """Wait, merging what arrives (``sync._merge``), until ``finished()`` (the set of peers
+    done) holds every peer of ``sync``, or the straggler allowance after this worker's phase
+    (begun at ``began``) has passed; then raise ``PeersStalled`` for the peers missing."""
+    now = time.monotonic()
+    allowance = straggler_allowance(now - began, sync.timeout)
+    deadline = now + allowance
+    peers = set(range(sync.n_workers)) - {sync.rank}
+    while not peers <= finished() and time.monotonic() < deadline:
+        sync.node.wait_for(bool, max(0.0, deadline - time.monotonic()))
+        sync._merge(sync.node.drain())
+    missing = sorted(peers - finished())
+    if missing:
+        raise PeersStalled(
+            f"worker {sync.rank} finished its phase, but worker(s) {missing} had not finished "
+            f"theirs {allowance:.0f}s later (stopped or hung)")
 
 # Frames a worker may have queued or in flight before it skips a push: the network is never
 # allowed to fall behind training by more than this.
@@ -178,6 +213,9 @@ class GossipSync:
         Rows of a minibatch.
     timeout : float
         Bound on the end-of-phase wait for peers.
+    watch_peers : bool, default=False
+        Raise ``PeersStalled`` at the end of the phase if a peer has not finished within the
+        straggler allowance, instead of ending without it after ``timeout``.
 
     Notes
     -----
@@ -189,8 +227,10 @@ class GossipSync:
     worker that trains the most with the least say.
     """
 
-    def __init__(self, node, epochs, epoch_samples, sync_every, batch_size, timeout):
+    def __init__(self, node, epochs, epoch_samples, sync_every, batch_size, timeout,
+                 watch_peers=False):
         self.node = node
+        self.watch_peers = watch_peers
         self.rank = node.rank
         self.n_workers = node.spec.n_workers
         self.epochs = epochs
@@ -214,7 +254,8 @@ class GossipSync:
         """Start the phase with the worker's parameter vector (updated in place); exchanges
         and waits are counted in ``log`` (a ``WorkerLog``)."""
         self.state = PushSum(params, weight)
-        self.progress = PeerProgress(self.n_workers, self.rank, time.monotonic())
+        self.began = time.monotonic()
+        self.progress = PeerProgress(self.n_workers, self.rank, self.began)
         self.log = log
 
     def keep_going(self):
@@ -317,7 +358,8 @@ class GossipSync:
     def finish(self):
         """Deliver what is queued, tell every peer this worker is done (with its exact final
         count), and merge everything peers send until each of them is done too (or the
-        timeout passes)."""
+        timeout passes; with ``watch_peers``, the straggler allowance, then
+        ``PeersStalled``)."""
         self.node.flush(self.timeout)
         self._merge(self.node.drain())
         done = encode(self.node.spec, KIND_DONE, self.rank, self.minibatches, 1.0,
@@ -326,6 +368,8 @@ class GossipSync:
             if peer != self.rank:
                 self.node.send(peer, done)
         began = time.monotonic()
+        if self.watch_peers:
+            _await_peers_done(self, self.began, lambda: self.progress.finished)
         deadline = began + self.timeout
         peers = set(range(self.n_workers)) - {self.rank}
         while not peers <= self.progress.finished and time.monotonic() < deadline:
@@ -360,10 +404,15 @@ class AverageSync:
         Minibatches between two exact averages; the phase always ends with one.
     timeout : float
         Bound on each wait for the peers' states.
+    watch_peers : bool, default=False
+        At the end of the phase, tell every peer this worker is done and raise
+        ``PeersStalled`` if a peer has not said so within the straggler allowance.
     """
 
-    def __init__(self, node, epochs, n_minibatches, sync_every, timeout):
+    def __init__(self, node, epochs, n_minibatches, sync_every, timeout, watch_peers=False):
         self.node = node
+        self.watch_peers = watch_peers
+        self._done = set()  # peers that said they finished the phase
         self.epochs = epochs
         self.rank = node.rank
         self.n_workers = node.spec.n_workers
@@ -379,6 +428,7 @@ class AverageSync:
         """Start the phase with the worker's parameter vector (updated in place); exchanges
         and waits are counted in ``log`` (a ``WorkerLog``)."""
         self.state = PushSum(params, weight)
+        self.began = time.monotonic()
         self.log = log
 
     def keep_going(self):
@@ -427,7 +477,9 @@ class AverageSync:
         while True:
             messages, self._early = self._early + self.node.drain(), []
             for message in messages:
-                if message.kind == KIND_STATE and message.step == step:
+                if message.kind == KIND_DONE:  # a peer past its last average: see finish
+                    self._done.add(message.sender)
+                elif message.kind == KIND_STATE and message.step == step:
                     states[message.sender] = (message.values, message.weight)
                     self._absent.discard(message.sender)
                 elif message.step > step:  # a faster peer's next round
@@ -441,11 +493,24 @@ class AverageSync:
             self.node.wait_for(bool, deadline - time.monotonic())
 
     def finish(self):
-        """End the phase (the last minibatch already averaged); returns the weight."""
+        """End the phase (the last minibatch already averaged); returns the weight. With
+        ``watch_peers``, first tell every peer this worker is done and wait for theirs (see
+        ``_await_peers_done``)."""
         began = time.monotonic()
+        if self.watch_peers:
+            done = encode(self.node.spec, KIND_DONE, self.rank, self.minibatches, 1.0,
+                          np.zeros(self.n_workers, dtype=np.uint64))
+            for peer in range(self.n_workers):
+                if peer != self.rank:
+                    self.node.send(peer, done)
+            _await_peers_done(self, self.began, lambda: self._done)
         self.node.flush(self.timeout)
         self.log.waited(time.monotonic() - began)
         return self.state.weight
+
+    def _merge(self, messages):
+        # Only the peers' end matters once the last average is taken.
+        self._done.update(m.sender for m in messages if m.kind == KIND_DONE)
 
 
 def keep_on_device(sync, device_params):

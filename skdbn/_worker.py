@@ -22,12 +22,6 @@ class PhaseStalled(RuntimeError):
     finished long after the first one did (a stopped or hung process)."""
 
 
-def straggler_allowance(first_finished_after, timeout):
-    """Seconds the other workers of a phase may take after the first has finished, which
-    took ``first_finished_after`` seconds: twice that, and at least ``timeout``."""
-    return max(timeout, 2.0 * first_finished_after)
-
-
 @dataclass(frozen=True)
 class SyncPlan:
     """How the workers of one phase synchronise (the same for every worker)."""
@@ -41,6 +35,7 @@ class SyncPlan:
     timeout: float
     blas_threads: int
     progress_address: str | None = None  # the driver's ProgressListener, if it watches
+    watch_peers: bool = False  # where nobody watches the phase: the workers watch each other
 
     def __repr__(self):  # never print the secret
         return (f"SyncPlan(mode={self.mode!r}, n_workers={self.n_workers}, "
@@ -154,7 +149,7 @@ class Stopwatch:
 def _synchronizer(plan, phase, node):
     if plan.mode == "gossip":
         return GossipSync(node, phase.epochs, plan.total_samples, plan.sync_every,
-                          phase.batch_size, plan.timeout)
+                          phase.batch_size, plan.timeout, plan.watch_peers)
     per_worker = phase.epochs * plan.total_samples / plan.n_workers
     return AverageSync(node, phase.epochs, math.ceil(per_worker / phase.batch_size),
-                       plan.sync_every, plan.timeout)
+                       plan.sync_every, plan.timeout, plan.watch_peers)

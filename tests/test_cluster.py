@@ -5,11 +5,13 @@ The cluster comes from the installed pyspark's ``spark-class``; every process bi
 runs in a subprocess of its own (one SparkContext per process).
 """
 
+import contextlib
 import os
+import signal
 import textwrap
 
 import pytest
-from processes import executor_pids, kill_standalone_worker
+from processes import busiest, executor_pids, kill_standalone_worker, spark_python_worker
 from spark_cluster import driver_result, fit_with_fault, running_cluster
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is a dependency; needed here")
@@ -138,3 +140,44 @@ def test_a_phase_reruns_on_the_workers_left_when_a_machine_is_lost(tmp_path):
     assert outcome["retries"] == 1, outcome
     assert "1 of the 2 task slots are left" in stdout, stdout
     assert outcome["accuracy"] > 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", ["gossip", "average"])
+def test_a_stopped_worker_on_a_connect_session_of_the_cluster_costs_one_rerun(
+        standalone_cluster, tmp_path, sync):
+    # No task status reaches a Connect client and the tasks cannot reach it, so the peers of
+    # the stopped worker see it stall, and their task's failure ends the barrier stage. The
+    # stall costs the phase up to then plus the straggler allowance (here the 5 s timeout).
+    stopped = []
+
+    def stop_a_python_worker():
+        pid = busiest(spark_python_worker)
+        assert pid is not None, "no busy Python worker to stop"
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    try:
+        outcome, stdout = fit_with_fault(standalone_cluster, tmp_path, f"""
+            import time
+            SparkEngine.run_phase = mark_phase
+            started = time.perf_counter()
+            model = DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=20, max_iter=2,
+                                   n_workers=2, sync={sync!r}, network_timeout=5.0,
+                                   random_state=0, verbose=1).fit(X, y)
+            print("RESULT", json.dumps({{"retries": model.n_phase_retries_,
+                                         "seconds": time.perf_counter() - started,
+                                         "workers": model.n_workers_,
+                                         "accuracy": model.score(X, y)}}))
+        """, stop_a_python_worker, delay=1.5, connect=True)
+    finally:
+        for pid in stopped:  # the executor kills it when the stage ends; if not, here
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert stopped
+    assert outcome["retries"] == 1, (outcome, stdout)
+    # Stopped before Spark's allGather, its peer gives up waiting there; stopped later, its
+    # peer finishes its share and gives up waiting for it to finish.
+    assert ("a worker stopped making progress (its peers saw it)" in stdout
+            or "a worker did not reach the phase's rendezvous" in stdout), stdout
+    assert outcome["workers"] == 2 and outcome["accuracy"] > 0.9

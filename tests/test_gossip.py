@@ -25,7 +25,9 @@ from skdbn._gossip import (
     parse_address,
     with_sequence,
 )
+from skdbn._sync import AverageSync, GossipSync, PeersStalled
 from skdbn._transport import AuthenticationError, connect, frame_tag, send_frame, split_frame
+from skdbn._watch import WorkerLog
 
 
 def _spec(**changes):
@@ -255,3 +257,64 @@ def test_average_mode_is_deterministic(digits_split):
     second = DistributedDBN(**params).fit(X_train, y_train)
     for a, b in zip(first.coefs_, second.coefs_, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _synchronizers(kind, nodes, watch_peers):
+    params = [np.zeros(5, dtype=np.float32) for _ in nodes]
+    syncs = []
+    for node, values in zip(nodes, params, strict=True):
+        if kind == "gossip":
+            sync = GossipSync(node, epochs=1, epoch_samples=20, sync_every=1, batch_size=5,
+                              timeout=node.timeout, watch_peers=watch_peers)
+        else:
+            sync = AverageSync(node, epochs=1, n_minibatches=1, sync_every=1,
+                               timeout=node.timeout, watch_peers=watch_peers)
+        sync.begin(values, 1.0, WorkerLog())
+        syncs.append(sync)
+    return syncs
+
+
+@pytest.mark.parametrize("kind", ["gossip", "average"])
+def test_a_watching_worker_raises_when_a_peer_never_finishes(kind):
+    # Worker 1 begins its phase and then stops for good; worker 0 trains its share and
+    # finishes. Watching, it raises once the straggler allowance has passed; not watching,
+    # it ends the phase without its peer after the timeout (the driver watches then).
+    for watch_peers in (True, False):
+        _, nodes = _nodes(2, timeout=0.5)
+        try:
+            fast, _stopped = _synchronizers(kind, nodes, watch_peers)
+            while fast.keep_going():
+                fast.after_minibatch(5)
+            began = time.monotonic()
+            if watch_peers:
+                with pytest.raises(PeersStalled, match=r"worker\(s\) \[1\] had not finished"):
+                    fast.finish()
+            else:
+                fast.finish()
+            assert time.monotonic() - began < 5.0
+        finally:
+            for node in nodes:
+                node.close()
+
+
+@pytest.mark.parametrize("kind", ["gossip", "average"])
+def test_watching_workers_that_all_finish_end_their_phase_together(kind):
+    _, nodes = _nodes(2, timeout=5.0)
+    try:
+        syncs = _synchronizers(kind, nodes, watch_peers=True)
+
+        def run(sync, weights):
+            while sync.keep_going():
+                sync.after_minibatch(5)
+            weights.append(sync.finish())
+
+        weights = []
+        threads = [threading.Thread(target=run, args=(sync, weights)) for sync in syncs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert len(weights) == 2 and np.isclose(sum(weights), 2.0)
+    finally:
+        for node in nodes:
+            node.close()

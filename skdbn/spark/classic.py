@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 
-from .._worker import straggler_allowance
+from .._sync import straggler_allowance
 from .session import is_connect_session
 
 

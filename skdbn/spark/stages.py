@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import threading
 import time
 from functools import partial
 
@@ -23,6 +24,7 @@ from .._engines import Engine, dealt_indices
 from .._gossip import AllGatherClient, AllGatherServer, PeerLost
 from .._phase import PhaseResult, PhaseState, consensus
 from .._scratch import choose_scratch_dir, new_scratch_dirs, remove_tree
+from .._sync import PeersStalled
 from .._watch import open_progress_listener
 from .._worker import PhaseStalled, SyncPlan, run_worker
 from .classic import StragglerWatch
@@ -34,7 +36,7 @@ from .data import (
     struct_schema,
     task_ranks,
 )
-from .gpus import gpu_task_slots
+from .gpus import SLOT_PROBE_SECONDS, gpu_task_slots
 from .placement import RENDEZVOUS_CONF, free_slots_now, rendezvous_mode
 from .session import conf_value, is_connect_session
 from .shards import write_array_shard
@@ -189,6 +191,11 @@ class SparkEngine(Engine):
             if self._standing_job_possible():
                 results = self._run_on_standing_job(phase, state, below, plan)
                 return consensus(results), results
+            if is_connect_session(self.spark):
+                # No task status reaches a Connect client, so no straggler watch runs here:
+                # a finished task raises when a peer has not finished in time, which ends
+                # the barrier stage.
+                plan = dataclasses.replace(plan, watch_peers=True)
             server, rendezvous = self._start_rendezvous()
             if server is not None:
                 listeners.callback(server.close)
@@ -317,6 +324,8 @@ class SparkEngine(Engine):
         if isinstance(error, JobEnded):
             return "a task left the phases' job"
         text = str(error)
+        if isinstance(error, PeersStalled) or "PeersStalled" in text:
+            return "a worker stopped making progress (its peers saw it)"
         if isinstance(error, PeerLost) or "PeerLost" in text:
             return "a worker did not reach the phase's rendezvous in time"
         if "An exception was thrown from the Python worker" in text:
@@ -340,7 +349,8 @@ class SparkEngine(Engine):
         """
         deadline = time.monotonic() + self.timeout
         while True:
-            slots = self._slots_now(max(1.0, deadline - time.monotonic()))
+            # A Connect session's count is a job, which may need longer than the deadline.
+            slots = self._slots_now(max(SLOT_PROBE_SECONDS, deadline - time.monotonic()))
             if slots >= self._tasks:
                 return None
             if time.monotonic() >= deadline:
@@ -348,8 +358,9 @@ class SparkEngine(Engine):
             time.sleep(1.0)
         if slots < 1:
             raise RuntimeError(
-                f"the Spark session has no task slots left {self.timeout:.0f}s after losing a "
-                "worker (no executor is registered); the fit cannot go on")
+                f"the Spark session has no free task slot {self.timeout:.0f}s after losing a "
+                "worker (no executor is registered, or every slot is held by a task that "
+                "does not end); the fit cannot go on")
         before, self._tasks = self._tasks, slots
         if self._cached is not None:
             regrouped = regroup_partitions(self._cached, slots)
@@ -440,12 +451,36 @@ def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
     # The task's cores follow spark.task.cpus, or the stage's resource profile.
     plan = dataclasses.replace(plan, blas_threads=max(1, int(context.cpus())))
     if rendezvous is None:
-        def rendezvous(_rank, address):
-            return context.allGather(address)
+        rendezvous = partial(_bounded_all_gather, context, plan.timeout)
     result = run_worker(rank, phase, shard.read, state, below, plan, rendezvous, host=host,
                         device=spark_task_device(phase.device, context.resources()))
     shard.drain()
     yield _result_batch(rank, result)
+
+
+def _bounded_all_gather(context, timeout, rank, address):
+    """The tasks' addresses by rank from Spark's ``allGather``, or ``PeerLost`` when not
+    every task has come to it within ``timeout`` seconds: Spark waits for a task that never
+    comes (a stopped worker) as long as ``spark.barrier.sync.timeout``, a year by default,
+    and on a Connect session nothing else would notice."""
+    gathered, errors = [], []
+
+    def gather():
+        try:
+            gathered.append(context.allGather(address))
+        except Exception as error:  # raised again in the task's own thread
+            errors.append(error)
+
+    # A daemon: left waiting on its socket when it times out, it ends with the stage.
+    waiter = threading.Thread(target=gather, name="skdbn-all-gather", daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    if errors:
+        raise errors[0]
+    if not gathered:
+        raise PeerLost(f"worker {rank}: not every task of the phase came to Spark's allGather "
+                       f"within {timeout:g}s (a stopped or lost worker)")
+    return gathered[0]
 
 
 def _result_batch(rank, result):

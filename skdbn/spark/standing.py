@@ -34,6 +34,7 @@ from .._phase_wire import (
     encode_result,
     encode_stop,
 )
+from .._sync import straggler_allowance
 from .._transport import (
     LENGTH,
     TAG_SIZE,
@@ -44,7 +45,7 @@ from .._transport import (
     send_frame,
     split_frame,
 )
-from .._worker import PhaseStalled, SyncPlan, run_worker, straggler_allowance
+from .._worker import PhaseStalled, SyncPlan, run_worker
 from .classic import cancel_tagged_jobs, tag_jobs, untag_jobs
 from .data import read_shard, struct_schema, task_ranks
 from .placement import RENDEZVOUS_CONF
