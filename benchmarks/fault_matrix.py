@@ -2,13 +2,16 @@
 
 Every fault is real: worker processes and executor JVMs are killed with SIGKILL or stopped
 with SIGSTOP, drivers are killed in the middle of a fit, checkpoint files are damaged on
-disk, and hostile TCP connections are opened to the fit's listeners. Each row compares the
+disk, hostile TCP connections are opened to the fit's listeners, and on a cluster of hosts in
+network namespaces of their own (``tests/virtual_hosts.py``, needs root) packets are dropped,
+a host is cut off, a link goes down and up, and a link is slowed. Each row compares the
 faulted fit with the same fit undisturbed, measured in the same run: wall time, test
 accuracy, phases rerun, and whether the model is bit for bit the undisturbed one (with
 ``sync="average"`` it must be). Prints a Markdown table (kept in ``docs/reliability.md``)::
 
     python benchmarks/fault_matrix.py            # about 10 minutes on 2 cores
     python benchmarks/fault_matrix.py --only local,hostile
+    python benchmarks/fault_matrix.py --only hosts,slowlink,connectstop   # about 8 minutes
 """
 
 import argparse
@@ -34,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from processes import (
     KillDuringFirstPhase,
     StopDuringFirstPhase,
+    busiest,
     executor_pids,
     kill_standalone_worker,
     loky_worker,
@@ -41,7 +45,8 @@ from processes import (
 )
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from spark_cluster import running_cluster
+from spark_cluster import fit_with_fault, running_cluster
+from virtual_hosts import virtual_hosts
 
 from skdbn import DistributedDBN, loopback_session
 from skdbn._checkpoint import CHECKPOINT_FILE
@@ -442,12 +447,167 @@ def hostile_peers(matrix):
                    "backend='local', gossip", outcome, seconds, clean_s, model, clean)
 
 
+# ---------------------------------------------------------------------------- hosts
+
+# Run in a driver process of its own: a clean fit, then the same fit with the fault struck
+# in its first phase (the marked one).
+HOSTS_BODY = """
+    import time
+    params = {params!r}
+    started = time.perf_counter()
+    clean = DistributedDBN(**params).fit(X, y)
+    clean_s = time.perf_counter() - started
+    SparkEngine.run_phase = mark_phase
+    started = time.perf_counter()
+    model = DistributedDBN(verbose=1, **params).fit(X, y)
+    print("RESULT", json.dumps({{"seconds": time.perf_counter() - started, "clean": clean_s,
+                                 "reruns": model.n_phase_retries_,
+                                 "workers": model.n_workers_,
+                                 "accuracy": model.score(X, y),
+                                 "clean_accuracy": clean.score(X, y)}}))
+"""
+HOSTS_PARAMS = dict(PARAMS, pretrain_epochs=20, max_iter=4, sync="gossip", network_timeout=5.0)
+# Spark notices a host that stopped answering after spark.network.timeout (120 s by default).
+FAST_LOSS = {"spark.network.timeout": "20s", "spark.executor.heartbeatInterval": "2s",
+             "spark.network.timeoutInterval": "5s"}
+
+
+def host_fault_row(matrix, network, master, root, fault, strike, where, config=None,
+                   connect=False, params=HOSTS_PARAMS):
+    """One row: ``strike()`` 2 s into the first phase of a fit on ``master``, whose driver
+    runs in the root namespace, bound to the bridge's address."""
+    try:
+        result, _ = fit_with_fault(master, pathlib.Path(root), HOSTS_BODY.format(params=params),
+                                   strike, 2.0, config=config, connect=connect,
+                                   driver_host=network.gateway if network else "127.0.0.1",
+                                   timeout=600)
+    except (AssertionError, subprocess.TimeoutExpired) as error:
+        matrix.add(fault, where, f"FAILED ({type(error).__name__})")
+        return
+    matrix.add(fault, where,
+               f"completes on {result['workers']} worker(s) (held-in accuracy "
+               f"{result['accuracy']:.4f} vs {result['clean_accuracy']:.4f})",
+               result["seconds"], result["clean"], reruns=result["reruns"])
+
+
+def network_faults(matrix):
+    """Packet loss, a link down and up, and a cut host, on a cluster of three hosts (master
+    and two one-core workers) with the driver on the bridge."""
+    where = "2 hosts + master host, gossip"
+    with virtual_hosts(3) as network, tempfile.TemporaryDirectory() as root:
+        victim = network.hosts[1]
+        with running_cluster(pathlib.Path(root), hosts=network.hosts) as master:
+            try:
+                host_fault_row(matrix, network, master, root,
+                               "2% of packets dropped on one host's link (iptables)",
+                               lambda: victim.drop_share(0.02), where)
+            finally:
+                victim.clear_rules()
+
+            def down_and_up():
+                victim.link(up=False)
+                try:
+                    time.sleep(8.0)
+                finally:
+                    victim.link(up=True)
+
+            host_fault_row(matrix, network, master, root,
+                           "one host's link down for 8 s mid-phase, then up", down_and_up,
+                           where)
+    with virtual_hosts(3) as network, tempfile.TemporaryDirectory() as root:
+        victim = network.hosts[1]
+        with running_cluster(pathlib.Path(root), hosts=network.hosts) as master:
+            try:
+                host_fault_row(matrix, network, master, root,
+                               "one host cut off for good mid-phase (iptables DROP)",
+                               victim.cut, where + ", spark.network.timeout=20s",
+                               config=FAST_LOSS)
+            finally:
+                victim.clear_rules()
+
+
+SLOW_LINK_DRIVER = """
+import json, time
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from skdbn import DistributedDBN, loopback_session
+spark = loopback_session({master!r}, app_name="fault-matrix", config={config!r})
+X, y = load_digits(return_X_y=True)
+X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.25,
+                                                    random_state=0, stratify=y)
+X_train, y_train = np.tile(X_train, (3, 1)), np.tile(y_train, 3)
+found = {{}}
+for sync in ["gossip", "gossip", "average"]:  # the first warms the executors up
+    started = time.perf_counter()
+    model = DistributedDBN(hidden_layer_sizes=(256,), pretrain_epochs=20, max_iter=10,
+                           n_workers=2, sync=sync, random_state=0).fit(X_train, y_train)
+    found[sync] = [time.perf_counter() - started, model.score(X_test, y_test),
+                   model.n_phase_retries_]
+print("RESULT", json.dumps(found))
+spark.stop()
+"""
+
+
+def slow_link(matrix, rate="4mbit"):
+    """Gossip against synchronous averaging, the same fit, with one host's link capped at
+    ``rate`` (a tbf queue on both directions) and without."""
+    from spark_cluster import driver_config, driver_result
+
+    with virtual_hosts(3) as network, tempfile.TemporaryDirectory() as root, \
+            running_cluster(pathlib.Path(root), hosts=network.hosts) as master:
+        driver = SLOW_LINK_DRIVER.format(master=master,
+                                         config=driver_config(network.gateway))
+        clean = driver_result(driver, timeout=900, driver_host=network.gateway)
+        network.hosts[1].cap_bandwidth(rate)
+        try:
+            slow = driver_result(driver, timeout=900, driver_host=network.gateway)
+        finally:
+            network.hosts[1].uncap_bandwidth()
+    for sync in ("gossip", "average"):
+        seconds, accuracy, reruns = slow[sync]
+        clean_seconds, clean_accuracy, _ = clean[sync]
+        matrix.rows.append({
+            "fault": f"one host's link capped at {rate} (tbf), sync={sync!r}",
+            "where": "2 hosts + master host", "outcome": "completes",
+            "time": f"{seconds:.1f} s", "clean time": f"{clean_seconds:.1f} s",
+            "accuracy": f"{accuracy:.4f}", "clean accuracy": f"{clean_accuracy:.4f}",
+            "phases rerun": str(reruns), "same model": ""})
+        print("  " + " | ".join(matrix.rows[-1].values()), flush=True)
+
+
+def stopped_worker_on_connect_cluster(matrix):
+    """A task's Python worker stopped for good on a Connect session of a standalone cluster:
+    the client sees no task status, the peers see the stall."""
+    with tempfile.TemporaryDirectory() as root, \
+            running_cluster(pathlib.Path(root)) as master:
+        stopped = []
+
+        def stop():
+            pid = busiest(spark_python_worker)
+            if pid is not None:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+
+        try:
+            for sync in ("gossip", "average"):
+                host_fault_row(matrix, None, master, root,
+                               f"task's Python worker stopped (SIGSTOP) for good, {sync}",
+                               stop, "Spark Connect, standalone cluster, 5 s timeout",
+                               connect=True, params=dict(HOSTS_PARAMS, sync=sync))
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 # ---------------------------------------------------------------------------- main
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="local,spark,connect,executor,machine,stop,sparkstop,"
-                        "driver,checkpoint,hostile", help="comma-separated parts to run")
+                        "driver,checkpoint,hostile,hosts,slowlink,connectstop",
+                        help="comma-separated parts to run")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}", flush=True)
@@ -479,6 +639,12 @@ def main():
     if "machine" in parts:
         killed_executor(matrix, lose_a_machine,
                         "worker daemon and its executor killed (a machine lost)")
+    if "hosts" in parts:
+        network_faults(matrix)
+    if "slowlink" in parts:
+        slow_link(matrix)
+    if "connectstop" in parts:
+        stopped_worker_on_connect_cluster(matrix)
     if "connect" in parts:  # a process holds classic or Connect sessions, not both
         child = subprocess.run([sys.executable, os.path.abspath(__file__), "--only",
                                 "connect-child"], capture_output=True, text=True, timeout=900)

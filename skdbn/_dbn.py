@@ -269,16 +269,14 @@ class DistributedDBN(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transform
     n_phase_retries_ : int
         Phases the last fit reran after losing a worker (see ``phase_retries``).
     worker_stats_ : list of dict
-        One row per worker and phase of the last call to ``fit`` or ``partial_fit``, for
+        One row per worker and phase of the last ``fit`` or ``partial_fit``, for
         ``pandas.DataFrame(worker_stats_)``. Keys: ``stage`` (``"layer 0"``, ...,
-        ``"fine-tuning"``), ``phase`` (its index in the fit), ``worker``, ``samples``
-        (trained), ``messages_sent`` and ``messages_merged`` (parameter states exchanged
-        with peers), ``seconds_waiting`` (for peers: synchronous averages, the end of a
-        phase), ``seconds_reading`` (its data), ``seconds_training`` and ``started`` (seconds
-        after the fit began) and ``device`` (where it trained: ``"cpu"`` for numpy, else
-        the torch device, e.g. ``"cuda:0"``) and ``address`` (``"host:port"`` its gossip
-        listener bound and its peers reached it at; None for a worker without peers).
-        Phases resumed from a checkpoint are not in it.
+        ``"fine-tuning"``), ``phase`` (its index), ``worker``, ``samples`` (trained),
+        ``messages_sent``, ``messages_merged`` (states exchanged with peers),
+        ``seconds_waiting`` (for peers), ``seconds_reading``, ``seconds_training``,
+        ``started`` (seconds into the fit), ``device`` (``"cpu"`` for numpy, else the torch
+        device, e.g. ``"cuda:0"``) and ``address`` (``"host:port"`` of its gossip listener;
+        None without peers). Phases resumed from a checkpoint are not in it.
     worker_trace_ : list of dict
         Each worker's course through each phase, for ``pandas.DataFrame(worker_trace_)``:
         rows with ``stage``, ``phase``, ``worker``, ``seconds`` (since the fit began),
