@@ -449,11 +449,12 @@ def hostile_peers(matrix):
 
 # ---------------------------------------------------------------------------- hosts
 
-# Run in a driver process of its own: a clean fit, then the same fit with the fault struck
-# in its first phase (the marked one).
+# Run in a driver process of its own: a short fit that starts the executors' Python workers,
+# a clean fit, then the same fit with the fault struck in its first phase (the marked one).
 HOSTS_BODY = """
     import time
     params = {params!r}
+    DistributedDBN(**dict(params, pretrain_epochs=1, max_iter=1)).fit(X, y)
     started = time.perf_counter()
     clean = DistributedDBN(**params).fit(X, y)
     clean_s = time.perf_counter() - started
@@ -466,7 +467,7 @@ HOSTS_BODY = """
                                  "accuracy": model.score(X, y),
                                  "clean_accuracy": clean.score(X, y)}}))
 """
-HOSTS_PARAMS = dict(PARAMS, pretrain_epochs=20, max_iter=4, sync="gossip", network_timeout=5.0)
+HOSTS_PARAMS = dict(PARAMS, pretrain_epochs=40, max_iter=4, sync="gossip", network_timeout=5.0)
 # Spark notices a host that stopped answering after spark.network.timeout (120 s by default).
 FAST_LOSS = {"spark.network.timeout": "20s", "spark.executor.heartbeatInterval": "2s",
              "spark.network.timeoutInterval": "5s"}

@@ -181,3 +181,36 @@ def test_a_stopped_worker_on_a_connect_session_of_the_cluster_costs_one_rerun(
     assert ("a worker stopped making progress (its peers saw it)" in stdout
             or "a worker did not reach the phase's rendezvous" in stdout), stdout
     assert outcome["workers"] == 2 and outcome["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("connect", [False, True], ids=["classic", "connect"])
+def test_a_slot_held_by_a_running_task_is_not_free(standalone_cluster, connect):
+    # What a rerun counts: on a cluster of two one-core executors, one busy with a task, one
+    # slot is free (the classic scheduler's count, and a Connect session's probe job).
+    driver = textwrap.dedent(f"""
+        import json, threading, time
+        from skdbn import loopback_session
+        from skdbn.spark.placement import free_slots_now
+
+        spark = loopback_session({standalone_cluster!r}, app_name="skdbn-free-slots",
+                                 config={{"spark.executor.memory": "512m"}},
+                                 connect={connect!r})
+
+        def hold(batches):
+            for batch in batches:
+                time.sleep(10)
+                yield batch
+
+        try:
+            idle = free_slots_now(spark, 30)
+            busy = threading.Thread(target=lambda: spark.range(0, 1, 1, 1).mapInArrow(
+                hold, "id long").collect(), daemon=True)
+            busy.start()
+            time.sleep(3)  # the task is running
+            held = free_slots_now(spark, 30)
+            busy.join(30)
+            print("RESULT", json.dumps({{"idle": idle, "held": held}}))
+        finally:
+            spark.stop()
+    """)
+    assert driver_result(driver) == {"idle": 2, "held": 1}
