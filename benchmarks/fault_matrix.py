@@ -461,9 +461,11 @@ HOSTS_BODY = """
     SparkEngine.run_phase = mark_phase
     started = time.perf_counter()
     model = DistributedDBN(verbose=1, **params).fit(X, y)
+    same = all(np.array_equal(a, b) for a, b in zip(model.coefs_ + model.intercepts_,
+                                                     clean.coefs_ + clean.intercepts_))
     print("RESULT", json.dumps({{"seconds": time.perf_counter() - started, "clean": clean_s,
-                                 "reruns": model.n_phase_retries_,
-                                 "workers": model.n_workers_,
+                                 "reruns": model.n_phase_retries_, "same": same,
+                                 "tasks": model.worker_stats_[-1]["worker"] + 1,
                                  "accuracy": model.score(X, y),
                                  "clean_accuracy": clean.score(X, y)}}))
 """
@@ -485,10 +487,12 @@ def host_fault_row(matrix, network, master, root, fault, strike, where, config=N
     except (AssertionError, subprocess.TimeoutExpired) as error:
         matrix.add(fault, where, f"FAILED ({type(error).__name__})")
         return
+    # Only synchronous averaging gives the same model after a rerun on the same tasks.
+    same = result["same"] if params["sync"] == "average" else None
     matrix.add(fault, where,
-               f"completes on {result['workers']} worker(s) (held-in accuracy "
+               f"completes, last phase on {result['tasks']} task(s) (held-in accuracy "
                f"{result['accuracy']:.4f} vs {result['clean_accuracy']:.4f})",
-               result["seconds"], result["clean"], reruns=result["reruns"])
+               result["seconds"], result["clean"], reruns=result["reruns"], same=same)
 
 
 def network_faults(matrix):
