@@ -37,6 +37,7 @@ from .data import (
     task_ranks,
 )
 from .gpus import SLOT_PROBE_SECONDS, gpu_task_slots
+from .memory import WorkerOutOfMemory, watched_task
 from .placement import RENDEZVOUS_CONF, free_slots_now, rendezvous_mode
 from .session import conf_value, is_connect_session
 from .shards import write_array_shard
@@ -92,6 +93,7 @@ class SparkEngine(Engine):
         self._mode = placement.rendezvous  # asked once per fit (None: not yet needed)
         self._standing = None  # the standing job of the phases, and its rendezvous server
         self._standing_rendezvous = None
+        self._rerun = False  # the next phase reruns one that lost a worker
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
@@ -190,6 +192,7 @@ class SparkEngine(Engine):
                 plan = dataclasses.replace(plan, progress_address=progress.address)
             if self._standing_job_possible():
                 results = self._run_on_standing_job(phase, state, below, plan)
+                self._rerun = False
                 return consensus(results), results
             if is_connect_session(self.spark):
                 # No task status reaches a Connect client, so no straggler watch runs here:
@@ -200,8 +203,9 @@ class SparkEngine(Engine):
             if server is not None:
                 listeners.callback(server.close)
             table = self._run_stage(partial(_phase_task, phase, state, below, plan,
-                                            self._layout, rendezvous))
+                                            self._layout, rendezvous, self._rerun))
         results = _results_of(table, state.params.dtype)
+        self._rerun = False
         return consensus(results), results
 
     def _run_on_standing_job(self, phase, state, below, plan):
@@ -232,10 +236,10 @@ class SparkEngine(Engine):
         server, rendezvous = self._start_rendezvous()
         host, bind = self._driver_address()
         self._standing_rendezvous = server
-        layout = self._layout
+        layout, rerun = self._layout, self._rerun
 
         def make_task(channel):
-            return partial(serve_phases, channel, layout, rendezvous)
+            return partial(serve_phases, channel, layout, rendezvous, rerun)
 
         self._standing = StandingJob(self.spark, self._frame, make_task, self._tasks,
                                      self._secret, self.timeout, host, bind,
@@ -347,6 +351,7 @@ class SparkEngine(Engine):
         message : str or None
             What changed, when the phases now run on fewer tasks.
         """
+        self._rerun = True  # its tasks tell a worker killed for lack of memory (memory.py)
         deadline = time.monotonic() + self.timeout
         while True:
             # A Connect session's count is a job, which may need longer than the deadline.
@@ -411,10 +416,13 @@ class SparkEngine(Engine):
 # Errors skdbn's own task code raises on purpose (a DataFrame that changed between reads, a
 # diverging phase): raised again on the driver as themselves, not as Spark's stage failure.
 # A task's missing torch and its GPU's out-of-memory are the fit's own errors too (issue 20).
+# A Python worker's own out-of-memory says what to change, and is never retried (issue 22).
 _TASK_ERRORS = {"RuntimeError": RuntimeError, "FloatingPointError": FloatingPointError,
                 "ImportError": ImportError, "ModuleNotFoundError": ImportError,
                 "skdbn._devices.DeviceOutOfMemory": DeviceOutOfMemory,
-                "DeviceOutOfMemory": DeviceOutOfMemory}
+                "DeviceOutOfMemory": DeviceOutOfMemory,
+                "skdbn.spark.memory.WorkerOutOfMemory": WorkerOutOfMemory,
+                "WorkerOutOfMemory": WorkerOutOfMemory}
 
 
 def _task_error(error):
@@ -440,21 +448,25 @@ class _DriverRendezvous(AllGatherClient):
             ) from exc
 
 
-def _phase_task(phase, state, below, plan, layout, rendezvous, batches):
-    """One barrier task: read the partition, train the phase, return one result row."""
+def _phase_task(phase, state, below, plan, layout, rendezvous, rerun, batches):
+    """One barrier task: read the partition, train the phase, return one result row.
+    ``rerun``: the phase is rerun after it lost a worker (see ``memory.watched_task``)."""
     from pyspark import BarrierTaskContext
 
     context = BarrierTaskContext.get()
     rank = context.partitionId()
-    shard = TaskShard(batches, task_ranks(rank, plan.n_workers, len(layout.rows)), layout)
-    host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
-    # The task's cores follow spark.task.cpus, or the stage's resource profile.
-    plan = dataclasses.replace(plan, blas_threads=max(1, int(context.cpus())))
-    if rendezvous is None:
-        rendezvous = partial(_bounded_all_gather, context, plan.timeout)
-    result = run_worker(rank, phase, shard.read, state, below, plan, rendezvous, host=host,
-                        device=spark_task_device(phase.device, context.resources()))
-    shard.drain()
+    ranks = task_ranks(rank, plan.n_workers, len(layout.rows))
+    with watched_task(plan.secret, layout, ranks, rerun):
+        shard = TaskShard(batches, ranks, layout)
+        host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
+        # The task's cores follow spark.task.cpus, or the stage's resource profile.
+        plan = dataclasses.replace(plan, blas_threads=max(1, int(context.cpus())))
+        if rendezvous is None:
+            rendezvous = partial(_bounded_all_gather, context, plan.timeout)
+        result = run_worker(rank, phase, shard.read, state, below, plan, rendezvous,
+                            host=host, device=spark_task_device(phase.device,
+                                                                context.resources()))
+        shard.drain()
     yield _result_batch(rank, result)
 
 

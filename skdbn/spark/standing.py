@@ -48,6 +48,7 @@ from .._transport import (
 from .._worker import PhaseStalled, SyncPlan, run_worker
 from .classic import cancel_tagged_jobs, tag_jobs, untag_jobs
 from .data import read_shard, struct_schema, task_ranks
+from .memory import watched_task
 from .placement import RENDEZVOUS_CONF
 from .shards import saved_shards
 
@@ -301,17 +302,26 @@ class StandingJob:
 _JOB_COLUMNS = (("rank", "int"), ("phases", "long"))
 
 
-def serve_phases(channel, layout, rendezvous, batches):
+def serve_phases(channel, layout, rendezvous, rerun, batches):
     """A task of the standing job: connect, then train every phase the driver sends until it
-    says stop (or goes away); one row at the end (rank, phases trained)."""
+    says stop (or goes away); one row at the end (rank, phases trained). ``rerun``: the job
+    reruns a phase that lost a worker (see ``memory.watched_task``)."""
     import pyarrow as pa
     from pyspark import BarrierTaskContext
 
     context = BarrierTaskContext.get()
     rank = context.partitionId()
     infos = context.getTaskInfos()
-    host = infos[rank].address.rsplit(":", 1)[0]
-    shard = TaskShard(batches, task_ranks(rank, len(infos), len(layout.rows)), layout)
+    ranks = task_ranks(rank, len(infos), len(layout.rows))
+    with watched_task(channel.secret, layout, ranks, rerun):
+        trained = _serve(channel, TaskShard(batches, ranks, layout), rendezvous, context,
+                         infos[rank].address.rsplit(":", 1)[0])
+    yield pa.RecordBatch.from_pydict({"rank": pa.array([rank], pa.int32()),
+                                      "phases": pa.array([trained], pa.int64())})
+
+
+def _serve(channel, shard, rendezvous, context, host):
+    rank = context.partitionId()
     blas_threads = max(1, int(context.cpus()))  # spark.task.cpus, or the stage's profile
     resources = context.resources()
     trained = 0
@@ -333,8 +343,7 @@ def serve_phases(channel, layout, rendezvous, batches):
             send_frame(conn, channel.secret, nonce, encode_result(order.seq, rank, result))
             trained += 1
     shard.drain()
-    yield pa.RecordBatch.from_pydict({"rank": pa.array([rank], pa.int32()),
-                                      "phases": pa.array([trained], pa.int64())})
+    return trained
 
 
 def _connect_to_driver(channel, rank):
