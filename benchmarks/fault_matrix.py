@@ -495,40 +495,39 @@ def host_fault_row(matrix, network, master, root, fault, strike, where, config=N
                result["seconds"], result["clean"], reruns=result["reruns"], same=same)
 
 
+@contextlib.contextmanager
+def hosts_cluster():
+    """``(network, master URL, root)``: three hosts of their own, a master on the first and a
+    one-core worker on each other; removed on exit."""
+    with virtual_hosts(3) as network, tempfile.TemporaryDirectory() as root, \
+            running_cluster(pathlib.Path(root), hosts=network.hosts) as master:
+        yield network, master, root
+
+
 def network_faults(matrix):
     """Packet loss, a link down and up, and a cut host, on a cluster of three hosts (master
     and two one-core workers) with the driver on the bridge."""
     where = "2 hosts + master host, gossip"
-    with virtual_hosts(3) as network, tempfile.TemporaryDirectory() as root:
+    with hosts_cluster() as (network, master, root):
         victim = network.hosts[1]
-        with running_cluster(pathlib.Path(root), hosts=network.hosts) as master:
-            try:
-                host_fault_row(matrix, network, master, root,
-                               "2% of packets dropped on one host's link (iptables)",
-                               lambda: victim.drop_share(0.02), where)
-            finally:
-                victim.clear_rules()
-
-            def down_and_up():
-                victim.link(up=False)
-                try:
-                    time.sleep(8.0)
-                finally:
-                    victim.link(up=True)
-
+        try:
             host_fault_row(matrix, network, master, root,
-                           "one host's link down for 8 s mid-phase, then up", down_and_up,
-                           where)
-    with virtual_hosts(3) as network, tempfile.TemporaryDirectory() as root:
+                           "2% of packets dropped on one host's link (iptables)",
+                           lambda: victim.drop_share(0.02), where)
+        finally:
+            victim.clear_rules()
+        host_fault_row(matrix, network, master, root,
+                       "one host's link down for 8 s mid-phase, then up",
+                       lambda: victim.link_down_for(8.0), where)
+    with hosts_cluster() as (network, master, root):  # the cut host's worker is lost to it
         victim = network.hosts[1]
-        with running_cluster(pathlib.Path(root), hosts=network.hosts) as master:
-            try:
-                host_fault_row(matrix, network, master, root,
-                               "one host cut off for good mid-phase (iptables DROP)",
-                               victim.cut, where + ", spark.network.timeout=20s",
-                               config=FAST_LOSS)
-            finally:
-                victim.clear_rules()
+        try:
+            host_fault_row(matrix, network, master, root,
+                           "one host cut off for good mid-phase (iptables DROP)",
+                           victim.cut, where + ", spark.network.timeout=20s",
+                           config=FAST_LOSS)
+        finally:
+            victim.clear_rules()
 
 
 SLOW_LINK_DRIVER = """
@@ -559,8 +558,7 @@ def slow_link(matrix, rate="4mbit"):
     ``rate`` (a tbf queue on both directions) and without."""
     from spark_cluster import driver_config, driver_result
 
-    with virtual_hosts(3) as network, tempfile.TemporaryDirectory() as root, \
-            running_cluster(pathlib.Path(root), hosts=network.hosts) as master:
+    with hosts_cluster() as (network, master, _):
         driver = SLOW_LINK_DRIVER.format(master=master,
                                          config=driver_config(network.gateway))
         clean = driver_result(driver, timeout=900, driver_host=network.gateway)

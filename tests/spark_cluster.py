@@ -193,9 +193,20 @@ def fit_with_fault(master, tmp_path, body, strike, delay, config=None,
                 else f" within {START_TIMEOUT * 2}s"))
         time.sleep(delay)
         strike()
-        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the error above tells more
+            communicate_bounded(process, 0.1)
+        raise
+    stdout, stderr = communicate_bounded(process, timeout)
+    return result_line(stdout, stderr), stdout
+
+
+def communicate_bounded(process, timeout):
+    """``(stdout, stderr)`` of ``process`` once it has ended, within ``timeout`` seconds;
+    killed (and ``subprocess.TimeoutExpired`` raised) when it has not."""
+    try:
+        return process.communicate(timeout=timeout)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=STOP_TIMEOUT)
-    return result_line(stdout, stderr), stdout

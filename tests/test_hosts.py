@@ -16,12 +16,11 @@ Needs root, iproute2 and iptables. Without them these tests skip, saying why, ex
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from spark_cluster import (
     DRIVER_TIMEOUT,
-    STOP_TIMEOUT,
+    communicate_bounded,
     driver_config,
     driver_env,
     fit_with_fault,
@@ -67,13 +66,8 @@ def _watched_driver(network, driver):
     process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                env=driver_env(network.gateway))
-    try:
-        with ListenerWatch(network, process.pid) as watch:
-            stdout, stderr = process.communicate(timeout=DRIVER_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=STOP_TIMEOUT)
+    with ListenerWatch(network, process.pid) as watch:
+        stdout, stderr = communicate_bounded(process, DRIVER_TIMEOUT)
     return result_line(stdout, stderr), watch
 
 
@@ -163,16 +157,9 @@ def test_two_percent_packet_loss_costs_no_rerun(network, cluster, tmp_path):
 def test_a_link_down_mid_phase_and_up_again_costs_at_most_one_rerun(network, cluster,
                                                                     tmp_path):
     victim = network.hosts[2]
-
-    def link_down_for_eight_seconds():
-        victim.link(up=False)
-        try:
-            time.sleep(8.0)
-        finally:
-            victim.link(up=True)
-
     try:
-        outcome, _ = _faulted_fit(network, cluster, tmp_path, link_down_for_eight_seconds)
+        outcome, _ = _faulted_fit(network, cluster, tmp_path,
+                                  lambda: victim.link_down_for(8.0))
     finally:
         victim.link(up=True)
     assert outcome["retries"] <= 1, outcome

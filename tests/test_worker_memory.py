@@ -14,11 +14,11 @@ import uuid
 
 import numpy as np
 import pytest
+from spark_cluster import STOP_TIMEOUT, driver_env, failure_summary, result_line
 
 from skdbn.spark.data import ShardLayout
-from skdbn.spark.memory import WorkerOutOfMemory, oom_kills, watched_task
+from skdbn.spark.memory import WorkerOutOfMemory, _marker_path, oom_kills, watched_task
 from skdbn.spark.stages import _task_error
-from tests.spark_cluster import STOP_TIMEOUT, driver_env, failure_summary, result_line
 
 LAYOUT = ShardLayout(rows=(50_000, 50_000), n_features=20, dtype="float32", labelled=True,
                      mean=None, scale=None)
@@ -40,12 +40,18 @@ def test_memory_error_becomes_worker_out_of_memory_with_the_shard_size():
 
 
 def test_first_try_never_raises_and_notes_the_count():
-    if oom_kills()[0] is None:
+    count, where = oom_kills()
+    if count is None:
         pytest.skip("no OOM kill counter on this machine")
     secret = uuid.uuid4().bytes
+    _, marker = _marker_path(secret, where)
     for rerun in (False, True, True):  # nothing was killed: a rerun goes on
         with watched_task(secret, LAYOUT, [0], rerun=rerun):
             pass
+        # Each task leaves the count it saw for the tasks of a rerun to compare with.
+        with open(marker) as handle:
+            assert int(handle.read()) == oom_kills()[0]
+    os.remove(marker)
 
 
 # ---------------------------------------------------------------------------- kernel OOM kill

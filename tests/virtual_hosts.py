@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 
 COMMAND_TIMEOUT = 20
 _networks = itertools.count()  # this process's networks, for unique interface names
@@ -71,6 +72,14 @@ class VirtualHost:
     def link(self, up):
         """Set this host's link down (``up=False``) or up again, from the bridge's side."""
         _run("ip", "link", "set", self.outside, "up" if up else "down")
+
+    def link_down_for(self, seconds):
+        """Set this host's link down, and up again ``seconds`` later (whatever happens)."""
+        self.link(up=False)
+        try:
+            time.sleep(seconds)
+        finally:
+            self.link(up=True)
 
     def cap_bandwidth(self, rate):
         """Cap both directions of this host's link at ``rate`` (a ``tc`` rate, e.g.
