@@ -15,7 +15,7 @@ returns the worker's push-sum weight.
   the exact weighted average, summed in rank order so that all get identical bits.
 
 Where nobody outside the phase watches its workers (a Spark Connect session of a cluster,
-whose client the tasks cannot reach), the workers watch each other (``watch_peers``): a worker
+whose client the tasks cannot reach), the workers watch each other (``watch_since``): a worker
 that has finished waits for every peer to finish within the straggler allowance, and raises
 ``PeersStalled`` if one has not. Its task fails, Spark ends the barrier stage and its other
 tasks, and the phase is rerun.
@@ -41,12 +41,13 @@ def straggler_allowance(first_finished_after, timeout):
     return max(timeout, 2.0 * first_finished_after)
 
 
-def _await_peers_done(sync, began, finished):
+def _await_peers_done(sync, finished):
     """Wait, merging what arrives (``sync._merge``), until ``finished()`` (the set of peers
     done) holds every peer of ``sync``, or the straggler allowance after this worker's phase
-    (begun at ``began``) has passed; then raise ``PeersStalled`` for the peers missing."""
+    (begun at ``sync.watch_since``, its rendezvous and read included, as the driver's watch
+    counts them) has passed; then raise ``PeersStalled`` for the peers missing."""
     now = time.monotonic()
-    allowance = straggler_allowance(now - began, sync.timeout)
+    allowance = straggler_allowance(now - sync.watch_since, sync.timeout)
     deadline = now + allowance
     peers = set(range(sync.n_workers)) - {sync.rank}
     while not peers <= finished() and time.monotonic() < deadline:
@@ -213,9 +214,10 @@ class GossipSync:
         Rows of a minibatch.
     timeout : float
         Bound on the end-of-phase wait for peers.
-    watch_peers : bool, default=False
-        Raise ``PeersStalled`` at the end of the phase if a peer has not finished within the
-        straggler allowance, instead of ending without it after ``timeout``.
+    watch_since : float or None, default=None
+        Watch the peers (``time.monotonic()`` when this worker's phase began, before its
+        rendezvous): raise ``PeersStalled`` at the end of the phase if a peer has not finished
+        within the straggler allowance, instead of ending without it after ``timeout``.
 
     Notes
     -----
@@ -228,9 +230,9 @@ class GossipSync:
     """
 
     def __init__(self, node, epochs, epoch_samples, sync_every, batch_size, timeout,
-                 watch_peers=False):
+                 watch_since=None):
         self.node = node
-        self.watch_peers = watch_peers
+        self.watch_since = watch_since
         self.rank = node.rank
         self.n_workers = node.spec.n_workers
         self.epochs = epochs
@@ -254,8 +256,7 @@ class GossipSync:
         """Start the phase with the worker's parameter vector (updated in place); exchanges
         and waits are counted in ``log`` (a ``WorkerLog``)."""
         self.state = PushSum(params, weight)
-        self.began = time.monotonic()
-        self.progress = PeerProgress(self.n_workers, self.rank, self.began)
+        self.progress = PeerProgress(self.n_workers, self.rank, time.monotonic())
         self.log = log
 
     def keep_going(self):
@@ -358,7 +359,7 @@ class GossipSync:
     def finish(self):
         """Deliver what is queued, tell every peer this worker is done (with its exact final
         count), and merge everything peers send until each of them is done too (or the
-        timeout passes; with ``watch_peers``, the straggler allowance, then
+        timeout passes; watching the peers, the straggler allowance, then
         ``PeersStalled``)."""
         self.node.flush(self.timeout)
         self._merge(self.node.drain())
@@ -368,8 +369,8 @@ class GossipSync:
             if peer != self.rank:
                 self.node.send(peer, done)
         began = time.monotonic()
-        if self.watch_peers:
-            _await_peers_done(self, self.began, lambda: self.progress.finished)
+        if self.watch_since is not None:
+            _await_peers_done(self, lambda: self.progress.finished)
         deadline = began + self.timeout
         peers = set(range(self.n_workers)) - {self.rank}
         while not peers <= self.progress.finished and time.monotonic() < deadline:
@@ -404,14 +405,15 @@ class AverageSync:
         Minibatches between two exact averages; the phase always ends with one.
     timeout : float
         Bound on each wait for the peers' states.
-    watch_peers : bool, default=False
-        At the end of the phase, tell every peer this worker is done and raise
-        ``PeersStalled`` if a peer has not said so within the straggler allowance.
+    watch_since : float or None, default=None
+        Watch the peers (as for ``GossipSync``): at the end of the phase, tell every peer
+        this worker is done and raise ``PeersStalled`` if a peer has not said so within the
+        straggler allowance.
     """
 
-    def __init__(self, node, epochs, n_minibatches, sync_every, timeout, watch_peers=False):
+    def __init__(self, node, epochs, n_minibatches, sync_every, timeout, watch_since=None):
         self.node = node
-        self.watch_peers = watch_peers
+        self.watch_since = watch_since
         self._done = set()  # peers that said they finished the phase
         self.epochs = epochs
         self.rank = node.rank
@@ -428,7 +430,6 @@ class AverageSync:
         """Start the phase with the worker's parameter vector (updated in place); exchanges
         and waits are counted in ``log`` (a ``WorkerLog``)."""
         self.state = PushSum(params, weight)
-        self.began = time.monotonic()
         self.log = log
 
     def keep_going(self):
@@ -493,17 +494,17 @@ class AverageSync:
             self.node.wait_for(bool, deadline - time.monotonic())
 
     def finish(self):
-        """End the phase (the last minibatch already averaged); returns the weight. With
-        ``watch_peers``, first tell every peer this worker is done and wait for theirs (see
+        """End the phase (the last minibatch already averaged); returns the weight. Watching
+        the peers, first tell every peer this worker is done and wait for theirs (see
         ``_await_peers_done``)."""
         began = time.monotonic()
-        if self.watch_peers:
+        if self.watch_since is not None:
             done = encode(self.node.spec, KIND_DONE, self.rank, self.minibatches, 1.0,
                           np.zeros(self.n_workers, dtype=np.uint64))
             for peer in range(self.n_workers):
                 if peer != self.rank:
                     self.node.send(peer, done)
-            _await_peers_done(self, self.began, lambda: self._done)
+            _await_peers_done(self, lambda: self._done)
         self.node.flush(self.timeout)
         self.log.waited(time.monotonic() - began)
         return self.state.weight

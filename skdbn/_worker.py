@@ -82,11 +82,12 @@ def run_worker(rank, phase, shard, state, below, plan, all_gather, host="127.0.0
         spec = WireSpec(plan.secret, plan.phase_key, plan.n_workers, state.params.size,
                         state.params.dtype.name)
         node = GossipNode(spec, rank, host, plan.timeout)
+        started = time.monotonic()  # a watching worker's allowance counts the read too
         try:
             peers = clock.lap("rendezvous", all_gather, rank, node.address)
             shard = clock.lap("read", read)
             node.start(peers)
-            sync = _synchronizer(plan, phase, node)
+            sync = _synchronizer(plan, phase, node, started)
             result = train_watched(clock, send, REPORT_SECONDS, rank, phase, shard, state,
                                    below, sync, device, sharing)
             result.diagnostics["address"] = node.address
@@ -146,10 +147,11 @@ class Stopwatch:
         return result
 
 
-def _synchronizer(plan, phase, node):
+def _synchronizer(plan, phase, node, started):
+    watch = started if plan.watch_peers else None
     if plan.mode == "gossip":
         return GossipSync(node, phase.epochs, plan.total_samples, plan.sync_every,
-                          phase.batch_size, plan.timeout, plan.watch_peers)
+                          phase.batch_size, plan.timeout, watch)
     per_worker = phase.epochs * plan.total_samples / plan.n_workers
     return AverageSync(node, phase.epochs, math.ceil(per_worker / phase.batch_size),
-                       plan.sync_every, plan.timeout, plan.watch_peers)
+                       plan.sync_every, plan.timeout, watch)

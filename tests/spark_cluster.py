@@ -180,8 +180,12 @@ def fit_with_fault(master, tmp_path, body, strike, delay, config=None,
     driver = _FAULT_DRIVER.format(marker=str(marker), master=master, connect=connect,
                                   config=driver_config(driver_host, config),
                                   body=textwrap.indent(textwrap.dedent(body), "    "))
-    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=driver_env(driver_host))
+    # Files, not pipes: nobody reads the driver's output until the fault has struck, and a
+    # full pipe would stop it.
+    out, err = tmp_path / "driver.out", tmp_path / "driver.err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", driver], stdout=stdout,
+                                   stderr=stderr, text=True, env=driver_env(driver_host))
     try:
         deadline = time.monotonic() + START_TIMEOUT * 2
         while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
@@ -189,16 +193,16 @@ def fit_with_fault(master, tmp_path, body, strike, delay, config=None,
         if not marker.exists():
             ended = process.poll() is not None
             raise AssertionError("the fit never started a phase" + (
-                "; its driver ended:\n" + failure_summary(process.stderr.read()) if ended
+                "; its driver ended:\n" + failure_summary(err.read_text()) if ended
                 else f" within {START_TIMEOUT * 2}s"))
         time.sleep(delay)
         strike()
-    except BaseException:
-        with contextlib.suppress(subprocess.TimeoutExpired):  # the error above tells more
-            communicate_bounded(process, 0.1)
-        raise
-    stdout, stderr = communicate_bounded(process, timeout)
-    return result_line(stdout, stderr), stdout
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
+    return result_line(out.read_text(), err.read_text()), out.read_text()
 
 
 def communicate_bounded(process, timeout):

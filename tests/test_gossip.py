@@ -260,15 +260,16 @@ def test_average_mode_is_deterministic(digits_split):
 
 
 def _synchronizers(kind, nodes, watch_peers):
+    watch_since = time.monotonic() if watch_peers else None
     params = [np.zeros(5, dtype=np.float32) for _ in nodes]
     syncs = []
     for node, values in zip(nodes, params, strict=True):
         if kind == "gossip":
             sync = GossipSync(node, epochs=1, epoch_samples=20, sync_every=1, batch_size=5,
-                              timeout=node.timeout, watch_peers=watch_peers)
+                              timeout=node.timeout, watch_since=watch_since)
         else:
             sync = AverageSync(node, epochs=1, n_minibatches=1, sync_every=1,
-                               timeout=node.timeout, watch_peers=watch_peers)
+                               timeout=node.timeout, watch_since=watch_since)
         sync.begin(values, 1.0, WorkerLog())
         syncs.append(sync)
     return syncs

@@ -107,6 +107,7 @@ def test_a_gossip_fit_between_hosts_listens_on_their_own_addresses(network, clus
     driver = _GOSSIP_DRIVER.format(master=cluster, config=driver_config(network.gateway),
                                    connect=connect)
     outcome, watch = _watched_driver(network, driver)
+    assert watch.error is None, watch.error
     assert outcome["connect"] == connect
     # Each worker's gossip listener bound to, and was reached at, its own host's address.
     workers = [host.address for host in network.hosts[1:]]

@@ -29,7 +29,8 @@ from skdbn._rbm import rbm_layout
 from skdbn._transport import connect, send_frame
 
 PLAN = {"mode": "gossip", "n_workers": 2, "sync_every": 4, "phase_key": 2**62 + 3,
-        "total_samples": 1000, "timeout": 30.0, "progress_address": None}
+        "total_samples": 1000, "timeout": 30.0, "progress_address": None,
+        "watch_peers": False}
 
 
 def _body(parts):

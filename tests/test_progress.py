@@ -124,9 +124,12 @@ def test_worker_diagnostics_are_rows_for_pandas(digits):
     stats = pd.DataFrame(model.worker_stats_)
     assert list(stats.columns) == ["stage", "phase", "worker", "samples", "messages_sent",
                                    "messages_merged", "seconds_waiting", "seconds_reading",
-                                   "seconds_training", "started", "device"]
+                                   "seconds_training", "started", "device", "address"]
     assert set(stats["stage"]) == {"layer 0", "fine-tuning"}
     assert set(stats["device"]) == {"cpu"}  # numpy in worker processes
+    # Local worker processes gossip over loopback, each on a listener of its own.
+    assert all(address.startswith("127.0.0.1:") for address in stats["address"])
+    assert all(group.nunique() == 2 for _, group in stats.groupby("phase")["address"])
     assert all(sorted(group) == [0, 1] for _, group in stats.groupby("phase")["worker"])
     layer = stats[stats["stage"] == "layer 0"]
     # Synchronous averaging: every worker trains the same share and exchanges at every sync.

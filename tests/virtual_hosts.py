@@ -141,6 +141,7 @@ class ListenerWatch:
     def __init__(self, network, root_pid, interval=0.3):
         self.by_host = {host.namespace: set() for host in network.hosts}
         self.of_root = set()
+        self.error = None  # what stopped the watch early, if anything did
         self._network, self._root_pid, self._interval = network, root_pid, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -154,13 +155,16 @@ class ListenerWatch:
         self._thread.join(COMMAND_TIMEOUT * 2)
 
     def _watch(self):
-        while not self._stop.is_set():
-            for host in self._network.hosts:
-                self.by_host[host.namespace].update(_listeners(host.namespace))
-            tree = _descendants(self._root_pid)
-            self.of_root.update(address for address, owners in _listeners().items()
-                                if owners & tree)
-            self._stop.wait(self._interval)
+        try:
+            while not self._stop.is_set():
+                for host in self._network.hosts:
+                    self.by_host[host.namespace].update(_listeners(host.namespace))
+                tree = _descendants(self._root_pid)
+                self.of_root.update(address for address, owners in _listeners().items()
+                                    if owners & tree)
+                self._stop.wait(self._interval)
+        except (OSError, subprocess.SubprocessError) as error:  # seen by the test
+            self.error = error
 
 
 @dataclasses.dataclass
@@ -195,6 +199,12 @@ def check_available():
     missing = [tool for tool in ("ip", "tc", "iptables", "ss") if shutil.which(tool) is None]
     if missing:
         raise VirtualHostsUnavailable(f"missing {', '.join(missing)} (iproute2, iptables)")
+    # Root without the capabilities (a default container) cannot make namespaces: try one.
+    probe = f"sk{os.getpid() % 10000}probe"
+    made = _run("ip", "netns", "add", probe, check=False)
+    _run("ip", "netns", "del", probe, check=False)
+    if made.returncode != 0:
+        raise VirtualHostsUnavailable(f"'ip netns add' failed: {made.stderr.strip()}")
 
 
 @contextlib.contextmanager

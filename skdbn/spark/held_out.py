@@ -6,7 +6,8 @@ where the ``k_c`` are ``validation_fraction`` of the rows shared out among the c
 proportion to their sizes (``validation_counts``). Two small jobs find them: one counts the
 rows of each class (a group-by on the label), one finds each class's ``k_c``-th smallest key
 (a window ranked by key, which Spark cuts to the first ``k_c`` rows of each class in every
-task before the shuffle, so only keys cross it). A row is held out when its key is at most its
+task before the shuffle, so only labels and keys cross it, at most ``k_c`` of a class per
+partition, and each class's are ranked in one task). A row is held out when its key is at most its
 class's threshold: a plain Spark expression, so the training rows never leave the executors,
 and the same rows are chosen on every read, whatever the partitioning. The same seed gives the
 same split.

@@ -10,12 +10,12 @@ Two ways a Python worker runs out of memory, and how each is told:
 - The kernel kills the worker (``SIGKILL`` from the OOM killer of its memory cgroup or of
   the machine). Spark only sees a Python worker that exited, which the schedule reruns as a
   lost worker. Every task therefore notes, at its start, its memory cgroup's count of OOM
-  kills (cgroup v2 ``memory.events``, v1 ``memory.oom_control``; the machine's
-  ``/proc/vmstat`` where neither is readable) in a small file of the executor's host named
-  after the fit and the cgroup. A task of the rerun that finds the count risen since raises
-  ``WorkerOutOfMemory``: the fit fails at its first rerun, not after ``phase_retries`` of
-  them. A rerun whose tasks all land in other cgroups (another executor) cannot tell, and
-  is retried as before.
+  kills (cgroup v2 ``memory.events``, v1 ``memory.oom_control``) in a small file of the
+  executor's host, in a directory of the user's own, named after the fit and the cgroup. In
+  the rerun after a worker process or an executor died, a task that finds the count risen
+  raises ``WorkerOutOfMemory``: the fit fails at its first rerun, not after
+  ``phase_retries`` of them. A rerun whose tasks all land in other cgroups (another
+  executor) cannot tell, and is retried as before.
 
 ``watched_task`` runs on the executors; nothing here imports Spark.
 """
@@ -28,6 +28,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from .._devices import DeviceOutOfMemory
 
 _MARKER_DIR = "skdbn-memory-watch"
 _MARKER_AGE = 86400.0  # seconds after which a fit's markers are stale (removed by any task)
@@ -116,9 +118,10 @@ def _count(path, key):
 
 
 def oom_kills():
-    """``(count, where)``: OOM kills so far in this process's memory cgroup (or on the
-    machine, where no cgroup counter is readable), and the file that counts them; ``(None,
-    None)`` where nothing counts them (not Linux, or a kernel before 4.13)."""
+    """``(count, where)``: OOM kills so far in this process's memory cgroup, and the file
+    that counts them; ``(None, None)`` where no cgroup counts them (not Linux, a kernel
+    before 4.13, or no readable memory cgroup). The machine's own count (``/proc/vmstat``)
+    is not used: a kill in another container or application would fail a fit."""
     v2, v1 = _cgroup_paths()
     mounts = _mounts()
     candidates = []
@@ -126,7 +129,6 @@ def oom_kills():
         candidates.append((_inside(mounts["memory"], v1, "memory.oom_control"), "oom_kill"))
     if v2 is not None:
         candidates.append((_inside(mounts["cgroup2"], v2, "memory.events"), "oom_kill"))
-    candidates.append(("/proc/vmstat", "oom_kill"))
     for path, key in candidates:
         if path is None:
             continue
@@ -138,8 +140,13 @@ def oom_kills():
 
 
 def _marker_path(secret, where):
-    directory = os.path.join(tempfile.gettempdir(), _MARKER_DIR)
-    os.makedirs(directory, exist_ok=True)
+    """The marker file of the fit of ``secret`` and the cgroup counter ``where``, in a
+    directory of this user's that nobody else may write (OSError if it is not so)."""
+    directory = os.path.join(tempfile.gettempdir(), f"{_MARKER_DIR}-{os.getuid()}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    status = os.lstat(directory)
+    if status.st_uid != os.getuid() or status.st_mode & 0o077:
+        raise PermissionError(f"{directory} is not this user's own private directory")
     name = hashlib.sha256(secret + b"\0" + where.encode()).hexdigest()[:32]
     return directory, os.path.join(directory, name)
 
@@ -187,7 +194,7 @@ def watched_task(secret, layout, ranks, rerun):
     release_unused_memory()
     try:
         yield
-    except WorkerOutOfMemory:
+    except (WorkerOutOfMemory, DeviceOutOfMemory):  # a GPU's own: other advice (_devices)
         raise
     except MemoryError as error:
         raise WorkerOutOfMemory(f"a Python worker ran out of memory ({error}); "

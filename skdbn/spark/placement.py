@@ -201,8 +201,9 @@ def free_slots_now(spark, timeout):
     This never waits for executors to come. On a classic session the scheduler is asked
     (:func:`~skdbn.spark.classic.free_scheduler_slots`). A Connect session cannot ask, so a
     job of one short task per slot runs (:func:`concurrent_task_slots`), interrupted after
-    ``timeout`` (no executor, or none free: 0 slots). A local master's slots come from its
-    URL: its tasks end with this process's JVM's.
+    ``timeout``: None then, not known (no slot was free, or some of its tasks went to an
+    executor that does not answer). A local master's slots come from its URL: its tasks end
+    with this process's JVM's.
     """
     cores = local_master_cores(conf_value(spark, "spark.master", ""))
     if cores is not None:
@@ -210,7 +211,7 @@ def free_slots_now(spark, timeout):
     if not is_connect_session(spark):
         with contextlib.suppress(Exception):  # a private scheduler call; probe otherwise
             return free_scheduler_slots(spark)
-    return interruptible_job(spark, timeout, concurrent_task_slots, 0)
+    return interruptible_job(spark, timeout, concurrent_task_slots, None)
 
 
 def concurrent_task_slots(spark):

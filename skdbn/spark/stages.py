@@ -93,7 +93,8 @@ class SparkEngine(Engine):
         self._mode = placement.rendezvous  # asked once per fit (None: not yet needed)
         self._standing = None  # the standing job of the phases, and its rendezvous server
         self._standing_rendezvous = None
-        self._rerun = False  # the next phase reruns one that lost a worker
+        self._rerun = False  # the next phase reruns one whose worker process died
+        self._killed_process = False  # the last lost worker was a process that died
 
     def __repr__(self):  # never print the secret
         return f"SparkEngine(n_workers={self.n_workers}, sync={self.sync!r})"
@@ -336,6 +337,9 @@ class SparkEngine(Engine):
             return None
         for sign, reason in _LOST_WORKER_SIGNS:
             if sign in text:
+                # A dead process may be the kernel's OOM kill, which the rerun's tasks can
+                # tell (memory.py); a stall or a missed rendezvous is not one.
+                self._killed_process = True
                 return reason
         return None
 
@@ -351,16 +355,19 @@ class SparkEngine(Engine):
         message : str or None
             What changed, when the phases now run on fewer tasks.
         """
-        self._rerun = True  # its tasks tell a worker killed for lack of memory (memory.py)
+        # The rerun's tasks tell a worker killed for lack of memory (memory.py).
+        self._rerun, self._killed_process = self._killed_process, False
         deadline = time.monotonic() + self.timeout
         while True:
             # A Connect session's count is a job, which may need longer than the deadline.
             slots = self._slots_now(max(SLOT_PROBE_SECONDS, deadline - time.monotonic()))
-            if slots >= self._tasks:
+            if slots is not None and slots >= self._tasks:
                 return None
             if time.monotonic() >= deadline:
                 break
             time.sleep(1.0)
+        if slots is None:  # not known: the phase reruns on as many tasks as before
+            return None
         if slots < 1:
             raise RuntimeError(
                 f"the Spark session has no free task slot {self.timeout:.0f}s after losing a "
@@ -379,11 +386,12 @@ class SparkEngine(Engine):
                 "workers' shards")
 
     def _slots_now(self, timeout):
-        """Task slots now, and for a fit on GPUs the GPU task slots among them (0 when a
-        Connect session's probe saw no free GPU within ``timeout``)."""
+        """Free task slots now, and for a fit on GPUs the GPU task slots among them (0 when
+        a Connect session's probe saw no free GPU within ``timeout``); None: not known (a
+        Connect session's probe job did not end within ``timeout``)."""
         started = time.monotonic()
         slots = free_slots_now(self.spark, timeout)
-        if self._profile is None or slots < 1:
+        if self._profile is None or not slots:
             return slots
         left = max(1.0, timeout - (time.monotonic() - started))
         return min(slots, gpu_task_slots(self.spark, self._profile, slots, left) or 0)
