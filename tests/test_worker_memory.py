@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from spark_cluster import STOP_TIMEOUT, driver_env, failure_summary, result_line
 
+from skdbn._devices import DeviceOutOfMemory
 from skdbn.spark.data import ShardLayout
 from skdbn.spark.memory import WorkerOutOfMemory, _marker_path, oom_kills, watched_task
 from skdbn.spark.stages import _task_error
@@ -169,3 +170,11 @@ def _remove_cgroup(cgroup):
                 raise
             time.sleep(0.2)
 
+
+
+def test_a_gpus_out_of_memory_stays_its_own_error():
+    # DeviceOutOfMemory is a MemoryError too, but its advice is about the GPU, not the
+    # Python worker's memory: it must reach the driver as itself.
+    with pytest.raises(DeviceOutOfMemory, match="cuda:1"), watched_task(
+            uuid.uuid4().bytes, LAYOUT, [0], rerun=False):
+        raise DeviceOutOfMemory("cuda:1 ran out of memory")
