@@ -469,7 +469,7 @@ HOSTS_BODY = """
                                  "accuracy": model.score(X, y),
                                  "clean_accuracy": clean.score(X, y)}}))
 """
-HOSTS_PARAMS = dict(PARAMS, pretrain_epochs=40, max_iter=4, sync="gossip", network_timeout=5.0)
+HOSTS_PARAMS = dict(PARAMS, pretrain_epochs=150, max_iter=4, sync="gossip", network_timeout=5.0)
 # Spark notices a host that stopped answering after spark.network.timeout (120 s by default).
 FAST_LOSS = {"spark.network.timeout": "20s", "spark.executor.heartbeatInterval": "2s",
              "spark.network.timeoutInterval": "5s"}
