@@ -41,6 +41,13 @@ def straggler_allowance(first_finished_after, timeout):
     return max(timeout, 2.0 * first_finished_after)
 
 
+def _send_to_peers(sync, frame):
+    """Queue ``frame`` for every peer of ``sync``'s worker (never waits for the network)."""
+    for peer in range(sync.n_workers):
+        if peer != sync.rank:
+            sync.node.send(peer, frame)
+
+
 def _await_peers_done(sync, finished):
     """Wait, merging what arrives (``sync._merge``), until ``finished()`` (the set of peers
     done) holds every peer of ``sync``, or the straggler allowance after this worker's phase
@@ -314,9 +321,7 @@ class GossipSync:
         # its equal share and wait for a slow one.
         frame = encode(self.node.spec, KIND_PROGRESS, self.rank, self.minibatches, 1.0,
                        self.progress.known)
-        for peer in range(self.n_workers):
-            if peer != self.rank:
-                self.node.send(peer, frame)
+        _send_to_peers(self, frame)
 
     def _push(self):
         if self.node.pending() >= MAX_PUSHES_IN_FLIGHT:  # never wait for the network
@@ -365,9 +370,7 @@ class GossipSync:
         self._merge(self.node.drain())
         done = encode(self.node.spec, KIND_DONE, self.rank, self.minibatches, 1.0,
                       self.progress.known)
-        for peer in range(self.n_workers):
-            if peer != self.rank:
-                self.node.send(peer, done)
+        _send_to_peers(self, done)
         began = time.monotonic()
         if self.watch_since is not None:
             _await_peers_done(self, lambda: self.progress.finished)
@@ -501,9 +504,7 @@ class AverageSync:
         if self.watch_since is not None:
             done = encode(self.node.spec, KIND_DONE, self.rank, self.minibatches, 1.0,
                           np.zeros(self.n_workers, dtype=np.uint64))
-            for peer in range(self.n_workers):
-                if peer != self.rank:
-                    self.node.send(peer, done)
+            _send_to_peers(self, done)
             _await_peers_done(self, lambda: self._done)
         self.node.flush(self.timeout)
         self.log.waited(time.monotonic() - began)

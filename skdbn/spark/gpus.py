@@ -13,7 +13,13 @@ have no GPUs, and more workers than GPU task slots, with what to configure.
 from dataclasses import dataclass
 
 from .classic import profile_slots
-from .session import conf_value, interruptible_job, is_connect_session, task_cpus
+from .session import (
+    conf_value,
+    executor_name,
+    interruptible_job,
+    is_connect_session,
+    task_cpus,
+)
 
 EXECUTOR_GPUS_CONF = "spark.executor.resource.gpu.amount"
 SLOT_PROBE_SECONDS = 60.0  # a Connect session's GPU slot probe waits at most this long
@@ -126,8 +132,6 @@ def gpu_task_slots(spark, profile, cpu_slots, timeout=SLOT_PROBE_SECONDS):
 def _gpu_held(batches):
     """A task of the GPU slot probe: the GPU it was given, named by executor and address,
     held a moment so that the other tasks of its wave take the other GPUs."""
-    import os
-    import socket
     import time
 
     import pyarrow as pa
@@ -137,7 +141,6 @@ def _gpu_held(batches):
         pass
     time.sleep(_HOLD_SECONDS)
     gpu = TaskContext.get().resources().get("gpu")
-    # Python workers of one executor share a parent (its daemon, or its JVM).
-    names = [f"{socket.gethostname()}/{os.getppid()}/{address}"
+    names = [f"{executor_name()}/{address}"
              for address in ([] if gpu is None else gpu.addresses)]
     yield pa.RecordBatch.from_pydict({"gpu": pa.array(names, pa.string())})

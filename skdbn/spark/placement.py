@@ -21,6 +21,7 @@ from .gpus import gpu_placement
 from .session import (
     check_barrier_possible,
     conf_value,
+    executor_name,
     free_task_slots,
     get_session,
     interruptible_job,
@@ -247,7 +248,6 @@ _SLOT_HOLD_SECONDS = 0.5
 def _slot_held(batches):
     """A task of the slot probe: its executor (host and the parent that Python workers of
     one executor share), and the span it held its slot."""
-    import socket
     import time
 
     import pyarrow as pa
@@ -257,6 +257,6 @@ def _slot_held(batches):
     started = time.monotonic()
     time.sleep(_SLOT_HOLD_SECONDS)
     yield pa.RecordBatch.from_pydict({
-        "executor": pa.array([f"{socket.gethostname()}/{os.getppid()}"], pa.string()),
+        "executor": pa.array([executor_name()], pa.string()),
         "started": pa.array([started], pa.float64()),
         "ended": pa.array([time.monotonic()], pa.float64())})

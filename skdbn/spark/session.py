@@ -236,6 +236,14 @@ def default_parallelism(spark):
     return int(probe.agg(functions.max("partition")).first()[0]) + 1
 
 
+def executor_name():
+    """In a task: its executor, as ``host/pid``, the pid being the parent that the Python
+    workers of one executor share (its daemon, or its JVM)."""
+    import socket
+
+    return f"{socket.gethostname()}/{os.getppid()}"
+
+
 def free_task_slots(spark):
     """Tasks that can run at once: the default parallelism over ``spark.task.cpus``."""
     return max(1, default_parallelism(spark) // task_cpus(spark))
